@@ -1,0 +1,1 @@
+//! venn-link (being written).

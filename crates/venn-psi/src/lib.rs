@@ -1,0 +1,27 @@
+/*!
+venn-psi: the private set intersection engine.
+
+# Brief overview
+
+Two parties each hold a CSV file. The engine reads a party's file, turns the
+selected key columns of every row into a canonical key and a 128-bit
+[`Item`](core::Item), groups duplicates, agrees options and sizes with the peer
+in a handshake, runs a PSI protocol bucket by bucket over a [`Channel`], and
+writes each receiving party's rows of the agreed join in the same order at
+every receiver.
+
+The engine knows nothing of nodes, HTTP or databases: it talks to the peer only
+through the [`Channel`] trait.
+*/
+
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod core;
+mod error;
+mod wire;
+
+pub mod rr22;
+
+pub use channel::{Channel, ChannelError, MemoryChannel, memory_pair};
+pub use error::PsiError;

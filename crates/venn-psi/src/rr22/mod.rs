@@ -1,0 +1,1 @@
+//! RR22 VOLE-based PSI (being written; see issue 3).
