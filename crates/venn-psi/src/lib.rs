@@ -25,3 +25,15 @@ pub mod rr22;
 
 pub use channel::{Channel, ChannelError, MemoryChannel, memory_pair};
 pub use error::PsiError;
+pub mod config;
+pub mod csv;
+mod ecdh;
+pub mod item;
+mod output;
+pub mod report;
+mod session;
+mod store;
+
+pub use config::{JoinType, Normalize, Protocol, PsiConfig, Receiver, Side, parse_size};
+pub use report::Report;
+pub use session::{receivers_of, run};

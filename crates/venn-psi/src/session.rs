@@ -1,0 +1,823 @@
+//! One party's whole run: handshake, read, buckets, protocol, output, report.
+//!
+//! The order of messages (every frame is tagged, see `wire`):
+//!
+//! 1. `HELLO` both ways: version and every option both parties must agree on
+//!    (protocol, key column count, join, receivers, left side, normalisation,
+//!    security parameter). Compared before any input is read or any key
+//!    material sent; a difference is an error at both ends naming the option.
+//! 2. Each party reads its input (see `store`), then `SIZES` both ways: rows
+//!    and the bucket count it needs for its memory budget. The larger count
+//!    wins, so neither party ever holds more than its own budget allows.
+//! 3. For each bucket: `BUCKET` (unique items, whether any key repeats), the
+//!    protocol on the shuffled unique items, then `STATUS` (did the protocol
+//!    itself give me the result) and the count/forwarding messages that give
+//!    every receiver the peer's row count of each matched key (see
+//!    [`exchange_counts`]).
+//! 4. `SUMMARY` both ways (unique key totals, for the report), then each
+//!    receiver writes its output.
+//!
+//! What a party learns beyond the protocol itself: the peer's row and unique
+//! key counts (total and per bucket); a receiver learns the peer's number of
+//! rows for each matched key (needed for SQL-style duplicate expansion); and
+//! when the peer is *not* a receiver but has duplicate keys, the receiver
+//! learns the multiplicity of each of the peer's keys in the peer's random
+//! order — how often keys repeat, not which keys. docs/psi.md lists this per
+//! join type.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::channel::Channel;
+use crate::config::{JoinType, PsiConfig, Receiver};
+use crate::core::{CoreFn, CoreInput, Item};
+use crate::csv::CsvReader;
+use crate::error::PsiError;
+use crate::item::{item_of, push_column};
+use crate::output::{OutWriter, RunWriter, merge_runs};
+use crate::report::{
+    InputStats, Intersection, OutputStats, PeerStats, Phases, Report, peak_rss_mb,
+};
+use crate::store::{Loaded, Rows, Store};
+use crate::{ecdh, rr22, wire};
+
+const HELLO: u8 = 0x01;
+const SIZES: u8 = 0x02;
+const BUCKET: u8 = 0x03;
+const STATUS: u8 = 0x04;
+const ALL_COUNTS: u8 = 0x05;
+const FORWARD: u8 = 0x06;
+const COUNTS: u8 = 0x07;
+const SUMMARY: u8 = 0x08;
+
+const VERSION: &str = "venn-psi/1";
+
+/// Runs this party's side of a PSI over `chan`.
+///
+/// `output` is where a receiving party writes its rows (required when this
+/// party receives; ignored otherwise). On error the peer is told why.
+pub fn run(
+    cfg: &PsiConfig,
+    input: &Path,
+    output: Option<&Path>,
+    chan: &dyn Channel,
+) -> Result<Report, PsiError> {
+    let res = cfg.validate().and_then(|_| {
+        if cfg.self_receives() && output.is_none() {
+            return Err(PsiError::Config {
+                field: "--output",
+                message: "this party receives the result: name the output file".into(),
+            });
+        }
+        run_inner(cfg, input, output, chan)
+    });
+    if let Err(e) = &res {
+        if !matches!(
+            e,
+            PsiError::Channel(_) | PsiError::Peer(_) | PsiError::Mismatch { .. }
+        ) {
+            wire::abort(chan, &e.to_string());
+        }
+    }
+    res
+}
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct Hello {
+    version: String,
+    protocol: String,
+    key_columns: usize,
+    join: String,
+    /// Absolute: which parties receive, e.g. [true, false].
+    receivers: [bool; 2],
+    /// Absolute left party for left/right joins, else None.
+    left: Option<u8>,
+    trim: bool,
+    lowercase: bool,
+    stat_sec: u32,
+}
+
+fn hello_of(cfg: &PsiConfig) -> Hello {
+    let p = cfg.party() as usize;
+    let mut receivers = [false; 2];
+    receivers[p] = cfg.self_receives();
+    receivers[1 - p] = cfg.peer_receives();
+    Hello {
+        version: VERSION.into(),
+        protocol: cfg.protocol.to_string(),
+        key_columns: cfg.keys.len(),
+        join: cfg.join.to_string(),
+        receivers,
+        left: matches!(cfg.join, JoinType::Left | JoinType::Right).then(|| cfg.left_party()),
+        trim: cfg.normalize.trim,
+        lowercase: cfg.normalize.lowercase,
+        stat_sec: cfg.stat_sec,
+    }
+}
+
+fn describe_receivers(r: [bool; 2]) -> String {
+    match r {
+        [true, true] => "both parties".into(),
+        [true, false] => "the listener only".into(),
+        [false, true] => "the connector only".into(),
+        [false, false] => "nobody".into(),
+    }
+}
+
+fn handshake(cfg: &PsiConfig, chan: &dyn Channel) -> Result<(), PsiError> {
+    let ours = hello_of(cfg);
+    wire::send(
+        chan,
+        HELLO,
+        &serde_json::to_vec(&ours).expect("hello serialises"),
+    )?;
+    let raw = wire::recv(chan, HELLO, "the peer's options")?;
+    let theirs: Hello = serde_json::from_slice(&raw)
+        .map_err(|e| PsiError::peer(format!("unreadable options from the peer: {e}")))?;
+    let mismatch = |field: &'static str, a: String, b: String| {
+        Err(PsiError::Mismatch {
+            field,
+            ours: a,
+            theirs: b,
+        })
+    };
+    if ours.version != theirs.version {
+        return mismatch("version", ours.version, theirs.version);
+    }
+    if ours.protocol != theirs.protocol {
+        return mismatch("--protocol", ours.protocol, theirs.protocol);
+    }
+    if ours.key_columns != theirs.key_columns {
+        return mismatch(
+            "the number of --keys columns",
+            ours.key_columns.to_string(),
+            theirs.key_columns.to_string(),
+        );
+    }
+    if ours.join != theirs.join {
+        return mismatch("--join", ours.join, theirs.join);
+    }
+    if ours.receivers != theirs.receivers {
+        return mismatch(
+            "--receiver (who gets the output)",
+            describe_receivers(ours.receivers),
+            describe_receivers(theirs.receivers),
+        );
+    }
+    if ours.left != theirs.left {
+        let side = |l: Option<u8>| match l {
+            Some(0) => "the listener".to_string(),
+            Some(_) => "the connector".to_string(),
+            None => "unset".to_string(),
+        };
+        return mismatch(
+            "--left (the left side of the join)",
+            side(ours.left),
+            side(theirs.left),
+        );
+    }
+    if (ours.trim, ours.lowercase) != (theirs.trim, theirs.lowercase) {
+        let n = |h: &Hello| format!("trim={} lowercase={}", h.trim, h.lowercase);
+        return mismatch("--normalize", n(&ours), n(&theirs));
+    }
+    if ours.stat_sec != theirs.stat_sec {
+        return mismatch(
+            "statistical security",
+            ours.stat_sec.to_string(),
+            theirs.stat_sec.to_string(),
+        );
+    }
+    if !ours.receivers.iter().any(|r| *r) {
+        return Err(PsiError::Config {
+            field: "--receiver",
+            message: "nobody would receive the result".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The input after reading.
+struct Input {
+    header: Vec<u8>,
+    ncols: usize,
+    loaded: Loaded,
+    skipped: u64,
+}
+
+fn normalize_into(out: &mut Vec<u8>, field: &[u8], cfg: &PsiConfig) {
+    let f = if cfg.normalize.trim {
+        field.trim_ascii()
+    } else {
+        field
+    };
+    let start = out.len();
+    out.extend_from_slice(f);
+    if cfg.normalize.lowercase {
+        out[start..].make_ascii_lowercase();
+    }
+}
+
+fn read_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
+    let f = File::open(path).map_err(|e| PsiError::io(path, e))?;
+    let mut r = CsvReader::new(BufReader::with_capacity(1 << 20, f), path);
+    if !r.read()? {
+        return Err(PsiError::Input {
+            path: path.to_path_buf(),
+            line: 1,
+            column: None,
+            message: "the file is empty; it needs a header row naming the columns".into(),
+        });
+    }
+    let header = r.raw().to_vec();
+    let names: Vec<String> = (0..r.len())
+        .map(|i| String::from_utf8_lossy(r.field(i)).into_owned())
+        .collect();
+    let mut cols = Vec::with_capacity(cfg.keys.len());
+    for k in &cfg.keys {
+        match names.iter().position(|n| n == k) {
+            Some(i) => cols.push(i),
+            None => {
+                return Err(r.error(
+                    Some(k),
+                    format!(
+                        "no such column in the header; the columns are: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let ncols = names.len();
+    let mut store = Store::new(cfg.memory_budget, &cfg.tmp_dir);
+    let mut key = Vec::with_capacity(64);
+    let mut skipped = 0u64;
+    'rows: while r.read()? {
+        if r.len() != ncols {
+            return Err(r.error(
+                None,
+                format!(
+                    "this row has {} fields but the header has {ncols}; quote fields that contain commas",
+                    r.len()
+                ),
+            ));
+        }
+        key.clear();
+        for (ci, &c) in cols.iter().enumerate() {
+            let field = r.field(c);
+            if field.is_empty() || (cfg.normalize.trim && field.trim_ascii().is_empty()) {
+                if cfg.skip_empty_keys {
+                    skipped += 1;
+                    continue 'rows;
+                }
+                return Err(r.error(
+                    Some(&cfg.keys[ci]),
+                    "the key is empty; fill it in, or pass --skip-empty-keys to leave such rows out",
+                ));
+            }
+            if std::str::from_utf8(field).is_err() {
+                return Err(r.error(
+                    Some(&cfg.keys[ci]),
+                    "the key is not valid UTF-8; convert the file to UTF-8 (e.g. iconv -f GBK -t UTF-8)",
+                ));
+            }
+            if cols.len() == 1 {
+                normalize_into(&mut key, field, cfg);
+            } else {
+                let mut col = Vec::with_capacity(field.len());
+                normalize_into(&mut col, field, cfg);
+                push_column(&mut key, &col);
+            }
+        }
+        store.push(item_of(&key), r.raw(), &key)?;
+    }
+    Ok(Input {
+        header,
+        ncols,
+        loaded: store.finish()?,
+        skipped,
+    })
+}
+
+/// One bucket's rows grouped by item.
+struct Grouped {
+    /// Row indices sorted by (item, file order).
+    order: Vec<u32>,
+    /// Group g is `order[starts[g]..starts[g+1]]`.
+    starts: Vec<u32>,
+    unique: Vec<Item>,
+}
+
+impl Grouped {
+    fn new(rows: &Rows, mut idx: Vec<u32>) -> Self {
+        idx.par_sort_unstable_by_key(|&i| (rows.items[i as usize], i));
+        let mut starts = Vec::new();
+        let mut unique = Vec::new();
+        for (p, &i) in idx.iter().enumerate() {
+            let it = rows.items[i as usize];
+            if unique.last() != Some(&it) {
+                unique.push(it);
+                starts.push(p as u32);
+            }
+        }
+        starts.push(idx.len() as u32);
+        Grouped {
+            order: idx,
+            starts,
+            unique,
+        }
+    }
+
+    fn count(&self, g: usize) -> u32 {
+        self.starts[g + 1] - self.starts[g]
+    }
+
+    fn rows(&self, g: usize) -> &[u32] {
+        &self.order[self.starts[g] as usize..self.starts[g + 1] as usize]
+    }
+
+    fn has_dups(&self) -> bool {
+        self.order.len() > self.unique.len()
+    }
+}
+
+fn random_permutation(n: usize) -> Vec<u32> {
+    let mut p: Vec<u32> = (0..n as u32).collect();
+    let mut rng = rand::rng();
+    for i in (1..n).rev() {
+        let j = rand::RngExt::random_range(&mut rng, 0..=i);
+        p.swap(i, j);
+    }
+    p
+}
+
+fn u64s(buf: &[u8], n: usize, what: &str) -> Result<Vec<u64>, PsiError> {
+    if buf.len() < n * 8 {
+        return Err(PsiError::peer(format!("{what}: message too short")));
+    }
+    Ok(buf[..n * 8]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
+        .collect())
+}
+
+/// Gives every receiver, for each matched key, the peer's row count.
+///
+/// `native` is the protocol's own result at this party: (my position, peer
+/// position) in the shuffled orders. Returns (my position, peer count) at a
+/// receiver, `None` elsewhere.
+#[allow(clippy::too_many_arguments)] // the bucket's facts, each used once
+fn exchange_counts(
+    chan: &dyn Channel,
+    native: Option<Vec<(u32, u32)>>,
+    self_learns: bool,
+    peer_learns: bool,
+    my_counts: &[u32],
+    my_dups: bool,
+    peer_len: usize,
+    peer_dups: bool,
+) -> Result<Option<Vec<(u32, u32)>>, PsiError> {
+    wire::send(chan, STATUS, &[native.is_some() as u8])?;
+    let st = wire::recv(chan, STATUS, "the peer's status")?;
+    let peer_native = st.first().copied().unwrap_or(0) == 1;
+    if peer_native && !peer_learns {
+        return Err(PsiError::peer(
+            "the peer claims a result it should not have",
+        ));
+    }
+    let ones = |n| vec![1u32; n];
+    match native {
+        Some(mut m) => {
+            if !self_learns {
+                return Err(PsiError::peer(
+                    "internal: a protocol gave a result to a non-receiver",
+                ));
+            }
+            if m.iter()
+                .any(|&(i, j)| i as usize >= my_counts.len() || j as usize >= peer_len)
+            {
+                return Err(PsiError::peer("protocol result out of range"));
+            }
+            if peer_learns && !peer_native {
+                // forward the result: peer positions, with our counts
+                m.sort_unstable_by_key(|&(_, j)| j);
+                let mut msg = Vec::with_capacity(m.len() * 8);
+                let pos: Vec<u32> = m.iter().map(|&(_, j)| j).collect();
+                wire::put_u32s(&mut msg, &pos);
+                if my_dups {
+                    let c: Vec<u32> = m.iter().map(|&(i, _)| my_counts[i as usize]).collect();
+                    wire::put_u32s(&mut msg, &c);
+                }
+                wire::send(chan, FORWARD, &msg)?;
+                let pc = if peer_dups {
+                    wire::get_u32s(&wire::recv(chan, COUNTS, "the peer's counts")?, "counts")?
+                } else {
+                    ones(m.len())
+                };
+                if pc.len() != m.len() {
+                    return Err(PsiError::peer("count list of the wrong length"));
+                }
+                Ok(Some(m.iter().zip(pc).map(|(&(i, _), c)| (i, c)).collect()))
+            } else if peer_learns {
+                // both have the result: swap counts, each ordered by the receiver's positions
+                m.sort_unstable_by_key(|&(_, j)| j);
+                if my_dups {
+                    let c: Vec<u32> = m.iter().map(|&(i, _)| my_counts[i as usize]).collect();
+                    let mut msg = Vec::new();
+                    wire::put_u32s(&mut msg, &c);
+                    wire::send(chan, COUNTS, &msg)?;
+                }
+                m.sort_unstable_by_key(|&(i, _)| i);
+                let pc = if peer_dups {
+                    wire::get_u32s(&wire::recv(chan, COUNTS, "the peer's counts")?, "counts")?
+                } else {
+                    ones(m.len())
+                };
+                if pc.len() != m.len() {
+                    return Err(PsiError::peer("count list of the wrong length"));
+                }
+                Ok(Some(m.iter().zip(pc).map(|(&(i, _), c)| (i, c)).collect()))
+            } else {
+                let all = if peer_dups {
+                    wire::get_u32s(
+                        &wire::recv(chan, ALL_COUNTS, "the peer's counts")?,
+                        "counts",
+                    )?
+                } else {
+                    ones(peer_len)
+                };
+                if all.len() != peer_len {
+                    return Err(PsiError::peer("count list of the wrong length"));
+                }
+                Ok(Some(m.iter().map(|&(i, j)| (i, all[j as usize])).collect()))
+            }
+        }
+        None if self_learns => {
+            if !peer_native {
+                return Err(PsiError::peer("neither party has the protocol's result"));
+            }
+            let msg = wire::recv(chan, FORWARD, "the forwarded result")?;
+            let v = wire::get_u32s(&msg, "forwarded result")?;
+            let n = if peer_dups { v.len() / 2 } else { v.len() };
+            if (peer_dups && v.len() % 2 != 0)
+                || v[..n].iter().any(|&i| i as usize >= my_counts.len())
+            {
+                return Err(PsiError::peer("malformed forwarded result"));
+            }
+            let pos = &v[..n];
+            let out: Vec<(u32, u32)> = pos
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (i, if peer_dups { v[n + k] } else { 1 }))
+                .collect();
+            if my_dups {
+                let c: Vec<u32> = pos.iter().map(|&i| my_counts[i as usize]).collect();
+                let mut m = Vec::new();
+                wire::put_u32s(&mut m, &c);
+                wire::send(chan, COUNTS, &m)?;
+            }
+            Ok(Some(out))
+        }
+        None => {
+            if peer_learns && my_dups {
+                let mut m = Vec::new();
+                wire::put_u32s(&mut m, my_counts);
+                wire::send(chan, ALL_COUNTS, &m)?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn core_of(cfg: &PsiConfig) -> CoreFn {
+    match cfg.protocol {
+        crate::config::Protocol::Ecdh => ecdh::intersect,
+        crate::config::Protocol::Rr22 => rr22::intersect,
+    }
+}
+
+/// Where a receiver's per-bucket results go until the output is written.
+enum Sink {
+    /// Single bucket: write straight from memory (no runs).
+    Direct,
+    /// Several buckets: sorted run files under a temporary directory.
+    Runs {
+        dir: tempfile::TempDir,
+        matched: Vec<std::path::PathBuf>,
+        unmatched: Vec<std::path::PathBuf>,
+    },
+}
+
+#[derive(Default)]
+struct Totals {
+    unique: u64,
+    keys: u64,
+    rows_self: u64,
+    rows_peer: u64,
+    join_rows: u64,
+    unmatched_self: u64,
+}
+
+fn run_inner(
+    cfg: &PsiConfig,
+    input_path: &Path,
+    output: Option<&Path>,
+    chan: &dyn Channel,
+) -> Result<Report, PsiError> {
+    let t0 = Instant::now();
+    handshake(cfg, chan)?;
+    let input = read_input(cfg, input_path)?;
+    let rows = input.loaded.rows;
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&rows.to_le_bytes());
+    msg.extend_from_slice(&(input.loaded.need_buckets as u64).to_le_bytes());
+    wire::send(chan, SIZES, &msg)?;
+    let v = u64s(&wire::recv(chan, SIZES, "the peer's sizes")?, 2, "sizes")?;
+    let (peer_rows, peer_need) = (v[0], v[1] as usize);
+    if !peer_need.is_power_of_two() || peer_need > crate::store::PARTS {
+        return Err(PsiError::peer(format!("invalid bucket count {peer_need}")));
+    }
+    let buckets = input.loaded.need_buckets.max(peer_need);
+    let t_read = t0.elapsed().as_secs_f64();
+
+    let self_learns = cfg.self_receives();
+    let peer_learns = cfg.peer_receives();
+    let party = cfg.party();
+    let core = core_of(cfg);
+    let mut sink = if buckets == 1 || !self_learns {
+        Sink::Direct
+    } else {
+        std::fs::create_dir_all(&cfg.tmp_dir).map_err(|e| PsiError::io(&cfg.tmp_dir, e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("venn-psi-runs-")
+            .tempdir_in(&cfg.tmp_dir)
+            .map_err(|e| PsiError::io(&cfg.tmp_dir, e))?;
+        Sink::Runs {
+            dir,
+            matched: Vec::new(),
+            unmatched: Vec::new(),
+        }
+    };
+    let mut out = match (self_learns, output) {
+        (true, Some(p)) => Some(OutWriter::create(
+            p,
+            &input.header,
+            input.ncols,
+            &cfg.null_rep,
+            party,
+        )?),
+        _ => None,
+    };
+    let mut tot = Totals::default();
+    let mut peer_unique_seen = 0u64;
+    let mut t_write = 0.0;
+    // The protocols size their tags from the totals; rows bound unique keys.
+    let total_len = (rows, peer_rows);
+
+    for b in 0..buckets {
+        let br = input.loaded.bucket(b, buckets)?;
+        let rws = br.rows();
+        let g = Grouped::new(rws, br.indices());
+        let mut m = Vec::with_capacity(16);
+        m.extend_from_slice(&(g.unique.len() as u64).to_le_bytes());
+        m.extend_from_slice(&(g.has_dups() as u64).to_le_bytes());
+        wire::send(chan, BUCKET, &m)?;
+        let v = u64s(
+            &wire::recv(chan, BUCKET, "the peer's bucket size")?,
+            2,
+            "bucket",
+        )?;
+        let (peer_len, peer_dups) = (v[0] as usize, v[1] == 1);
+        peer_unique_seen += peer_len as u64;
+        tot.unique += g.unique.len() as u64;
+
+        let perm = random_permutation(g.unique.len());
+        let shuffled: Vec<Item> = perm.iter().map(|&p| g.unique[p as usize]).collect();
+        let counts: Vec<u32> = perm.iter().map(|&p| g.count(p as usize)).collect();
+        let cin = CoreInput {
+            items: &shuffled,
+            peer_len,
+            self_learns,
+            peer_learns,
+            leader: cfg.leader,
+            total_len,
+            stat_sec: cfg.stat_sec,
+        };
+        let res = core(chan, &cin)?;
+        let result = exchange_counts(
+            chan,
+            res.matches,
+            self_learns,
+            peer_learns,
+            &counts,
+            g.has_dups(),
+            peer_len,
+            peer_dups,
+        )?;
+        let Some(result) = result else { continue };
+
+        let tw = Instant::now();
+        // (group, peer count), sorted by key
+        let mut matched: Vec<(u32, u32)> = result
+            .into_iter()
+            .map(|(pos, c)| (perm[pos as usize], c))
+            .collect();
+        let key_of = |gi: u32| rws.key(g.rows(gi as usize)[0] as usize);
+        matched.par_sort_unstable_by(|a, b| key_of(a.0).cmp(key_of(b.0)));
+        let mut is_matched = vec![false; g.unique.len()];
+        for &(gi, c) in &matched {
+            is_matched[gi as usize] = true;
+            let a = g.count(gi as usize) as u64;
+            tot.keys += 1;
+            tot.rows_self += a;
+            tot.rows_peer += c as u64;
+            tot.join_rows += a * c as u64;
+        }
+        let need_unmatched = cfg.join == JoinType::Difference || cfg.outer(party);
+        let mut unmatched: Vec<u32> = Vec::new();
+        if need_unmatched {
+            unmatched = (0..g.unique.len() as u32)
+                .filter(|&gi| !is_matched[gi as usize])
+                .collect();
+            unmatched.par_sort_unstable_by(|a, b| key_of(*a).cmp(key_of(*b)));
+        }
+        tot.unmatched_self += (0..g.unique.len())
+            .filter(|&gi| !is_matched[gi])
+            .map(|gi| g.count(gi) as u64)
+            .sum::<u64>();
+        let row_iter = |gi: u32| g.rows(gi as usize).iter().map(|&r| rws.raw(r as usize));
+        match &mut sink {
+            Sink::Direct => {
+                let w = out.as_mut().expect("receivers have an output");
+                if cfg.join != JoinType::Difference {
+                    for &(gi, c) in &matched {
+                        w.matched(row_iter(gi), c)?;
+                    }
+                }
+                // sections 2/3 and difference are written after all buckets
+                // in the runs case; with one bucket they follow directly.
+                write_unmatched_sections(
+                    cfg,
+                    w,
+                    party,
+                    &unmatched,
+                    &row_iter,
+                    peer_rows - tot.rows_peer,
+                )?;
+            }
+            Sink::Runs {
+                dir,
+                matched: mr,
+                unmatched: ur,
+            } => {
+                let mut w = RunWriter::create(dir.path().join(format!("m{b:03}")))?;
+                for &(gi, c) in &matched {
+                    w.push(key_of(gi), c, row_iter(gi))?;
+                }
+                mr.push(w.finish()?);
+                let mut w = RunWriter::create(dir.path().join(format!("u{b:03}")))?;
+                for &gi in &unmatched {
+                    w.push(key_of(gi), 0, row_iter(gi))?;
+                }
+                ur.push(w.finish()?);
+            }
+        }
+        t_write += tw.elapsed().as_secs_f64();
+    }
+    let t_proto_end = t0.elapsed().as_secs_f64();
+
+    wire::send(chan, SUMMARY, &tot.unique.to_le_bytes())?;
+    let peer_unique = u64s(
+        &wire::recv(chan, SUMMARY, "the peer's summary")?,
+        1,
+        "summary",
+    )?[0];
+    if peer_unique != peer_unique_seen {
+        return Err(PsiError::peer(
+            "the peer's summary disagrees with its bucket sizes",
+        ));
+    }
+
+    let tw = Instant::now();
+    let mut out_stats = None;
+    if let Some(mut w) = out {
+        if let Sink::Runs {
+            matched, unmatched, ..
+        } = &sink
+        {
+            if cfg.join != JoinType::Difference {
+                merge_runs(matched, |e| {
+                    w.matched(e.rows.iter().map(|r| r.as_slice()), e.peer_count)
+                })?;
+            }
+            let peer_unmatched = peer_rows - tot.rows_peer;
+            let own_section = |w: &mut OutWriter| {
+                merge_runs(unmatched, |e| e.rows.iter().try_for_each(|r| w.own(r)))
+            };
+            if cfg.join == JoinType::Difference {
+                own_section(&mut w)?;
+            } else {
+                for p in 0..2u8 {
+                    if cfg.outer(p) {
+                        if p == party {
+                            own_section(&mut w)?
+                        } else {
+                            w.nulls(peer_unmatched)?
+                        }
+                    }
+                }
+            }
+        }
+        let rows_out = w.commit()?;
+        out_stats = Some(OutputStats {
+            path: output.map(|p| p.display().to_string()).unwrap_or_default(),
+            rows: rows_out,
+        });
+    }
+    drop(sink);
+    t_write += tw.elapsed().as_secs_f64();
+    let total = t0.elapsed().as_secs_f64();
+    Ok(Report {
+        version: 1,
+        party,
+        protocol: cfg.protocol,
+        join: cfg.join,
+        receiver: self_learns,
+        self_: InputStats {
+            path: input_path.display().to_string(),
+            rows,
+            unique_keys: tot.unique,
+            skipped_empty_keys: input.skipped,
+        },
+        peer: PeerStats {
+            rows: peer_rows,
+            unique_keys: peer_unique,
+        },
+        intersection: self_learns.then(|| Intersection {
+            keys: tot.keys,
+            rows_self: tot.rows_self,
+            rows_peer: tot.rows_peer,
+            join_rows: tot.join_rows,
+        }),
+        output: out_stats,
+        buckets,
+        bytes_sent: chan.bytes_sent(),
+        bytes_received: chan.bytes_received(),
+        seconds: Phases {
+            read: round3(t_read),
+            protocol: round3(t_proto_end - t_read - t_write.min(t_proto_end - t_read)),
+            write: round3(t_write),
+            total: round3(total),
+        },
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// With a single bucket, the sections after the matches: this party's own
+/// unmatched rows, or null rows for the peer's, in party order.
+fn write_unmatched_sections<'a, I: Iterator<Item = &'a [u8]>>(
+    cfg: &PsiConfig,
+    w: &mut OutWriter,
+    party: u8,
+    unmatched: &[u32],
+    rows_of: &impl Fn(u32) -> I,
+    peer_unmatched: u64,
+) -> Result<(), PsiError> {
+    let own = |w: &mut OutWriter| -> Result<(), PsiError> {
+        for &gi in unmatched {
+            for r in rows_of(gi) {
+                w.own(r)?;
+            }
+        }
+        Ok(())
+    };
+    if cfg.join == JoinType::Difference {
+        return own(w);
+    }
+    for p in 0..2u8 {
+        if cfg.outer(p) {
+            if p == party {
+                own(w)?
+            } else {
+                w.nulls(peer_unmatched)?
+            }
+        }
+    }
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Which parties receive, as (listener, connector), for `receiver` given at party `party`.
+pub fn receivers_of(receiver: Receiver, party: u8) -> [bool; 2] {
+    let mut r = [false; 2];
+    let p = party as usize;
+    r[p] = matches!(receiver, Receiver::SelfOnly | Receiver::Both);
+    r[1 - p] = matches!(receiver, Receiver::Peer | Receiver::Both);
+    r
+}

@@ -1,0 +1,531 @@
+//! The engine against a naive reference join, over memory channels.
+//!
+//! The reference is the output specification written as plainly as possible:
+//! parse both files, find common keys, expand duplicates listener-major, add
+//! the outer sections. Property tests compare the engine's files with it
+//! byte for byte, for every join, receiver choice, duplicates, multi-column
+//! keys, quoting, CRLF, BOM, empty inputs, and the bucketed (spilled) path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use venn_psi::csv::CsvReader;
+use venn_psi::item::push_column;
+use venn_psi::{JoinType, Protocol, PsiConfig, PsiError, Receiver, Report, Side, memory_pair, run};
+
+/// (canonical key, raw record) per data row, and the header's column count.
+fn parse(path: &Path, keys: &[String]) -> (Vec<(Vec<u8>, Vec<u8>)>, usize) {
+    let mut r = CsvReader::new(
+        std::io::BufReader::new(std::fs::File::open(path).unwrap()),
+        path,
+    );
+    assert!(r.read().unwrap());
+    let names: Vec<String> = (0..r.len())
+        .map(|i| String::from_utf8(r.field(i).to_vec()).unwrap())
+        .collect();
+    let cols: Vec<usize> = keys
+        .iter()
+        .map(|k| names.iter().position(|n| n == k).unwrap())
+        .collect();
+    let mut rows = Vec::new();
+    while r.read().unwrap() {
+        let key = if cols.len() == 1 {
+            r.field(cols[0]).to_vec()
+        } else {
+            let mut k = Vec::new();
+            for &c in &cols {
+                push_column(&mut k, r.field(c));
+            }
+            k
+        };
+        rows.push((key, r.raw().to_vec()));
+    }
+    (rows, names.len())
+}
+
+/// The expected output text of `party` (header excluded), or None if it is not a receiver.
+fn reference(
+    a: &[(Vec<u8>, Vec<u8>)],
+    b: &[(Vec<u8>, Vec<u8>)],
+    ncols: [usize; 2],
+    join: JoinType,
+    left: u8,
+    party: u8,
+) -> Vec<Vec<u8>> {
+    let group = |rows: &[(Vec<u8>, Vec<u8>)]| {
+        let mut m: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+        for (k, r) in rows {
+            m.entry(k.clone()).or_default().push(r.clone());
+        }
+        m
+    };
+    let (ga, gb) = (group(a), group(b));
+    let g = [&ga, &gb];
+    let mine = g[party as usize];
+    let nulls = |p: usize| vec![b"NULL".to_vec(); ncols[p]].join(&b","[..]);
+    let mut out = Vec::new();
+    if join == JoinType::Difference {
+        let other = g[1 - party as usize];
+        for (k, rs) in mine {
+            if !other.contains_key(k) {
+                out.extend(rs.iter().cloned());
+            }
+        }
+        return out;
+    }
+    for (k, ra) in &ga {
+        if let Some(rb) = gb.get(k) {
+            for x in ra {
+                for y in rb {
+                    out.push(if party == 0 { x.clone() } else { y.clone() });
+                }
+            }
+        }
+    }
+    let outer = |p: u8| match join {
+        JoinType::Left => p == left,
+        JoinType::Right => p != left,
+        JoinType::Full => true,
+        _ => false,
+    };
+    for p in 0..2u8 {
+        if !outer(p) {
+            continue;
+        }
+        let (own, other) = (g[p as usize], g[1 - p as usize]);
+        for (k, rs) in own {
+            if other.contains_key(k) {
+                continue;
+            }
+            for r in rs {
+                out.push(if p == party {
+                    r.clone()
+                } else {
+                    nulls(party as usize)
+                });
+            }
+        }
+    }
+    out
+}
+
+struct Case {
+    a: String,
+    b: String,
+    keys_a: Vec<String>,
+    keys_b: Vec<String>,
+    join: JoinType,
+    /// receiver as given at party 0
+    receiver0: Receiver,
+    left0: Side,
+    budget: u64,
+    protocol: Protocol,
+}
+
+fn run_case(c: &Case) -> Result<[(Report, Option<Vec<u8>>); 2], PsiError> {
+    let dir = tempfile::tempdir().unwrap();
+    let pa = dir.path().join("a.csv");
+    let pb = dir.path().join("b.csv");
+    std::fs::write(&pa, &c.a).unwrap();
+    std::fs::write(&pb, &c.b).unwrap();
+    let (ca, cb) = memory_pair(16);
+    let cfg = |keys: &Vec<String>, leader: bool| {
+        let mut k = PsiConfig::new(keys.clone(), leader);
+        k.protocol = c.protocol;
+        k.join = c.join;
+        k.memory_budget = c.budget;
+        k.tmp_dir = dir.path().to_path_buf();
+        let flip = |r| match r {
+            Receiver::SelfOnly => Receiver::Peer,
+            Receiver::Peer => Receiver::SelfOnly,
+            Receiver::Both => Receiver::Both,
+        };
+        k.receiver = if leader {
+            c.receiver0
+        } else {
+            flip(c.receiver0)
+        };
+        k.left = if leader {
+            c.left0
+        } else if c.left0 == Side::SelfSide {
+            Side::Peer
+        } else {
+            Side::SelfSide
+        };
+        k
+    };
+    let (c0, c1) = (cfg(&c.keys_a, true), cfg(&c.keys_b, false));
+    let oa: PathBuf = dir.path().join("oa.csv");
+    let ob: PathBuf = dir.path().join("ob.csv");
+    let (ra, rb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| run(&c0, &pa, Some(&oa), &ca));
+        let hb = s.spawn(|| run(&c1, &pb, Some(&ob), &cb));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let read = |p: &Path| std::fs::read(p).ok();
+    Ok([(ra?, read(&oa)), (rb?, read(&ob))])
+}
+
+fn check(c: &Case) {
+    let [(ra, oa), (rb, ob)] = run_case(c).expect("run succeeds");
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&pa, &c.a).unwrap();
+    std::fs::write(&pb, &c.b).unwrap();
+    let (a, na) = parse(&pa, &c.keys_a);
+    let (b, nb) = (parse(&pb, &c.keys_b).0, parse(&pb, &c.keys_b).1);
+    let left = if c.left0 == Side::SelfSide { 0 } else { 1 };
+    let receivers = venn_psi::receivers_of(c.receiver0, 0);
+    for (party, (rep, out)) in [(0u8, (&ra, &oa)), (1u8, (&rb, &ob))] {
+        assert_eq!(rep.receiver, receivers[party as usize]);
+        if !receivers[party as usize] {
+            assert!(out.is_none(), "a non-receiver wrote output");
+            assert!(rep.intersection.is_none());
+            continue;
+        }
+        let want = reference(&a, &b, [na, nb], c.join, left, party);
+        let text = out.as_ref().expect("a receiver writes output");
+        let mut lines = split_records(text);
+        lines.remove(0); // header
+        assert_eq!(
+            lines, want,
+            "party {party} output differs from the reference"
+        );
+        assert_eq!(rep.output.as_ref().unwrap().rows, want.len() as u64);
+    }
+}
+
+/// Splits an output file into records (outputs contain quoted newlines).
+fn split_records(text: &[u8]) -> Vec<Vec<u8>> {
+    let mut r = CsvReader::new(text, Path::new("out"));
+    let mut v = Vec::new();
+    while r.read().unwrap() {
+        v.push(r.raw().to_vec());
+    }
+    v
+}
+
+fn csv_text(header: &str, rows: &[(String, String)], crlf: bool, bom: bool) -> String {
+    let nl = if crlf { "\r\n" } else { "\n" };
+    let mut s = String::new();
+    if bom {
+        s.push('\u{feff}');
+    }
+    s.push_str(header);
+    s.push_str(nl);
+    for (k, p) in rows {
+        s.push_str(k);
+        s.push(',');
+        s.push_str(p);
+        s.push_str(nl);
+    }
+    s
+}
+
+fn quote(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn arb_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u32..12).prop_map(|i| format!("{:018}", 100_000_000_000_000_000u64 + i as u64 * 7919)),
+        prop::sample::select(vec![
+            "é",
+            "ключ",
+            "鍵",
+            "a,b",
+            "say \"x\"",
+            "multi\nline",
+            "long-key-longer-than-fifteen-bytes"
+        ])
+        .prop_map(String::from),
+    ]
+}
+
+fn arb_table() -> impl Strategy<Value = Vec<(String, String)>> {
+    prop::collection::vec((arb_key(), "[a-z ,\"]{0,6}"), 0..25)
+        .prop_map(|v| v.into_iter().map(|(k, p)| (quote(&k), quote(&p))).collect())
+}
+
+fn arb_join() -> impl Strategy<Value = JoinType> {
+    prop::sample::select(vec![
+        JoinType::Inner,
+        JoinType::Left,
+        JoinType::Right,
+        JoinType::Full,
+        JoinType::Difference,
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn ecdh_equals_reference(a in arb_table(), b in arb_table(), join in arb_join(),
+                             receiver0 in prop::sample::select(vec![Receiver::SelfOnly, Receiver::Peer, Receiver::Both]),
+                             left_peer in any::<bool>(), crlf in any::<bool>(), bom in any::<bool>(), small in any::<bool>()) {
+        check(&Case {
+            a: csv_text("id,pa", &a, crlf, bom),
+            b: csv_text("key,pb", &b, !crlf, false),
+            keys_a: vec!["id".into()],
+            keys_b: vec!["key".into()],
+            join,
+            receiver0,
+            left0: if left_peer { Side::Peer } else { Side::SelfSide },
+            budget: if small { 64 << 10 } else { 1 << 30 },
+            protocol: Protocol::Ecdh,
+        });
+    }
+
+    #[test]
+    fn multi_column_keys(a in arb_table(), b in arb_table(), join in arb_join()) {
+        // key = (first column, second column); a few second-column values so keys repeat
+        let nonempty = |t: Vec<(String, String)>| -> Vec<(String, String)> {
+            t.into_iter().map(|(k, p)| (k, if p.len() % 2 == 0 { "x".to_string() } else { "\"y,\"".to_string() })).collect()
+        };
+        let (a, b) = (nonempty(a), nonempty(b));
+        check(&Case {
+            a: csv_text("k1,k2", &a, false, false),
+            b: csv_text("x1,x2", &b, true, false),
+            keys_a: vec!["k1".into(), "k2".into()],
+            keys_b: vec!["x1".into(), "x2".into()],
+            join,
+            receiver0: Receiver::Both,
+            left0: Side::SelfSide,
+            budget: 1 << 30,
+            protocol: Protocol::Ecdh,
+        });
+    }
+}
+
+fn numbered(n: usize, start: usize, payload: &str) -> String {
+    let mut s = String::from("id,payload\n");
+    for i in start..start + n {
+        s.push_str(&format!(
+            "{:018},{payload}{i}\n",
+            300_000_000_000_000_000u64 + i as u64
+        ));
+    }
+    s
+}
+
+#[test]
+fn spilled_buckets_give_the_same_result() {
+    // 6000 rows of ~40 B plus overhead exceed 256 KiB: several buckets.
+    let a = numbered(6000, 0, "alpha-");
+    let b = numbered(6000, 3000, "beta-");
+    for (join, budget) in [
+        (JoinType::Inner, 256 << 10),
+        (JoinType::Full, 256 << 10),
+        (JoinType::Inner, 1 << 30),
+    ] {
+        let c = Case {
+            a: a.clone(),
+            b: b.clone(),
+            keys_a: vec!["id".into()],
+            keys_b: vec!["id".into()],
+            join,
+            receiver0: Receiver::Both,
+            left0: Side::SelfSide,
+            budget,
+            protocol: Protocol::Ecdh,
+        };
+        let [(ra, _), (rb, _)] = run_case(&c).unwrap();
+        if budget < (1 << 20) {
+            assert!(
+                ra.buckets > 1 && ra.buckets == rb.buckets,
+                "budget must force buckets"
+            );
+        } else {
+            assert_eq!(ra.buckets, 1);
+        }
+        assert_eq!(ra.intersection.as_ref().unwrap().keys, 3000);
+        check(&c);
+    }
+}
+
+#[test]
+fn no_overlap_and_full_overlap() {
+    for (start, keys) in [(10_000, 0), (0, 500)] {
+        let c = Case {
+            a: numbered(500, 0, "a"),
+            b: numbered(500, start, "b"),
+            keys_a: vec!["id".into()],
+            keys_b: vec!["id".into()],
+            join: JoinType::Inner,
+            receiver0: Receiver::Both,
+            left0: Side::SelfSide,
+            budget: 1 << 30,
+            protocol: Protocol::Ecdh,
+        };
+        let [(ra, _), (rb, _)] = run_case(&c).unwrap();
+        assert_eq!(ra.intersection.unwrap().keys, keys);
+        assert_eq!(rb.intersection.unwrap().keys, keys);
+        check(&c);
+    }
+}
+
+fn mismatch_case(
+    join_b: JoinType,
+    keys_b: Vec<String>,
+) -> Result<[(Report, Option<Vec<u8>>); 2], PsiError> {
+    let c = Case {
+        a: numbered(10, 0, "a"),
+        b: numbered(10, 0, "b"),
+        keys_a: vec!["id".into()],
+        keys_b,
+        join: JoinType::Inner,
+        receiver0: Receiver::Both,
+        left0: Side::SelfSide,
+        budget: 1 << 30,
+        protocol: Protocol::Ecdh,
+    };
+    let _ = join_b;
+    run_case(&c)
+}
+
+#[test]
+fn key_count_mismatch_fails_clearly() {
+    let e = mismatch_case(JoinType::Inner, vec!["id".into(), "payload".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("number of --keys columns"), "{e}");
+}
+
+#[test]
+fn input_errors_name_file_line_and_column() {
+    let c = |a: &str| Case {
+        a: a.into(),
+        b: numbered(3, 0, "b"),
+        keys_a: vec!["id".into()],
+        keys_b: vec!["id".into()],
+        join: JoinType::Inner,
+        receiver0: Receiver::Both,
+        left0: Side::SelfSide,
+        budget: 1 << 30,
+        protocol: Protocol::Ecdh,
+    };
+    let e = run_case(&c("id,x\n1,a\n,b\n")).unwrap_err().to_string();
+    assert!(
+        e.contains("a.csv:3: column 'id'") && e.contains("--skip-empty-keys"),
+        "{e}"
+    );
+    let e = run_case(&c("id,x\n1,a,extra\n")).unwrap_err().to_string();
+    assert!(
+        e.contains("a.csv:2") && e.contains("3 fields but the header has 2"),
+        "{e}"
+    );
+    let e = run_case(&c("ident,x\n1,a\n")).unwrap_err().to_string();
+    assert!(e.contains("column 'id'") && e.contains("ident, x"), "{e}");
+    let mut bad = b"id,x\n".to_vec();
+    bad.extend_from_slice(b"\xff\xfe,a\n");
+    let e = run_case(&c(&String::from_utf8_lossy(&bad)))
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    // lossy conversion made it valid UTF-8 replacement chars; write raw bytes instead
+    let _ = e;
+    let dir = tempfile::tempdir().unwrap();
+    let pa = dir.path().join("raw.csv");
+    std::fs::write(&pa, &bad).unwrap();
+    let (ca, cb) = memory_pair(16);
+    let pb = dir.path().join("b.csv");
+    std::fs::write(&pb, numbered(3, 0, "b")).unwrap();
+    let (ra, rb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| {
+            run(
+                &PsiConfig {
+                    protocol: Protocol::Ecdh,
+                    ..PsiConfig::new(vec!["id".into()], true)
+                },
+                &pa,
+                Some(&dir.path().join("o1")),
+                &ca,
+            )
+        });
+        let hb = s.spawn(|| {
+            run(
+                &PsiConfig {
+                    protocol: Protocol::Ecdh,
+                    ..PsiConfig::new(vec!["id".into()], false)
+                },
+                &pb,
+                Some(&dir.path().join("o2")),
+                &cb,
+            )
+        });
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let ea = ra.unwrap_err().to_string();
+    assert!(
+        ea.contains("raw.csv:2: column 'id'") && ea.contains("UTF-8"),
+        "{ea}"
+    );
+    // the peer is told why
+    let eb = rb.unwrap_err().to_string();
+    assert!(
+        eb.contains("the peer stopped") && eb.contains("UTF-8"),
+        "{eb}"
+    );
+    assert!(
+        !dir.path().join("o2").exists(),
+        "no output after a failed run"
+    );
+}
+
+#[test]
+fn skip_empty_keys_leaves_rows_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pa = dir.path().join("a.csv");
+    let pb = dir.path().join("b.csv");
+    std::fs::write(&pa, "id,x\n1,a\n,b\n2,c\n").unwrap();
+    std::fs::write(&pb, "id\n1\n2\n").unwrap();
+    let (ca, cb) = memory_pair(16);
+    let mut c0 = PsiConfig::new(vec!["id".into()], true);
+    c0.protocol = Protocol::Ecdh;
+    c0.skip_empty_keys = true;
+    let mut c1 = PsiConfig::new(vec!["id".into()], false);
+    c1.protocol = Protocol::Ecdh;
+    let (oa, ob) = (dir.path().join("oa"), dir.path().join("ob"));
+    let (ra, rb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| run(&c0, &pa, Some(&oa), &ca));
+        let hb = s.spawn(|| run(&c1, &pb, Some(&ob), &cb));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let ra = ra.unwrap();
+    rb.unwrap();
+    assert_eq!(ra.self_.skipped_empty_keys, 1);
+    assert_eq!(ra.self_.rows, 2);
+    assert_eq!(std::fs::read_to_string(&oa).unwrap(), "id,x\n1,a\n2,c\n");
+    assert_eq!(std::fs::read_to_string(&ob).unwrap(), "id\n1\n2\n");
+}
+
+#[test]
+fn options_must_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let pa = dir.path().join("a.csv");
+    std::fs::write(&pa, "id\n1\n").unwrap();
+    let (ca, cb) = memory_pair(16);
+    let mut c0 = PsiConfig::new(vec!["id".into()], true);
+    c0.protocol = Protocol::Ecdh;
+    c0.join = JoinType::Left;
+    let mut c1 = PsiConfig::new(vec!["id".into()], false);
+    c1.protocol = Protocol::Ecdh;
+    c1.join = JoinType::Left;
+    // both claim to be the left side
+    let (ra, rb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| run(&c0, &pa, Some(&dir.path().join("o1")), &ca));
+        let hb = s.spawn(|| run(&c1, &pa, Some(&dir.path().join("o2")), &cb));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    for e in [ra.unwrap_err().to_string(), rb.unwrap_err().to_string()] {
+        assert!(
+            e.contains("--left") && e.contains("the listener") && e.contains("the connector"),
+            "{e}"
+        );
+    }
+}
