@@ -56,9 +56,14 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("venn: error: {e}");
+            let mut shown = e.to_string();
+            eprintln!("venn: error: {shown}");
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let c = cause.to_string();
+                if !shown.contains(&c) {
+                    eprintln!("  caused by: {c}");
+                    shown = c;
+                }
             }
             ExitCode::from(2)
         }

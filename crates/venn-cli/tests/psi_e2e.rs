@@ -1,0 +1,278 @@
+//! End to end: real `venn psi` processes over loopback, TLS and a token.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const VENN: &str = env!("CARGO_BIN_EXE_venn");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn party(args: &[&str], token: &str) -> Child {
+    Command::new(VENN)
+        .arg("psi")
+        .args(args)
+        .env("VENN_PSI_TOKEN", token)
+        .env("VENN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start venn psi")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+struct Pair {
+    dir: tempfile::TempDir,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let gen_out = Command::new(VENN)
+            .args([
+                "gen",
+                "--rows",
+                "3000",
+                "--overlap",
+                "0.4",
+                "--dup",
+                "0.02",
+                "--payload",
+                "2",
+                "--seed",
+                "9",
+                "-o",
+                "json",
+            ])
+            .arg(dir.path().join("a.csv"))
+            .arg(dir.path().join("b.csv"))
+            .output()
+            .unwrap();
+        assert!(gen_out.status.success(), "{}", text(&gen_out));
+        std::fs::write(dir.path().join("expected.json"), &gen_out.stdout).unwrap();
+        Pair { dir }
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn expected_rows(&self) -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.p("expected.json")).unwrap()).unwrap();
+        v["inner_join_rows"].as_u64().unwrap()
+    }
+
+    /// Runs both parties; returns (listener output, connector output).
+    fn run(&self, a_extra: &[&str], b_extra: &[&str], tokens: (&str, &str)) -> (Output, Output) {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let (ia, ib, oa, ob) = (
+            self.p("a.csv"),
+            self.p("b.csv"),
+            self.p("a_out.csv"),
+            self.p("b_out.csv"),
+        );
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        let wait = if a_extra.contains(&"--wait") {
+            vec![]
+        } else {
+            vec!["--wait".to_string(), "15".into()]
+        };
+        let mut a_args = vec!["--listen".to_string(), addr.clone()];
+        a_args.extend(wait);
+        a_args.extend(vec![
+            "--input".into(),
+            s(&ia),
+            "--keys".into(),
+            "id".into(),
+            "--output".into(),
+            s(&oa),
+            "-o".into(),
+            "json".into(),
+        ]);
+        a_args.extend(a_extra.iter().map(|x| x.to_string()));
+        let mut b_args = vec![
+            "--connect".to_string(),
+            addr,
+            "--wait".into(),
+            "15".into(),
+            "--input".into(),
+            s(&ib),
+            "--keys".into(),
+            "id".into(),
+            "--output".into(),
+            s(&ob),
+            "-o".into(),
+            "json".into(),
+        ];
+        b_args.extend(b_extra.iter().map(|x| x.to_string()));
+        let a = party(
+            &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+            tokens.0,
+        );
+        let b = party(
+            &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+            tokens.1,
+        );
+        (a.wait_with_output().unwrap(), b.wait_with_output().unwrap())
+    }
+
+    fn output_keys(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.p(name))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn report(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "party failed: {}", text(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("report: {e}: {}", text(o)))
+}
+
+#[test]
+fn two_processes_over_tls_agree() {
+    let p = Pair::new();
+    let (a, b) = p.run(
+        &[],
+        &[],
+        ("a-long-random-shared-token", "a-long-random-shared-token"),
+    );
+    let (ra, rb) = (report(&a), report(&b));
+    let want = p.expected_rows();
+    assert_eq!(ra["output"]["rows"].as_u64().unwrap(), want);
+    assert_eq!(rb["output"]["rows"].as_u64().unwrap(), want);
+    let (ka, kb) = (p.output_keys("a_out.csv"), p.output_keys("b_out.csv"));
+    assert_eq!(ka, kb, "outputs must be aligned row by row");
+    let mut sorted = ka.clone();
+    sorted.sort();
+    assert_eq!(ka, sorted, "outputs are sorted by key");
+    assert!(ra["bytes_sent"].as_u64().unwrap() > 0 && ra["peak_rss_mb"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn wrong_token_fails_and_writes_nothing() {
+    let p = Pair::new();
+    let (a, b) = p.run(
+        &["--wait", "3"],
+        &[],
+        ("the-right-token-0123", "a-wrong-token-98765"),
+    );
+    assert!(!b.status.success());
+    assert!(text(&b).contains("did not prove the token"), "{}", text(&b));
+    assert!(!a.status.success());
+    assert!(
+        text(&a).contains("no peer proved the token"),
+        "{}",
+        text(&a)
+    );
+    assert!(!p.p("a_out.csv").exists() && !p.p("b_out.csv").exists());
+}
+
+#[test]
+fn option_mismatch_is_reported_at_both_ends() {
+    let p = Pair::new();
+    let (a, b) = p.run(
+        &["--join", "left"],
+        &["--join", "full"],
+        ("tok-tok-tok-tok-tok", "tok-tok-tok-tok-tok"),
+    );
+    for o in [&a, &b] {
+        assert!(!o.status.success());
+        let t = text(o);
+        assert!(
+            t.contains("options do not match") && t.contains("--join"),
+            "{t}"
+        );
+    }
+}
+
+#[test]
+fn memory_budget_takes_the_bucketed_path_with_the_same_result() {
+    let p = Pair::new();
+    let tok = ("bucket-token-bucket-token", "bucket-token-bucket-token");
+    let (a, b) = p.run(&["--receiver", "both"], &[], tok);
+    report(&a);
+    report(&b);
+    let direct = (
+        std::fs::read(p.p("a_out.csv")).unwrap(),
+        std::fs::read(p.p("b_out.csv")).unwrap(),
+    );
+    let tmp = p.p("tmp");
+    let t = tmp.to_str().unwrap();
+    let (a, b) = p.run(
+        &["--memory-budget", "128KiB", "--tmp-dir", t],
+        &["--memory-budget", "1GiB"],
+        tok,
+    );
+    let (ra, rb) = (report(&a), report(&b));
+    assert!(ra["buckets"].as_u64().unwrap() > 1);
+    assert_eq!(ra["buckets"], rb["buckets"]);
+    assert_eq!(std::fs::read(p.p("a_out.csv")).unwrap(), direct.0);
+    assert_eq!(std::fs::read(p.p("b_out.csv")).unwrap(), direct.1);
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "temporary buckets are removed"
+    );
+}
+
+#[test]
+fn one_receiver_only() {
+    let p = Pair::new();
+    let (a, b) = p.run(
+        &["--receiver", "peer", "--insecure"],
+        &["--receiver", "self", "--insecure"],
+        ("t", "t"),
+    );
+    let (ra, rb) = (report(&a), report(&b));
+    assert!(ra["output"].is_null() && ra["intersection"].is_null());
+    assert!(!p.p("a_out.csv").exists());
+    assert_eq!(rb["output"]["rows"].as_u64().unwrap(), p.expected_rows());
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [vec!["psi"], vec!["gen"], vec!["demo"], vec!["bench", "psi"]] {
+        let o = Command::new(VENN)
+            .args(&cmd)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let t = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            t.contains("Example"),
+            "venn {} --help has no example:\n{t}",
+            cmd.join(" ")
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_named() {
+    let p = Pair::new();
+    std::fs::write(p.p("a.csv"), "id,x\n1,2\n3\n").unwrap();
+    let (a, b) = p.run(&[], &[], ("tok-tok-tok-tok-tok", "tok-tok-tok-tok-tok"));
+    assert!(!a.status.success() && !b.status.success());
+    assert!(
+        text(&a).contains("a.csv:3") && text(&a).contains("1 fields but the header has 2"),
+        "{}",
+        text(&a)
+    );
+    assert!(text(&b).contains("the peer stopped"), "{}", text(&b));
+}
