@@ -51,7 +51,7 @@ pub(crate) fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     let common = vec![
         "--protocol".to_string(),
-        a.protocol.clone(),
+        a.protocol,
         "--keys".into(),
         "id".into(),
     ];

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Two parties intersect their CSV files (private set intersection).
-    Psi(psi_cmd::PsiArgs),
+    Psi(Box<psi_cmd::PsiArgs>),
     /// Generate two CSV files for trying or benchmarking PSI.
     Gen(gen_cmd::GenArgs),
     /// Run a complete local PSI between two processes on sample data.
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         .compact()
         .init();
     let res = match cli.command {
-        Command::Psi(a) => psi_cmd::run(a),
+        Command::Psi(a) => psi_cmd::run(*a),
         Command::Gen(a) => gen_cmd::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(b) => bench::run(b),
@@ -51,10 +51,10 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::BrokenPipe {
-                    return ExitCode::SUCCESS;
-                }
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS;
             }
             let mut shown = e.to_string();
             eprintln!("venn: error: {shown}");

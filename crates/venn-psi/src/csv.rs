@@ -234,7 +234,9 @@ impl<R: BufRead> CsvReader<R> {
 mod tests {
     use super::*;
 
-    fn records(text: &[u8]) -> Result<Vec<(u64, Vec<Vec<u8>>, Vec<u8>)>, PsiError> {
+    type Record = (u64, Vec<Vec<u8>>, Vec<u8>);
+
+    fn records(text: &[u8]) -> Result<Vec<Record>, PsiError> {
         let mut r = CsvReader::new(text, Path::new("t.csv"));
         let mut out = Vec::new();
         while r.read()? {

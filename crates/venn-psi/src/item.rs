@@ -70,7 +70,7 @@ mod tests {
     fn short_keys_pack_without_collisions() {
         assert_ne!(item_of(b"ab"), item_of(b"ab\0"));
         assert_ne!(item_of(b""), item_of(b"\0"));
-        assert_eq!(item_of(b"123456789012345678").to_be_bytes()[15] >= 16, true);
+        assert!(item_of(b"123456789012345678").to_be_bytes()[15] >= 16);
         assert_eq!(item_of(b"abc").to_be_bytes()[15], 3);
     }
 

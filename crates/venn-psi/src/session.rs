@@ -75,13 +75,13 @@ pub fn run(
         }
         run_inner(cfg, input, output, chan)
     });
-    if let Err(e) = &res {
-        if !matches!(
+    if let Err(e) = &res
+        && !matches!(
             e,
             PsiError::Channel(_) | PsiError::Peer(_) | PsiError::Mismatch { .. }
-        ) {
-            wire::abort(chan, &e.to_string());
-        }
+        )
+    {
+        wire::abort(chan, &e.to_string());
     }
     res
 }
@@ -756,7 +756,7 @@ fn run_inner(
             rows: peer_rows,
             unique_keys: peer_unique,
         },
-        intersection: self_learns.then(|| Intersection {
+        intersection: self_learns.then_some(Intersection {
             keys: tot.keys,
             rows_self: tot.rows_self,
             rows_peer: tot.rows_peer,

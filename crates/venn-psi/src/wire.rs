@@ -55,6 +55,7 @@ pub(crate) fn abort(chan: &dyn Channel, reason: &str) {
 }
 
 /// Little-endian encoding of `u128`s.
+#[allow(dead_code)] // for protocols that send items in the clear-text framing
 pub(crate) fn put_u128s(out: &mut Vec<u8>, items: &[u128]) {
     out.reserve(items.len() * 16);
     for x in items {
@@ -63,8 +64,9 @@ pub(crate) fn put_u128s(out: &mut Vec<u8>, items: &[u128]) {
 }
 
 /// Decodes a whole frame of little-endian `u128`s.
+#[allow(dead_code)] // see put_u128s
 pub(crate) fn get_u128s(buf: &[u8], what: &str) -> Result<Vec<u128>, PsiError> {
-    if buf.len() % 16 != 0 {
+    if !buf.len().is_multiple_of(16) {
         return Err(PsiError::peer(format!(
             "{what}: length {} is not a multiple of 16",
             buf.len()
@@ -86,7 +88,7 @@ pub(crate) fn put_u32s(out: &mut Vec<u8>, v: &[u32]) {
 
 /// Decodes a whole frame of little-endian `u32`s.
 pub(crate) fn get_u32s(buf: &[u8], what: &str) -> Result<Vec<u32>, PsiError> {
-    if buf.len() % 4 != 0 {
+    if !buf.len().is_multiple_of(4) {
         return Err(PsiError::peer(format!(
             "{what}: length {} is not a multiple of 4",
             buf.len()

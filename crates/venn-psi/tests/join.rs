@@ -6,7 +6,7 @@
 //! byte for byte, for every join, receiver choice, duplicates, multi-column
 //! keys, quoting, CRLF, BOM, empty inputs, and the bucketed (spilled) path.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -15,7 +15,12 @@ use venn_psi::item::push_column;
 use venn_psi::{JoinType, Protocol, PsiConfig, PsiError, Receiver, Report, Side, memory_pair, run};
 
 /// (canonical key, raw record) per data row, and the header's column count.
-fn parse(path: &Path, keys: &[String]) -> (Vec<(Vec<u8>, Vec<u8>)>, usize) {
+/// (canonical key, raw record) rows.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+/// Each party's report and output bytes.
+type Outcome = Result<[(Report, Option<Vec<u8>>); 2], PsiError>;
+
+fn parse(path: &Path, keys: &[String]) -> (Rows, usize) {
     let mut r = CsvReader::new(
         std::io::BufReader::new(std::fs::File::open(path).unwrap()),
         path,
@@ -123,7 +128,7 @@ struct Case {
     protocol: Protocol,
 }
 
-fn run_case(c: &Case) -> Result<[(Report, Option<Vec<u8>>); 2], PsiError> {
+fn run_case(c: &Case) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let pa = dir.path().join("a.csv");
     let pb = dir.path().join("b.csv");
@@ -370,10 +375,7 @@ fn no_overlap_and_full_overlap() {
     }
 }
 
-fn mismatch_case(
-    join_b: JoinType,
-    keys_b: Vec<String>,
-) -> Result<[(Report, Option<Vec<u8>>); 2], PsiError> {
+fn mismatch_case(join_b: JoinType, keys_b: Vec<String>) -> Outcome {
     let c = Case {
         a: numbered(10, 0, "a"),
         b: numbered(10, 0, "b"),
