@@ -57,6 +57,26 @@ const BATCH: usize = 512;
 
 const DOMAIN: &[u8] = b"venn-psi ecdh ristretto255 v1";
 
+/// The curve25519-dalek backend that runs on this CPU: `avx512ifma` when the
+/// binary was built with the AVX-512 backend (see `.cargo/config.toml`) and
+/// the CPU has IFMA, else `avx2` where available, else `serial`. Mirrors
+/// curve25519-dalek's own run-time selection, which it does not export.
+pub fn curve_backend() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(curve25519_dalek_backend = "avx512")
+            && std::arch::is_x86_feature_detected!("avx512ifma")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return "avx512ifma";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "avx2";
+        }
+    }
+    "serial"
+}
+
 fn hash_to_group(x: Item) -> RistrettoPoint {
     let mut msg = [0u8; DOMAIN.len() + 16];
     msg[..DOMAIN.len()].copy_from_slice(DOMAIN);
@@ -205,6 +225,33 @@ pub(crate) fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<Cor
             matches: Some(matches),
         })
     })
+}
+
+/// Timing hooks for `cargo bench` (not a stable interface).
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// Hashes `n` items to the group; returns the points.
+    pub fn hash(n: u128) -> Vec<RistrettoPoint> {
+        (0..n).into_par_iter().map(hash_to_group).collect()
+    }
+
+    /// Multiplies and batch-compresses the points with a fresh key.
+    pub fn mul_compress_all(points: &[RistrettoPoint]) -> Vec<[u8; 32]> {
+        let half = random_scalar() * Scalar::from(2u8).invert();
+        mul_compress(points, &half)
+            .into_iter()
+            .map(|c| c.to_bytes())
+            .collect()
+    }
+
+    /// Decompresses points.
+    pub fn decompress(c: &[[u8; 32]]) -> usize {
+        c.par_iter()
+            .filter(|b| CompressedRistretto(**b).decompress().is_some())
+            .count()
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub use channel::{Channel, ChannelError, MemoryChannel, memory_pair};
 pub use error::PsiError;
 pub mod config;
 pub mod csv;
-mod ecdh;
+pub mod ecdh;
 pub mod item;
 mod output;
 pub mod report;

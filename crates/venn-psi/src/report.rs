@@ -26,6 +26,8 @@ pub struct Report {
     pub intersection: Option<Intersection>,
     /// The output file, at a receiver.
     pub output: Option<OutputStats>,
+    /// The elliptic-curve code path, for `ecdh` (`avx512ifma`, `avx2` or `serial`).
+    pub curve_backend: Option<&'static str>,
     /// Buckets the key space was split into.
     pub buckets: usize,
     /// Bytes sent to the peer.

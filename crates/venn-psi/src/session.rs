@@ -763,6 +763,7 @@ fn run_inner(
             join_rows: tot.join_rows,
         }),
         output: out_stats,
+        curve_backend: (cfg.protocol == crate::config::Protocol::Ecdh).then(ecdh::curve_backend),
         buckets,
         bytes_sent: chan.bytes_sent(),
         bytes_received: chan.bytes_received(),
