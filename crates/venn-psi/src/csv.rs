@@ -11,18 +11,29 @@
 //! Records without a quote character (the common case) are split with
 //! `memchr`; only quoted records go through the unquoting state machine.
 
-use std::io::BufRead;
+use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::PsiError;
 
-/// Reads records one at a time from a buffered reader.
+/// Reads records one at a time.
+///
+/// The reader keeps a large buffer of the file and hands out records as
+/// slices of it: a record is copied only when it straddles the end of the
+/// buffer (the tail is moved to the front before the next refill).
 pub struct CsvReader<R> {
     rdr: R,
     path: PathBuf,
     next_line: u64,
-    buf: Vec<u8>,
+    data: Vec<u8>,
+    /// Start of unread data in `data`.
+    pos: usize,
+    /// End of valid data in `data`.
+    end: usize,
+    eof: bool,
+    /// The current record (without its terminator) within `data`.
+    rec: Range<usize>,
     unq: Vec<u8>,
     fields: Vec<Range<usize>>,
     quoted: bool,
@@ -30,14 +41,20 @@ pub struct CsvReader<R> {
     record_line: u64,
 }
 
-impl<R: BufRead> CsvReader<R> {
+const BUF: usize = 4 << 20;
+
+impl<R: Read> CsvReader<R> {
     /// A reader over `rdr`; `path` is used in error messages.
     pub fn new(rdr: R, path: &Path) -> Self {
         CsvReader {
             rdr,
             path: path.to_path_buf(),
             next_line: 1,
-            buf: Vec::with_capacity(1024),
+            data: vec![0; BUF],
+            pos: 0,
+            end: 0,
+            eof: false,
+            rec: 0..0,
             unq: Vec::new(),
             fields: Vec::with_capacity(16),
             quoted: false,
@@ -72,13 +89,13 @@ impl<R: BufRead> CsvReader<R> {
         if self.quoted {
             &self.unq[r]
         } else {
-            &self.buf[r]
+            &self.data[r]
         }
     }
 
     /// The current record's bytes as in the file, without its line terminator.
     pub fn raw(&self) -> &[u8] {
-        &self.buf
+        &self.data[self.rec.clone()]
     }
 
     /// An input error at the current record.
@@ -91,55 +108,83 @@ impl<R: BufRead> CsvReader<R> {
         }
     }
 
+    /// Moves unread bytes to the front and reads more; false at end of input.
+    fn refill(&mut self) -> Result<bool, PsiError> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.pos > 0 {
+            self.data.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        if self.end == self.data.len() {
+            // one record longer than the buffer: grow
+            let n = self.data.len() * 2;
+            self.data.resize(n, 0);
+        }
+        loop {
+            match self.rdr.read(&mut self.data[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(PsiError::io(&self.path, e)),
+            }
+        }
+    }
+
     /// Advances to the next non-empty record. `Ok(false)` at the end of input.
     pub fn read(&mut self) -> Result<bool, PsiError> {
         loop {
-            self.buf.clear();
-            let n = self
-                .rdr
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|e| PsiError::io(&self.path, e))?;
-            if n == 0 {
-                return Ok(false);
-            }
-            self.record_line = self.next_line;
-            self.next_line += 1;
-            if memchr::memchr(b'"', &self.buf).is_some() {
-                // A quoted field may span lines: keep reading while the
-                // number of quotes is odd.
-                let mut quotes = memchr::memchr_iter(b'"', &self.buf).count();
-                while quotes % 2 == 1 {
-                    let start = self.buf.len();
-                    let n = self
-                        .rdr
-                        .read_until(b'\n', &mut self.buf)
-                        .map_err(|e| PsiError::io(&self.path, e))?;
-                    if n == 0 {
+            let (stop, next, lines) = loop {
+                match record_end(&self.data[self.pos..self.end], self.eof) {
+                    Scan::Done {
+                        len,
+                        lines,
+                        terminated,
+                    } => {
+                        let stop = self.pos + len;
+                        break (stop, stop + terminated as usize, lines);
+                    }
+                    Scan::Unclosed => {
+                        self.record_line = self.next_line;
                         return Err(self.error(
                             None,
                             "a quoted field is not closed before the end of the file; \
                              add the closing double quote",
                         ));
                     }
-                    self.next_line += 1;
-                    quotes += memchr::memchr_iter(b'"', &self.buf[start..]).count();
+                    Scan::Empty => return Ok(false),
+                    Scan::NeedMore => {
+                        self.refill()?;
+                    }
                 }
+            };
+            let start = self.pos;
+            self.record_line = self.next_line;
+            self.next_line += lines;
+            self.pos = next;
+            let mut e = stop;
+            if e > start && self.data[e - 1] == b'\r' {
+                e -= 1;
             }
-            if self.buf.last() == Some(&b'\n') {
-                self.buf.pop();
-                if self.buf.last() == Some(&b'\r') {
-                    self.buf.pop();
-                }
-            }
+            let mut s0 = start;
             if self.first {
                 self.first = false;
-                if self.buf.starts_with(b"\xEF\xBB\xBF") {
-                    self.buf.drain(..3);
+                if self.data[s0..e].starts_with(b"\xEF\xBB\xBF") {
+                    s0 += 3;
                 }
             }
-            if self.buf.is_empty() {
+            if s0 == e {
                 continue;
             }
+            self.rec = s0..e;
             self.split()?;
             return Ok(true);
         }
@@ -147,19 +192,20 @@ impl<R: BufRead> CsvReader<R> {
 
     fn split(&mut self) -> Result<(), PsiError> {
         self.fields.clear();
-        if memchr::memchr(b'"', &self.buf).is_none() {
+        let base = self.rec.start;
+        let b = &self.data[self.rec.clone()];
+        if memchr::memchr(b'"', b).is_none() {
             self.quoted = false;
-            let mut start = 0;
-            for comma in memchr::memchr_iter(b',', &self.buf) {
-                self.fields.push(start..comma);
-                start = comma + 1;
+            let mut start = base;
+            for comma in memchr::memchr_iter(b',', b) {
+                self.fields.push(start..base + comma);
+                start = base + comma + 1;
             }
-            self.fields.push(start..self.buf.len());
+            self.fields.push(start..self.rec.end);
             return Ok(());
         }
         self.quoted = true;
         self.unq.clear();
-        let b = &self.buf;
         let mut i = 0;
         loop {
             // at the start of a field
@@ -230,6 +276,94 @@ impl<R: BufRead> CsvReader<R> {
     }
 }
 
+enum Scan {
+    /// The record is `len` bytes, then a newline if `terminated`; it spans `lines` lines.
+    Done {
+        len: usize,
+        lines: u64,
+        terminated: bool,
+    },
+    /// More input is needed to find the end.
+    NeedMore,
+    /// End of input inside a quoted field.
+    Unclosed,
+    /// No input left.
+    Empty,
+}
+
+/// Finds where the record at the start of `buf` ends. A double quote opens a
+/// quoted field only at the start of a field (elsewhere it is a literal
+/// character), so a stray quote in an unquoted field never swallows lines.
+fn record_end(buf: &[u8], eof: bool) -> Scan {
+    if buf.is_empty() {
+        return if eof { Scan::Empty } else { Scan::NeedMore };
+    }
+    let nl = memchr::memchr(b'\n', buf);
+    let line_end = nl.unwrap_or(buf.len());
+    if memchr::memchr(b'"', &buf[..line_end]).is_none() {
+        return match nl {
+            Some(n) => Scan::Done {
+                len: n,
+                lines: 1,
+                terminated: true,
+            },
+            None if eof => Scan::Done {
+                len: buf.len(),
+                lines: 1,
+                terminated: false,
+            },
+            None => Scan::NeedMore,
+        };
+    }
+    let (mut i, mut lines, mut field_start, mut inq) = (0usize, 1u64, true, false);
+    while i < buf.len() {
+        let c = buf[i];
+        if inq {
+            if c == b'"' {
+                match buf.get(i + 1) {
+                    Some(b'"') => {
+                        i += 2;
+                        continue;
+                    }
+                    None if !eof => return Scan::NeedMore,
+                    _ => inq = false,
+                }
+            } else if c == b'\n' {
+                lines += 1;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'"' if field_start => {
+                inq = true;
+                field_start = false;
+            }
+            b',' => field_start = true,
+            b'\n' => {
+                return Scan::Done {
+                    len: i,
+                    lines,
+                    terminated: true,
+                };
+            }
+            _ => field_start = false,
+        }
+        i += 1;
+    }
+    if !eof {
+        Scan::NeedMore
+    } else if inq {
+        Scan::Unclosed
+    } else {
+        Scan::Done {
+            len: buf.len(),
+            lines,
+            terminated: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +424,62 @@ mod tests {
             e.contains("t.csv:2") && e.contains("after its closing quote"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+
+    /// A reader that returns at most `n` bytes per call, to exercise refills.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(self.0.len()).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn records_across_refills_and_a_last_line_without_newline() {
+        let mut text = Vec::new();
+        text.extend_from_slice(b"\xEF\xBB\xBFid,v\r\n");
+        for i in 0..20_000 {
+            text.extend_from_slice(format!("{i},\"x\n{i},\"\"q\"\"\"\r\n").as_bytes());
+        }
+        text.extend_from_slice(b"last,1");
+        let mut r = CsvReader::new(Trickle(&text, 7777), Path::new("t.csv"));
+        r.data = vec![0; 64]; // tiny buffer: records straddle it and it must grow
+        assert!(r.read().unwrap());
+        assert_eq!(r.field(0), b"id");
+        for i in 0..20_000u64 {
+            assert!(r.read().unwrap());
+            assert_eq!(r.line(), 2 + 2 * i);
+            assert_eq!(r.field(0), i.to_string().as_bytes());
+            assert_eq!(r.field(1), format!("x\n{i},\"q\"").as_bytes());
+        }
+        assert!(r.read().unwrap());
+        assert_eq!(r.raw(), b"last,1");
+        assert!(!r.read().unwrap());
+    }
+}
+
+#[cfg(test)]
+mod stray_quote_tests {
+    use super::*;
+
+    #[test]
+    fn a_quote_inside_an_unquoted_field_is_literal() {
+        let mut r = CsvReader::new(&b"h,w\n5'11\",tall\nnext,row\n"[..], Path::new("t.csv"));
+        assert!(r.read().unwrap());
+        assert!(r.read().unwrap());
+        assert_eq!(r.field(0), b"5'11\"");
+        assert_eq!(r.line(), 2);
+        assert!(r.read().unwrap());
+        assert_eq!(r.field(0), b"next");
+        assert_eq!(r.line(), 3);
     }
 }

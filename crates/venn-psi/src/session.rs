@@ -26,7 +26,6 @@
 //! join type.
 
 use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::time::Instant;
 
@@ -223,7 +222,7 @@ fn normalize_into(out: &mut Vec<u8>, field: &[u8], cfg: &PsiConfig) {
 
 fn read_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
     let f = File::open(path).map_err(|e| PsiError::io(path, e))?;
-    let mut r = CsvReader::new(BufReader::with_capacity(1 << 20, f), path);
+    let mut r = CsvReader::new(f, path);
     if !r.read()? {
         return Err(PsiError::Input {
             path: path.to_path_buf(),
