@@ -319,6 +319,9 @@ impl Hasher for LowBits {
     }
 }
 
+/// Compile-time check that [`intersect`] has the engine's core shape.
+const _: crate::core::CoreFn = intersect;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +497,3 @@ mod tests {
         bench(1 << 20);
     }
 }
-
-/// Compile-time check that [`intersect`] has the engine's core shape.
-const _: crate::core::CoreFn = intersect;

@@ -246,9 +246,9 @@ mod tests {
         let mut m = [0u128; 128];
         m.copy_from_slice(&orig);
         transpose128(&mut m);
-        for r in 0..128 {
-            for c in 0..128 {
-                assert_eq!((orig[r] >> c) & 1, (m[c] >> r) & 1, "r={r} c={c}");
+        for (r, row) in orig.iter().enumerate() {
+            for (c, col) in m.iter().enumerate() {
+                assert_eq!((row >> c) & 1, (col >> r) & 1, "r={r} c={c}");
             }
         }
         transpose128(&mut m);
