@@ -66,6 +66,23 @@ pub(crate) mod tags {
     pub(crate) const TAGS: u8 = 0x46;
 }
 
+/// Phase timing for development: prints with `RR22_TRACE=1` in test builds.
+#[cfg(test)]
+macro_rules! trace {
+    ($t0:expr, $($arg:tt)*) => {
+        if std::env::var_os("RR22_TRACE").is_some() {
+            eprintln!("[rr22 {:>8.1} ms] {}", $t0.elapsed().as_secs_f64() * 1e3, format!($($arg)*));
+        }
+    };
+}
+#[cfg(not(test))]
+macro_rules! trace {
+    ($t0:expr, $($arg:tt)*) => {
+        let _ = &$t0;
+    };
+}
+pub(crate) use trace;
+
 /// Largest frame we send, tag byte included.
 const MAX_FRAME: usize = 4 << 20;
 /// 128-bit blocks per A' frame.
@@ -162,7 +179,9 @@ fn run_receiver(
     opts: EncodeOptions,
 ) -> Result<Vec<Match>, PsiError> {
     let m = params.len();
+    let t0 = std::time::Instant::now();
     let (a, c) = vole::recv(chan, m)?;
+    trace!(t0, "R: vole done (m = {m})");
     // P = Encode{(x, H(x))}
     let mut vals = vec![0u128; items.len()];
     items
@@ -172,6 +191,7 @@ fn run_receiver(
     let mut seeds = Prg::from_os();
     let (header, p) = okvs::encode(params, items, &vals, || seeds.block(), opts)?;
     drop(vals);
+    trace!(t0, "R: okvs encoded");
     wire::send(chan, tags::OKVS_HDR, &encode_header(&header))?;
     // A' = A + P goes out on a second thread while this one computes our tags.
     let (sent, mine) = std::thread::scope(|s| {
@@ -188,6 +208,7 @@ fn run_receiver(
         });
         let mut mine = okvs::decode(params, &header, &c, items);
         output_tags(&mut mine, tb);
+        trace!(t0, "R: own tags");
         let sent = sender
             .join()
             .unwrap_or_else(|_| Err(PsiError::peer("RR22: sending thread panicked")));
@@ -205,6 +226,7 @@ fn run_receiver(
             extra.push((*t, old));
         }
     }
+    trace!(t0, "R: index built");
     // the sender's tags, in its item order
     let mut matches = Vec::new();
     let mut j = 0usize;
@@ -230,6 +252,7 @@ fn run_receiver(
             j += 1;
         }
     }
+    trace!(t0, "R: matched");
     Ok(matches)
 }
 
@@ -240,7 +263,9 @@ fn run_sender(
     tb: usize,
 ) -> Result<(), PsiError> {
     let m = params.len();
+    let t0 = std::time::Instant::now();
     let (delta, mut b) = vole::send(chan, m)?;
+    trace!(t0, "S: vole done");
     // Δ·H(y), computed while R encodes
     let mut hy = vec![0u128; items.len()];
     items
@@ -254,6 +279,7 @@ fn run_sender(
         });
     let header = wire::recv(chan, tags::OKVS_HDR, "OKVS header")?;
     let header = decode_header(&header, params.bins)?;
+    trace!(t0, "S: header received");
     // K = B + A'·Δ, frame by frame
     let mut k = vec![0u128; m];
     let mut got = 0usize;
@@ -278,6 +304,7 @@ fn run_sender(
     }
     b.clear();
     b.shrink_to_fit();
+    trace!(t0, "S: K computed");
     let mut tags_y = okvs::decode(params, &header, &k, items);
     drop(k);
     tags_y
@@ -289,6 +316,7 @@ fn run_sender(
             }
         });
     output_tags(&mut tags_y, tb);
+    trace!(t0, "S: tags computed");
     let per_frame = (MAX_FRAME - 1) / tb;
     for chunk in tags_y.chunks(per_frame) {
         let mut frame = Vec::with_capacity(1 + chunk.len() * tb);

@@ -191,53 +191,103 @@ impl EaCode {
         self.expand(&e, out);
     }
 
-    /// Encoding of the regular sparse vector with value `beta[i]` at
-    /// `alpha[i]` in block i, without materialising it: its prefix sum at
-    /// (block b, offset o) is β_0 + … + β_{b-1} (+ β_b if o ≥ α_b).
-    pub(crate) fn encode_regular(&self, alpha: &[usize], beta: &[u128], out: &mut [u128]) {
+    /// Prefix sums of the regular sparse vector with `beta[i]` at `alpha[i]`
+    /// in block i, at block starts: β_0 + … + β_{b-1}.
+    fn regular_prefix(&self, beta: &[u128]) -> Vec<u128> {
         let mut before = vec![0u128; self.blocks];
         let mut acc = 0u128;
         for (b, x) in before.iter_mut().enumerate() {
             *x = acc;
             acc ^= beta[b];
         }
+        before
+    }
+
+    /// Encoding of the regular sparse vector with value `beta[i]` at
+    /// `alpha[i]` in block i, without materialising it: its prefix sum at
+    /// (block b, offset o) is β_0 + … + β_{b-1} (+ β_b if o ≥ α_b).
+    #[cfg(test)]
+    pub(crate) fn encode_regular(&self, alpha: &[usize], beta: &[u128], out: &mut [u128]) {
+        let mut dummy = vec![0u128; out.len()];
+        let acc = vec![0u128; self.n];
+        self.encode_pair(&acc, alpha, beta, out, &mut dummy);
+    }
+
+    /// The receiver's two encodings with shared expander positions:
+    /// `out_c` = expand(acc) for an accumulated vector, `out_a` = the
+    /// encoding of the regular sparse vector (alpha, beta).
+    pub(crate) fn encode_pair(
+        &self,
+        acc: &[u128],
+        alpha: &[usize],
+        beta: &[u128],
+        out_a: &mut [u128],
+        out_c: &mut [u128],
+    ) {
+        let before = self.regular_prefix(beta);
         const STEP: usize = 2048;
-        out.par_chunks_mut(STEP).enumerate().for_each(|(ci, o)| {
-            let mut buf = vec![0u128; o.len() * EA_WEIGHT];
-            let pos = self.positions(ci * STEP, &mut buf);
-            for (i, y) in o.iter_mut().enumerate() {
-                let mut s = 0u128;
-                for &(b, off) in &pos[i * EA_WEIGHT..(i + 1) * EA_WEIGHT] {
-                    let b = b as usize;
-                    s ^= before[b];
-                    if off as usize >= alpha[b] {
-                        s ^= beta[b];
+        out_a
+            .par_chunks_mut(STEP)
+            .zip(out_c.par_chunks_mut(STEP))
+            .enumerate()
+            .for_each(|(ci, (oa, oc))| {
+                let mut buf = vec![0u128; oa.len() * EA_WEIGHT];
+                let pos = self.positions(ci * STEP, &mut buf);
+                for (i, (ya, yc)) in oa.iter_mut().zip(oc.iter_mut()).enumerate() {
+                    let (mut sa, mut sc) = (0u128, 0u128);
+                    for &(b, off) in &pos[i * EA_WEIGHT..(i + 1) * EA_WEIGHT] {
+                        let b = b as usize;
+                        sc ^= acc[b * self.block_len + off as usize];
+                        sa ^= before[b];
+                        if off as usize >= alpha[b] {
+                            sa ^= beta[b];
+                        }
                     }
+                    *ya = sa;
+                    *yc = sc;
                 }
-                *y = s;
-            }
-        });
+            });
     }
 }
 
-/// Full GGM tree of `depth` levels from `root`; returns every level
-/// (level l has 2^l nodes, level 0 is the root).
-fn ggm_levels(root: u128, depth: usize) -> Vec<Vec<u128>> {
-    let mut levels = Vec::with_capacity(depth + 1);
-    levels.push(vec![root]);
-    for l in 0..depth {
-        let mut next = vec![0u128; 2 << l];
-        ggm_expand(&levels[l], &mut next);
-        levels.push(next);
+impl ChunkParams {
+    /// Nodes kept on level l (1..=depth) of a tree truncated to `leaves`
+    /// leaves: the ancestors of leaves < L, rounded up to whole sibling pairs
+    /// (both parties expand every kept parent fully).
+    fn kept(&self, l: usize) -> usize {
+        self.leaves.div_ceil(1 << (self.depth - l))
     }
-    levels
+}
+
+/// Expands a truncated GGM tree from `root`, calling `on_level(l, nodes)` for
+/// each level l = 1..=depth with all children of the kept parents, and
+/// returning the leaves.
+fn ggm_tree(
+    p: &ChunkParams,
+    root: u128,
+    mut on_level: impl FnMut(usize, &[u128]),
+    leaves: &mut [u128],
+) {
+    let mut cur = vec![root];
+    let mut next = Vec::with_capacity(2 * p.leaves + 2);
+    for l in 1..=p.depth {
+        next.clear();
+        next.resize(2 * cur.len(), 0);
+        ggm_expand(&cur, &mut next);
+        on_level(l, &next);
+        next.truncate(p.kept(l));
+        std::mem::swap(&mut cur, &mut next);
+    }
+    leaves.copy_from_slice(&cur[..p.leaves]);
 }
 
 /// The VOLE sender's side: returns (Δ, B) with |B| = m.
 pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), PsiError> {
     let mut prg = Prg::from_os();
     let delta = prg.block();
+    let t0 = std::time::Instant::now();
     let keys = ot::base_recv(chan, delta)?;
+    super::trace!(t0, "S: base OT");
     let mut iknp = IknpSender::new(delta, &keys);
     let mut out = vec![0u128; m];
     let mut done = 0;
@@ -264,25 +314,30 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
             .zip(reply.par_chunks_mut(2 * p.depth + 1))
             .enumerate()
             .for_each(|(i, (leaves, r))| {
-                let levels = ggm_levels(roots[i], p.depth);
-                for l in 1..=p.depth {
-                    let (mut k0, mut k1) = (0u128, 0u128);
-                    for pair in levels[l].chunks_exact(2) {
-                        k0 ^= pair[0];
-                        k1 ^= pair[1];
-                    }
-                    let o = i * p.depth + (l - 1);
-                    r[2 * (l - 1)] = k0 ^ m0[o];
-                    r[2 * (l - 1) + 1] = k1 ^ m1[o];
-                }
-                leaves.copy_from_slice(&levels[p.depth][..p.leaves]);
+                ggm_tree(
+                    &p,
+                    roots[i],
+                    |l, nodes| {
+                        let (mut k0, mut k1) = (0u128, 0u128);
+                        for pair in nodes.chunks_exact(2) {
+                            k0 ^= pair[0];
+                            k1 ^= pair[1];
+                        }
+                        let o = i * p.depth + (l - 1);
+                        r[2 * (l - 1)] = k0 ^ m0[o];
+                        r[2 * (l - 1) + 1] = k1 ^ m1[o];
+                    },
+                    leaves,
+                );
                 let sum = leaves.iter().fold(0u128, |a, x| a ^ x);
                 r[2 * p.depth] = b[i] ^ sum;
             });
         let mut bytes = Vec::new();
         wire::put_u128s(&mut bytes, &reply);
         wire::send(chan, tags::VOLE_PPRF, &bytes)?;
+        super::trace!(t0, "S: pprf sent");
         EaCode::new(&p).encode(sparse, &mut out[done..done + p.m]);
+        super::trace!(t0, "S: EA encoded");
         done += p.m;
     }
     Ok((delta, out))
@@ -291,7 +346,9 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
 /// The VOLE receiver's side: returns (A, C) with C = A·Δ + B, |A| = |C| = m.
 pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>), PsiError> {
     let mut prg = Prg::from_os();
+    let t0 = std::time::Instant::now();
     let base = ot::base_send(chan)?;
+    super::trace!(t0, "R: base OT");
     let mut iknp = IknpReceiver::new(&base);
     let mut a_out = vec![0u128; m];
     let mut c_out = vec![0u128; m];
@@ -350,12 +407,14 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             .enumerate()
             .for_each(|(i, (leaves, r))| {
                 let a = alpha[i];
-                let mut level = vec![0u128; 1];
+                let mut cur = vec![0u128; 1];
+                let mut next = Vec::with_capacity(2 * p.leaves + 2);
                 let mut path = 0usize; // index of the unknown node on this level
                 for l in 1..=p.depth {
                     let side = (a >> (p.depth - l)) & 1; // path goes to child `side`
-                    let mut next = vec![0u128; 2 << (l - 1)];
-                    ggm_expand(&level, &mut next);
+                    next.clear();
+                    next.resize(2 * cur.len(), 0);
+                    ggm_expand(&cur, &mut next);
                     // the children of the unknown node are garbage: clear them
                     next[2 * path] = 0;
                     next[2 * path + 1] = 0;
@@ -369,16 +428,25 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
                         .fold(0u128, |acc, x| acc ^ x);
                     next[2 * path + sib_side] = k ^ known;
                     path = 2 * path + side;
-                    level = next;
+                    next.truncate(p.kept(l));
+                    std::mem::swap(&mut cur, &mut next);
                 }
                 debug_assert_eq!(path, a);
-                leaves.copy_from_slice(&level[..p.leaves]);
+                leaves.copy_from_slice(&cur[..p.leaves]);
                 let others = leaves.iter().fold(0u128, |acc, x| acc ^ x); // leaf α is 0
                 leaves[a] = c[i] ^ r[2 * p.depth] ^ others;
             });
+        super::trace!(t0, "R: pprf received + trees");
         let code = EaCode::new(&p);
-        code.encode(sparse, &mut c_out[done..done + p.m]);
-        code.encode_regular(&alpha, &beta, &mut a_out[done..done + p.m]);
+        EaCode::accumulate(&mut sparse);
+        code.encode_pair(
+            &sparse,
+            &alpha,
+            &beta,
+            &mut a_out[done..done + p.m],
+            &mut c_out[done..done + p.m],
+        );
+        super::trace!(t0, "R: EA A");
         done += p.m;
     }
     Ok((a_out, c_out))
