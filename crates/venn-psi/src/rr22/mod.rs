@@ -418,6 +418,15 @@ mod tests {
     }
 
     #[test]
+    fn psi_spanning_several_vole_chunks() {
+        // 200k receiver items need an OKVS (and VOLE) longer than one VOLE
+        // chunk, so the bootstrapped chunks are exercised end to end.
+        let (a, b) = sets(200_000, 3000, 2500, 19);
+        assert!(OkvsParams::new(200_000, 40).len() > vole::MAX_CHUNK);
+        check_run(intersect, &a, &b, (true, false));
+    }
+
+    #[test]
     fn psi_with_forced_okvs_retry() {
         fn forced(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
             intersect_with(chan, input, EncodeOptions { force_retry: true })

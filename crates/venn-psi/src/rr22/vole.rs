@@ -35,10 +35,17 @@
 //! Parameters, following libOTe's current EA settings ("ExAcc11"): expansion
 //! N ≥ 5·m, expander weight 11, assumed minimum distance ratio δ = 0.1, and the
 //! number of noise positions from the linear-test bound (1 − 2δ)^t ≤ 2^-128,
-//! i.e. t = ⌈128 / −log2(0.8)⌉ → 400 (rounded to a multiple of 8). Large
-//! requests are cut into independent chunks of at most 2^22 outputs (same Δ,
-//! fresh noise), which bounds memory (N·16 bytes per chunk) at ~1.5% extra
-//! communication.
+//! i.e. t = ⌈128 / −log2(0.8)⌉ → 400 (rounded to a multiple of 8).
+//!
+//! Chunking and bootstrapping: requests are cut into independent chunks of at
+//! most 2^18 outputs (same Δ, fresh noise and GGM trees, code seeded per
+//! chunk). This keeps the accumulated vector (N·16 bytes ≈ 21 MB) close to
+//! the caches, which matters because the expander reads it at random, and
+//! bounds memory. Only the first chunk gets its t noisy VOLEs from 128
+//! correlated OTs each; every chunk also produces t extra outputs that serve
+//! as the next chunk's noisy VOLEs (β_i = A_j, c_i = C_j, b_i = B_j), the
+//! bootstrapping of Ferret (Yang–Weng–Lan–Zhang–Wang, CCS 2020, §5). A later
+//! chunk then costs t·h OTs and 2·t·h + t blocks of messages.
 //!
 //! Randomness: α_i, β_i and the GGM roots come from an AES-CTR PRG seeded by
 //! the OS. Everything public (the code) is derived from fixed labels.
@@ -58,14 +65,16 @@ pub(crate) const NOISE: usize = 400;
 pub(crate) const SCALER: usize = 5;
 /// Expander row weight.
 pub(crate) const EA_WEIGHT: usize = 11;
-/// Largest number of outputs produced by one chunk.
-pub(crate) const MAX_CHUNK: usize = 1 << 22;
+/// Largest number of outputs delivered by one chunk.
+pub(crate) const MAX_CHUNK: usize = 1 << 18;
 
 /// Shape of one chunk.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChunkParams {
-    /// outputs
+    /// outputs delivered to the caller
     pub(crate) m: usize,
+    /// extra outputs kept as the next chunk's noisy VOLEs (0 for the last)
+    pub(crate) reserve: usize,
     /// leaves used per tree (block length L)
     pub(crate) leaves: usize,
     /// tree depth h, 2^h ≥ L
@@ -75,41 +84,58 @@ pub(crate) struct ChunkParams {
 }
 
 impl ChunkParams {
-    fn new(m: usize, index: usize) -> Self {
-        let leaves = (SCALER * m).div_ceil(NOISE).max(2);
+    fn new(m: usize, reserve: usize, index: usize) -> Self {
+        let leaves = (SCALER * (m + reserve)).div_ceil(NOISE).max(2);
         let depth = leaves.next_power_of_two().trailing_zeros() as usize;
         ChunkParams {
             m,
+            reserve,
             leaves,
             depth,
             index,
         }
     }
+    /// Code length N.
     fn n(&self) -> usize {
         NOISE * self.leaves
     }
-    /// OTs: 128 per noise value, then one per tree level.
+    /// Outputs computed (delivered + reserved).
+    fn total(&self) -> usize {
+        self.m + self.reserve
+    }
+    /// Whether the noisy VOLEs come from 128 correlated OTs each (first
+    /// chunk) rather than from the previous chunk's reserve.
+    fn from_cots(&self) -> bool {
+        self.index == 0
+    }
+    /// OTs: 128 per noise value (first chunk only), then one per tree level.
     fn num_ots(&self) -> usize {
-        NOISE * (KAPPA + self.depth)
+        NOISE * self.depth + if self.from_cots() { NOISE * KAPPA } else { 0 }
     }
     fn ot_blocks(&self) -> usize {
         self.num_ots().div_ceil(128)
     }
     fn pprf_ot(&self, tree: usize, level: usize) -> usize {
-        NOISE * KAPPA + tree * self.depth + level
+        let base = if self.from_cots() { NOISE * KAPPA } else { 0 };
+        base + tree * self.depth + level
     }
     fn tweak(&self) -> u128 {
         (self.index as u128) << 64
     }
 }
 
-/// Splits m outputs into chunks of at most MAX_CHUNK.
+/// Splits m outputs into chunks of at most MAX_CHUNK; every chunk but the
+/// last also produces NOISE outputs for the next one (Ferret's
+/// bootstrapping, Yang–Weng–Lan–Zhang–Wang CCS 2020 §5).
 pub(crate) fn chunks(m: usize) -> Vec<ChunkParams> {
     let k = m.div_ceil(MAX_CHUNK).max(1);
     let base = m / k;
     let extra = m % k;
     (0..k)
-        .map(|i| ChunkParams::new(base + usize::from(i < extra), i))
+        .map(|i| {
+            let reserve = if i + 1 < k { NOISE } else { 0 };
+            ChunkParams::new(base + usize::from(i < extra), reserve, i)
+        })
         .collect()
 }
 
@@ -324,13 +350,18 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
     let mut iknp = IknpSender::new(delta, &keys);
     let mut out = vec![0u128; m];
     let mut done = 0;
+    let mut reserve: Vec<u128> = Vec::new();
     for p in chunks(m) {
         let msg = wire::recv(chan, tags::VOLE_OT, "VOLE OT extension")?;
         let q = iknp.extend(p.ot_blocks(), &msg)?;
-        // noisy VOLE: b_i = Σ x^k q_{128i+k}
-        let b: Vec<u128> = (0..NOISE)
-            .map(|i| pack_gf(&q[i * KAPPA..(i + 1) * KAPPA]))
-            .collect();
+        // noisy VOLE: b_i = Σ x^k q_{128i+k}, or the previous chunk's reserve
+        let b: Vec<u128> = if p.from_cots() {
+            (0..NOISE)
+                .map(|i| pack_gf(&q[i * KAPPA..(i + 1) * KAPPA]))
+                .collect()
+        } else {
+            std::mem::take(&mut reserve)
+        };
         // OT pads for the PPRF levels
         let pprf_q = &q[p.pprf_ot(0, 0)..p.pprf_ot(0, 0) + NOISE * p.depth];
         let q1: Vec<u128> = pprf_q.iter().map(|x| x ^ delta).collect();
@@ -369,8 +400,11 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
         wire::put_u128s(&mut bytes, &reply);
         wire::send(chan, tags::VOLE_PPRF, &bytes)?;
         super::trace!(t0, "S: pprf sent");
-        EaCode::new(&p).encode(sparse, &mut out[done..done + p.m]);
+        let mut chunk_out = vec![0u128; p.total()];
+        EaCode::new(&p).encode(sparse, &mut chunk_out);
         super::trace!(t0, "S: EA encoded");
+        out[done..done + p.m].copy_from_slice(&chunk_out[..p.m]);
+        reserve = chunk_out.split_off(p.m);
         done += p.m;
     }
     Ok((delta, out))
@@ -386,6 +420,7 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
     let mut a_out = vec![0u128; m];
     let mut c_out = vec![0u128; m];
     let mut done = 0;
+    let mut reserve: (Vec<u128>, Vec<u128>) = (Vec::new(), Vec::new());
     for p in chunks(m) {
         // noise: α_i uniform in [0, L), β_i uniform non-zero
         let alpha: Vec<usize> = prg
@@ -393,11 +428,18 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             .iter()
             .map(|r| reduce64(*r as u64, p.leaves as u64) as usize)
             .collect();
-        let beta: Vec<u128> = prg
-            .blocks(NOISE)
-            .into_iter()
-            .map(|b| if b == 0 { 1 } else { b })
-            .collect();
+        // β_i fresh (first chunk, sent through 128 COTs each) or the previous
+        // chunk's reserved A values with their C values as c_i = β_i·Δ + b_i
+        let (beta, c_reserved): (Vec<u128>, Vec<u128>) = if p.from_cots() {
+            let beta = prg
+                .blocks(NOISE)
+                .into_iter()
+                .map(|b| if b == 0 { 1 } else { b })
+                .collect();
+            (beta, Vec::new())
+        } else {
+            std::mem::take(&mut reserve)
+        };
         // choice bits: bits of β_i, then for tree i level l (1-based) the
         // complement of α_i's bit at that level (the side of the sibling)
         let mut choices = vec![0u128; p.ot_blocks()];
@@ -407,8 +449,10 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             }
         };
         for i in 0..NOISE {
-            for k in 0..KAPPA {
-                set(i * KAPPA + k, (beta[i] >> k) & 1 == 1);
+            if p.from_cots() {
+                for k in 0..KAPPA {
+                    set(i * KAPPA + k, (beta[i] >> k) & 1 == 1);
+                }
             }
             for l in 1..=p.depth {
                 let a_bit = (alpha[i] >> (p.depth - l)) & 1 == 1;
@@ -417,9 +461,13 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
         }
         let (msg, t) = iknp.extend(&choices);
         wire::send(chan, tags::VOLE_OT, &msg)?;
-        let c: Vec<u128> = (0..NOISE)
-            .map(|i| pack_gf(&t[i * KAPPA..(i + 1) * KAPPA]))
-            .collect();
+        let c: Vec<u128> = if p.from_cots() {
+            (0..NOISE)
+                .map(|i| pack_gf(&t[i * KAPPA..(i + 1) * KAPPA]))
+                .collect()
+        } else {
+            c_reserved
+        };
         let pprf_t = &t[p.pprf_ot(0, 0)..p.pprf_ot(0, 0) + NOISE * p.depth];
         let mut mr = vec![0u128; pprf_t.len()];
         tccr(pprf_t, p.tweak(), &mut mr);
@@ -472,13 +520,12 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
         super::trace!(t0, "R: pprf received + trees");
         let code = EaCode::new(&p);
         EaCode::accumulate(&mut sparse);
-        code.encode_pair(
-            &sparse,
-            &alpha,
-            &beta,
-            &mut a_out[done..done + p.m],
-            &mut c_out[done..done + p.m],
-        );
+        let mut chunk_a = vec![0u128; p.total()];
+        let mut chunk_c = vec![0u128; p.total()];
+        code.encode_pair(&sparse, &alpha, &beta, &mut chunk_a, &mut chunk_c);
+        a_out[done..done + p.m].copy_from_slice(&chunk_a[..p.m]);
+        c_out[done..done + p.m].copy_from_slice(&chunk_c[..p.m]);
+        reserve = (chunk_a.split_off(p.m), chunk_c.split_off(p.m));
         super::trace!(t0, "R: EA A");
         done += p.m;
     }
@@ -503,7 +550,7 @@ mod tests {
 
     #[test]
     fn vole_correlation_holds_at_every_index() {
-        for m in [1usize, 7, 1000, 70_001] {
+        for m in [1usize, 7, 1000, 70_001, 2 * MAX_CHUNK + 3] {
             let (delta, b, a, c) = run(m);
             assert_eq!(a.len(), m);
             for i in 0..m {
@@ -523,13 +570,19 @@ mod tests {
         let cs = chunks(MAX_CHUNK * 2 + 5);
         assert_eq!(cs.len(), 3);
         assert_eq!(cs.iter().map(|c| c.m).sum::<usize>(), MAX_CHUNK * 2 + 5);
-        assert!(cs.iter().all(|c| c.m <= MAX_CHUNK && c.n() >= SCALER * c.m));
+        assert!(
+            cs.iter()
+                .all(|c| c.m <= MAX_CHUNK && c.n() >= SCALER * c.total())
+        );
+        assert_eq!(cs[0].reserve, NOISE);
+        assert_eq!(cs[2].reserve, 0);
+        assert!(cs[0].from_cots() && !cs[1].from_cots());
         assert_eq!(chunks(0).len(), 1);
     }
 
     #[test]
     fn ea_code_is_linear_and_regular_encoding_agrees() {
-        let p = ChunkParams::new(3000, 0);
+        let p = ChunkParams::new(3000, 0, 0);
         let code = EaCode::new(&p);
         let mut prg = Prg::new(1);
         let x = prg.blocks(p.n());
@@ -569,7 +622,7 @@ mod tests {
     #[ignore]
     fn ea_speed() {
         for lg in [16, 18, 20] {
-            let p = ChunkParams::new(1 << lg, 0);
+            let p = ChunkParams::new(1 << lg, 0, 0);
             let code = EaCode::new(&p);
             let acc = Prg::new(1).blocks(p.n());
             let mut out = vec![0u128; p.m];
@@ -583,7 +636,7 @@ mod tests {
                 p.n()
             );
         }
-        let p = ChunkParams::new(1 << 20, 0);
+        let p = ChunkParams::new(1 << 20, 0, 0);
         let acc = Prg::new(1).blocks(p.n());
         let mut e = acc.clone();
         let t = std::time::Instant::now();
