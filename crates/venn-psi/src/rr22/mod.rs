@@ -180,18 +180,29 @@ fn run_receiver(
 ) -> Result<Vec<Match>, PsiError> {
     let m = params.len();
     let t0 = std::time::Instant::now();
-    let (a, c) = vole::recv(chan, m)?;
-    trace!(t0, "R: vole done (m = {m})");
-    // P = Encode{(x, H(x))}
-    let mut vals = vec![0u128; items.len()];
-    items
-        .par_chunks(4096)
-        .zip(vals.par_chunks_mut(4096))
-        .for_each(|(x, v)| prim::hash_value(x, v));
-    let mut seeds = Prg::from_os();
-    let (header, p) = okvs::encode(params, items, &vals, || seeds.block(), opts)?;
-    drop(vals);
-    trace!(t0, "R: okvs encoded");
+    // The OKVS encoding needs no message: it runs beside the VOLE.
+    let (vole_out, encoded) = std::thread::scope(|s| {
+        let enc = s.spawn(|| {
+            // P = Encode{(x, H(x))}
+            let mut vals = vec![0u128; items.len()];
+            items
+                .par_chunks(4096)
+                .zip(vals.par_chunks_mut(4096))
+                .for_each(|(x, v)| prim::hash_value(x, v));
+            let mut seeds = Prg::from_os();
+            let r = okvs::encode(params, items, &vals, || seeds.block(), opts);
+            trace!(t0, "R: okvs encoded");
+            r
+        });
+        let v = vole::recv(chan, m);
+        trace!(t0, "R: vole done (m = {m})");
+        let e = enc
+            .join()
+            .unwrap_or_else(|_| Err(PsiError::peer("RR22: OKVS thread panicked")));
+        (v, e)
+    });
+    let (a, c) = vole_out?;
+    let (header, p) = encoded?;
     wire::send(chan, tags::OKVS_HDR, &encode_header(&header))?;
     // A' = A + P goes out on a second thread while this one computes our tags.
     let (sent, mine) = std::thread::scope(|s| {

@@ -417,10 +417,17 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
     let base = ot::base_send(chan)?;
     super::trace!(t0, "R: base OT");
     let mut iknp = IknpReceiver::new(&base);
-    let mut a_out = vec![0u128; m];
-    let mut c_out = vec![0u128; m];
-    let mut done = 0;
-    let mut reserve: (Vec<u128>, Vec<u128>) = (Vec::new(), Vec::new());
+    // Phase 1: every chunk's noise and OT extension message. None depends on
+    // the sender's replies (a bootstrapped chunk's β_i come from the
+    // previous chunk's outputs, but its OT choices do not involve β_i).
+    type Pending = (
+        ChunkParams,
+        Vec<usize>,
+        Option<(Vec<u128>, Vec<u128>)>,
+        Vec<u128>,
+    );
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut msgs = Vec::new();
     for p in chunks(m) {
         // noise: α_i uniform in [0, L), β_i uniform non-zero
         let alpha: Vec<usize> = prg
@@ -428,20 +435,16 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             .iter()
             .map(|r| reduce64(*r as u64, p.leaves as u64) as usize)
             .collect();
-        // β_i fresh (first chunk, sent through 128 COTs each) or the previous
-        // chunk's reserved A values with their C values as c_i = β_i·Δ + b_i
-        let (beta, c_reserved): (Vec<u128>, Vec<u128>) = if p.from_cots() {
-            let beta = prg
-                .blocks(NOISE)
+        let beta: Vec<u128> = if p.from_cots() {
+            prg.blocks(NOISE)
                 .into_iter()
                 .map(|b| if b == 0 { 1 } else { b })
-                .collect();
-            (beta, Vec::new())
+                .collect()
         } else {
-            std::mem::take(&mut reserve)
+            Vec::new()
         };
-        // choice bits: bits of β_i, then for tree i level l (1-based) the
-        // complement of α_i's bit at that level (the side of the sibling)
+        // choice bits: bits of β_i (first chunk), then for tree i level l
+        // (1-based) the complement of α_i's bit at that level (the sibling's side)
         let mut choices = vec![0u128; p.ot_blocks()];
         let mut set = |idx: usize, bit: bool| {
             if bit {
@@ -460,18 +463,60 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             }
         }
         let (msg, t) = iknp.extend(&choices);
-        wire::send(chan, tags::VOLE_OT, &msg)?;
-        let c: Vec<u128> = if p.from_cots() {
-            (0..NOISE)
+        msgs.push(msg);
+        let first = p.from_cots().then(|| {
+            let c = (0..NOISE)
                 .map(|i| pack_gf(&t[i * KAPPA..(i + 1) * KAPPA]))
-                .collect()
-        } else {
-            c_reserved
-        };
+                .collect();
+            (beta, c)
+        });
         let pprf_t = &t[p.pprf_ot(0, 0)..p.pprf_ot(0, 0) + NOISE * p.depth];
         let mut mr = vec![0u128; pprf_t.len()];
         tccr(pprf_t, p.tweak(), &mut mr);
+        pending.push((p, alpha, first, mr));
+    }
+    // Phase 2: one thread streams the OT messages out while this one
+    // processes the sender's replies (so neither side blocks on a full link).
+    std::thread::scope(|s| {
+        let out = s.spawn(move || -> Result<(), PsiError> {
+            for msg in msgs {
+                wire::send(chan, tags::VOLE_OT, &msg)?;
+            }
+            Ok(())
+        });
+        let r = recv_replies(chan, m, pending, t0);
+        let o = out
+            .join()
+            .unwrap_or_else(|_| Err(PsiError::peer("VOLE: sending thread panicked")));
+        let r = r?;
+        o?;
+        Ok(r)
+    })
+}
 
+/// Phase 2 of [`recv`], per chunk: punctured trees, sparse vector, EA code.
+fn recv_replies(
+    chan: &dyn Channel,
+    m: usize,
+    pending: Vec<(
+        ChunkParams,
+        Vec<usize>,
+        Option<(Vec<u128>, Vec<u128>)>,
+        Vec<u128>,
+    )>, // (params, α, (β, c) of chunk 0, OT pads)
+    t0: std::time::Instant,
+) -> Result<(Vec<u128>, Vec<u128>), PsiError> {
+    let mut a_out = vec![0u128; m];
+    let mut c_out = vec![0u128; m];
+    let mut done = 0;
+    let mut reserve: (Vec<u128>, Vec<u128>) = (Vec::new(), Vec::new());
+    for (p, alpha, first, mr) in pending {
+        // β_i and c_i = β_i·Δ + b_i: fresh (first chunk) or the previous
+        // chunk's reserved outputs (A_j, C_j)
+        let (beta, c) = match first {
+            Some(bc) => bc,
+            None => std::mem::take(&mut reserve),
+        };
         let reply = wire::recv(chan, tags::VOLE_PPRF, "VOLE punctured-PRF message")?;
         let reply = wire::get_u128s(&reply, "VOLE punctured-PRF message")?;
         if reply.len() != NOISE * (2 * p.depth + 1) {
