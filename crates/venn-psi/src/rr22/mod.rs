@@ -36,9 +36,6 @@ mod ot;
 mod prim;
 mod vole;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use rayon::prelude::*;
 
 use crate::channel::Channel;
@@ -227,42 +224,25 @@ fn run_receiver(
     });
     sent?;
     drop((a, c, p));
-    // index of our tags
-    let mut index: HashMap<u128, u32, BuildHasherDefault<LowBits>> =
-        HashMap::with_capacity_and_hasher(mine.len(), Default::default());
-    let mut extra: Vec<(u128, u32)> = Vec::new(); // our own colliding tags (rare)
-    for (i, t) in mine.iter().enumerate() {
-        if let Some(old) = index.insert(*t, i as u32) {
-            // keep both: the displaced position goes to `extra`
-            extra.push((*t, old));
-        }
-    }
-    trace!(t0, "R: index built");
     // the sender's tags, in its item order
-    let mut matches = Vec::new();
-    let mut j = 0usize;
-    while j < n_y {
+    let mut theirs: Vec<u128> = Vec::with_capacity(n_y);
+    while theirs.len() < n_y {
         let frame = wire::recv(chan, tags::TAGS, "RR22 tags")?;
-        if frame.len() % tb != 0 || j + frame.len() / tb > n_y {
+        if frame.len() % tb != 0 || theirs.len() + frame.len() / tb > n_y {
             return Err(PsiError::peer(format!(
                 "RR22 tags: frame of {} bytes does not fit {} tags of {tb} bytes",
                 frame.len(),
-                n_y - j
+                n_y - theirs.len()
             )));
         }
-        for t in frame.chunks_exact(tb) {
+        theirs.extend(frame.chunks_exact(tb).map(|t| {
             let mut b = [0u8; 16];
             b[..tb].copy_from_slice(t);
-            let t = u128::from_le_bytes(b);
-            if let Some(i) = index.get(&t) {
-                matches.push((*i, j as u32));
-                for (_, i2) in extra.iter().filter(|(t2, _)| *t2 == t) {
-                    matches.push((*i2, j as u32));
-                }
-            }
-            j += 1;
-        }
+            u128::from_le_bytes(b)
+        }));
     }
+    trace!(t0, "R: tags received");
+    let matches = join_tags(&mine, &theirs);
     trace!(t0, "R: matched");
     Ok(matches)
 }
@@ -340,22 +320,70 @@ fn run_sender(
     Ok(())
 }
 
-/// Hasher for keys that are already uniformly random: the low 64 bits.
-#[derive(Default)]
-struct LowBits(u64);
-
-impl Hasher for LowBits {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+/// All (i, j) with mine[i] == theirs[j]. The tags are uniformly random, so
+/// both lists are radix-partitioned on their top bits into cache-sized parts
+/// and each part is joined by sorting and merging (every pair of equal tags
+/// is reported, also when two of our own tags collide).
+fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
+    let n = mine.len().max(theirs.len());
+    let bits = (n / 4096).max(1).next_power_of_two().trailing_zeros();
+    let part = |t: u128| -> usize {
+        if bits == 0 {
+            0
+        } else {
+            ((t as u64) >> (64 - bits)) as usize
         }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64 ^ (v >> 64) as u64;
-    }
+    };
+    let parts = 1usize << bits;
+    let scatter = |v: &[u128]| -> (Vec<(u128, u32)>, Vec<usize>) {
+        let mut starts = vec![0usize; parts + 1];
+        for t in v {
+            starts[part(*t) + 1] += 1;
+        }
+        for p in 0..parts {
+            starts[p + 1] += starts[p];
+        }
+        let mut fill = starts.clone();
+        let mut out = vec![(0u128, 0u32); v.len()];
+        for (i, t) in v.iter().enumerate() {
+            let p = part(*t);
+            out[fill[p]] = (*t, i as u32);
+            fill[p] += 1;
+        }
+        (out, starts)
+    };
+    let (a, sa) = scatter(mine);
+    let (b, sb) = scatter(theirs);
+    (0..parts)
+        .into_par_iter()
+        .flat_map_iter(|p| {
+            let mut x = a[sa[p]..sa[p + 1]].to_vec();
+            let mut y = b[sb[p]..sb[p + 1]].to_vec();
+            x.sort_unstable();
+            y.sort_unstable();
+            let mut out = Vec::new();
+            let (mut i, mut j) = (0, 0);
+            while i < x.len() && j < y.len() {
+                match x[i].0.cmp(&y[j].0) {
+                    std::cmp::Ordering::Less => i += 1,
+                    std::cmp::Ordering::Greater => j += 1,
+                    std::cmp::Ordering::Equal => {
+                        let t = x[i].0;
+                        let i_end = i + x[i..].iter().take_while(|e| e.0 == t).count();
+                        let j_end = j + y[j..].iter().take_while(|e| e.0 == t).count();
+                        for xi in &x[i..i_end] {
+                            for yj in &y[j..j_end] {
+                                out.push((xi.1, yj.1));
+                            }
+                        }
+                        i = i_end;
+                        j = j_end;
+                    }
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// Compile-time check that [`intersect`] has the engine's core shape.
@@ -389,6 +417,21 @@ mod tests {
         for learn in LEARN {
             check_run(intersect, &a, &b, learn);
         }
+    }
+
+    #[test]
+    fn join_reports_every_equal_pair() {
+        let mine = vec![5u128, 7, 5, 9, 1 << 63, u64::MAX as u128];
+        let theirs = vec![5u128, 8, 9, 9, u64::MAX as u128];
+        let mut got = join_tags(&mine, &theirs);
+        got.sort_unstable();
+        assert_eq!(got, vec![(0, 0), (2, 0), (3, 2), (3, 3), (5, 4)]);
+        // many parts
+        let big: Vec<u128> = (0..50_000u128)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
+            .collect();
+        let other: Vec<u128> = big.iter().rev().step_by(3).copied().collect();
+        assert_eq!(join_tags(&big, &other).len(), other.len());
     }
 
     #[test]
