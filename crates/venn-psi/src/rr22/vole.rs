@@ -213,13 +213,13 @@ impl EaCode {
         }
     }
 
-    /// out[i] = Σ_k acc[pos(i, k)] for an already accumulated vector.
-    pub(crate) fn expand(&self, acc: &[u128], out: &mut [u128]) {
+    /// out[i] = Σ_k acc[pos(first + i, k)] for an already accumulated vector.
+    pub(crate) fn expand(&self, acc: &[u128], first: usize, out: &mut [u128]) {
         debug_assert_eq!(acc.len(), self.n);
         const STEP: usize = 2048;
         out.par_chunks_mut(STEP).enumerate().for_each(|(ci, o)| {
             let mut buf = vec![0u128; o.len() * EA_WEIGHT];
-            let pos = self.positions(ci * STEP, &mut buf);
+            let pos = self.positions(first + ci * STEP, &mut buf);
             for (i, y) in o.iter_mut().enumerate() {
                 if let Some(ahead) =
                     pos.get((i + PREFETCH) * EA_WEIGHT..(i + PREFETCH + 1) * EA_WEIGHT)
@@ -237,10 +237,11 @@ impl EaCode {
         });
     }
 
-    /// Dual encoding of a full sparse vector: accumulate, then expand.
+    /// Dual encoding of a full sparse vector (overwritten): accumulate, then expand.
+    #[cfg(test)]
     pub(crate) fn encode(&self, mut e: Vec<u128>, out: &mut [u128]) {
         Self::accumulate(&mut e);
-        self.expand(&e, out);
+        self.expand(&e, 0, out);
     }
 
     /// Prefix sums of the regular sparse vector with `beta[i]` at `alpha[i]`
@@ -262,7 +263,7 @@ impl EaCode {
     pub(crate) fn encode_regular(&self, alpha: &[usize], beta: &[u128], out: &mut [u128]) {
         let mut dummy = vec![0u128; out.len()];
         let acc = vec![0u128; self.n];
-        self.encode_pair(&acc, alpha, beta, out, &mut dummy);
+        self.encode_pair(&acc, alpha, beta, 0, out, &mut dummy);
     }
 
     /// The receiver's two encodings with shared expander positions:
@@ -273,6 +274,7 @@ impl EaCode {
         acc: &[u128],
         alpha: &[usize],
         beta: &[u128],
+        first: usize,
         out_a: &mut [u128],
         out_c: &mut [u128],
     ) {
@@ -284,7 +286,7 @@ impl EaCode {
             .enumerate()
             .for_each(|(ci, (oa, oc))| {
                 let mut buf = vec![0u128; oa.len() * EA_WEIGHT];
-                let pos = self.positions(ci * STEP, &mut buf);
+                let pos = self.positions(first + ci * STEP, &mut buf);
                 for (i, (ya, yc)) in oa.iter_mut().zip(oc.iter_mut()).enumerate() {
                     if let Some(ahead) =
                         pos.get((i + PREFETCH) * EA_WEIGHT..(i + PREFETCH + 1) * EA_WEIGHT)
@@ -351,6 +353,7 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
     let mut out = vec![0u128; m];
     let mut done = 0;
     let mut reserve: Vec<u128> = Vec::new();
+    let mut sparse: Vec<u128> = Vec::new();
     for p in chunks(m) {
         let msg = wire::recv(chan, tags::VOLE_OT, "VOLE OT extension")?;
         let q = iknp.extend(p.ot_blocks(), &msg)?;
@@ -371,7 +374,7 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
         tccr(&q1, p.tweak(), &mut m1);
         // GGM trees
         let roots = prg.blocks(NOISE);
-        let mut sparse = vec![0u128; p.n()];
+        sparse.resize(p.n(), 0);
         let mut reply = vec![0u128; NOISE * (2 * p.depth + 1)];
         sparse
             .par_chunks_mut(p.leaves)
@@ -400,11 +403,12 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
         wire::put_u128s(&mut bytes, &reply);
         wire::send(chan, tags::VOLE_PPRF, &bytes)?;
         super::trace!(t0, "S: pprf sent");
-        let mut chunk_out = vec![0u128; p.total()];
-        EaCode::new(&p).encode(sparse, &mut chunk_out);
+        let code = EaCode::new(&p);
+        EaCode::accumulate(&mut sparse);
+        code.expand(&sparse, 0, &mut out[done..done + p.m]);
+        reserve = vec![0u128; p.reserve];
+        code.expand(&sparse, p.m, &mut reserve);
         super::trace!(t0, "S: EA encoded");
-        out[done..done + p.m].copy_from_slice(&chunk_out[..p.m]);
-        reserve = chunk_out.split_off(p.m);
         done += p.m;
     }
     Ok((delta, out))
@@ -510,6 +514,7 @@ fn recv_replies(
     let mut c_out = vec![0u128; m];
     let mut done = 0;
     let mut reserve: (Vec<u128>, Vec<u128>) = (Vec::new(), Vec::new());
+    let mut sparse: Vec<u128> = Vec::new();
     for (p, alpha, first, mr) in pending {
         // β_i and c_i = β_i·Δ + b_i: fresh (first chunk) or the previous
         // chunk's reserved outputs (A_j, C_j)
@@ -526,7 +531,7 @@ fn recv_replies(
                 NOISE * (2 * p.depth + 1)
             )));
         }
-        let mut sparse = vec![0u128; p.n()];
+        sparse.resize(p.n(), 0);
         sparse
             .par_chunks_mut(p.leaves)
             .zip(reply.par_chunks(2 * p.depth + 1))
@@ -565,12 +570,18 @@ fn recv_replies(
         super::trace!(t0, "R: pprf received + trees");
         let code = EaCode::new(&p);
         EaCode::accumulate(&mut sparse);
-        let mut chunk_a = vec![0u128; p.total()];
-        let mut chunk_c = vec![0u128; p.total()];
-        code.encode_pair(&sparse, &alpha, &beta, &mut chunk_a, &mut chunk_c);
-        a_out[done..done + p.m].copy_from_slice(&chunk_a[..p.m]);
-        c_out[done..done + p.m].copy_from_slice(&chunk_c[..p.m]);
-        reserve = (chunk_a.split_off(p.m), chunk_c.split_off(p.m));
+        code.encode_pair(
+            &sparse,
+            &alpha,
+            &beta,
+            0,
+            &mut a_out[done..done + p.m],
+            &mut c_out[done..done + p.m],
+        );
+        let mut ra = vec![0u128; p.reserve];
+        let mut rc = vec![0u128; p.reserve];
+        code.encode_pair(&sparse, &alpha, &beta, p.m, &mut ra, &mut rc);
+        reserve = (ra, rc);
         super::trace!(t0, "R: EA A");
         done += p.m;
     }
@@ -642,6 +653,14 @@ mod tests {
         for i in 0..p.m {
             assert_eq!(exy[i], ex[i] ^ ey[i]);
         }
+        // expanding a range of outputs from an offset gives the same outputs
+        let mut acc = prg.blocks(p.n());
+        EaCode::accumulate(&mut acc);
+        let mut full = vec![0u128; p.m];
+        code.expand(&acc, 0, &mut full);
+        let mut tail = vec![0u128; p.m - 1000];
+        code.expand(&acc, 1000, &mut tail);
+        assert_eq!(&full[1000..], &tail[..]);
         // a regular sparse vector encodes the same implicitly and explicitly
         let alpha: Vec<usize> = (0..NOISE).map(|i| (i * 7919) % p.leaves).collect();
         let beta = prg.blocks(NOISE);
@@ -673,7 +692,7 @@ mod tests {
             let mut out = vec![0u128; p.m];
             let t = std::time::Instant::now();
             for _ in 0..(1 << (20 - lg)) {
-                code.expand(&acc, &mut out);
+                code.expand(&acc, 0, &mut out);
             }
             let dt = t.elapsed().as_secs_f64() * 1e3;
             println!(
