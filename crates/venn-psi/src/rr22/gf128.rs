@@ -83,11 +83,11 @@ mod clmul {
         super::reduce(lo, hi)
     }
 
-    /// `xs[i] = xs[i]·d + add[i]` for all i, with PCLMULQDQ.
+    /// `acc[i] += xs[i]·d` for all i, with PCLMULQDQ.
     #[target_feature(enable = "pclmulqdq,sse2")]
-    pub(super) fn mul_add_slice(xs: &mut [u128], d: u128, add: &[u128]) {
-        for (x, a) in xs.iter_mut().zip(add) {
-            *x = mul(*x, d) ^ *a;
+    pub(super) fn mul_add_acc(acc: &mut [u128], d: u128, xs: &[u128]) {
+        for (a, x) in acc.iter_mut().zip(xs) {
+            *a ^= mul(*x, d);
         }
     }
 }
@@ -119,18 +119,18 @@ pub(crate) fn mul(a: u128, b: u128) -> u128 {
     mul_soft(a, b)
 }
 
-/// `xs[i] = xs[i]·d + add[i]` (the sender's `B' = A'·Δ + B` of RR22 Fig. 4).
+/// `acc[i] += xs[i]·d` (the sender's `K = B + A'·Δ` of RR22 Fig. 4, in place of B).
 #[allow(unsafe_code)]
-pub(crate) fn mul_add_slice(xs: &mut [u128], d: u128, add: &[u128]) {
-    assert_eq!(xs.len(), add.len());
+pub(crate) fn mul_add_acc(acc: &mut [u128], d: u128, xs: &[u128]) {
+    assert_eq!(acc.len(), xs.len());
     #[cfg(target_arch = "x86_64")]
     if has_clmul() {
         // SAFETY: as in `mul`: pclmulqdq detected at run time, sse2 baseline.
-        unsafe { clmul::mul_add_slice(xs, d, add) };
+        unsafe { clmul::mul_add_acc(acc, d, xs) };
         return;
     }
-    for (x, a) in xs.iter_mut().zip(add) {
-        *x = mul_soft(*x, d) ^ *a;
+    for (a, x) in acc.iter_mut().zip(xs) {
+        *a ^= mul_soft(*x, d);
     }
 }
 
@@ -232,7 +232,9 @@ mod tests {
         }
         let mut xs = vec![3u128, 5, 7];
         let add = vec![1u128, 2, 3];
-        mul_add_slice(&mut xs, 0x1234, &add);
+        let xs0 = xs.clone();
+        xs = add.clone();
+        mul_add_acc(&mut xs, 0x1234, &xs0);
         assert_eq!(
             xs,
             vec![mul(3, 0x1234) ^ 1, mul(5, 0x1234) ^ 2, mul(7, 0x1234) ^ 3]

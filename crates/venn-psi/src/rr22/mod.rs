@@ -85,6 +85,25 @@ const MAX_FRAME: usize = 4 << 20;
 /// 128-bit blocks per A' frame.
 const FRAME_BLOCKS: usize = (MAX_FRAME - 1) / 16;
 
+/// Receives one frame with tag `tag` and returns it whole (tag byte at index
+/// 0). Unlike `wire::recv` it does not shift multi-megabyte payloads.
+fn recv_tagged(chan: &dyn Channel, tag: u8, what: &str) -> Result<Vec<u8>, PsiError> {
+    let frame = chan.recv()?;
+    match frame.first().copied() {
+        Some(t) if t == tag => Ok(frame),
+        Some(wire::ABORT) => Err(PsiError::peer(format!(
+            "the peer stopped: {}",
+            String::from_utf8_lossy(&frame[1..])
+        ))),
+        Some(t) => Err(PsiError::peer(format!(
+            "protocol error: expected {what} (message {tag:#04x}), got message {t:#04x}"
+        ))),
+        None => Err(PsiError::peer(format!(
+            "protocol error: empty frame instead of {what}"
+        ))),
+    }
+}
+
 /// The RR22 core (see module docs); matches [`crate::core::CoreFn`].
 pub fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
     intersect_with(chan, input, EncodeOptions { force_retry: false })
@@ -227,7 +246,8 @@ fn run_receiver(
     // the sender's tags, in its item order
     let mut theirs: Vec<u128> = Vec::with_capacity(n_y);
     while theirs.len() < n_y {
-        let frame = wire::recv(chan, tags::TAGS, "RR22 tags")?;
+        let frame = recv_tagged(chan, tags::TAGS, "RR22 tags")?;
+        let frame = &frame[1..];
         if frame.len() % tb != 0 || theirs.len() + frame.len() / tb > n_y {
             return Err(PsiError::peer(format!(
                 "RR22 tags: frame of {} bytes does not fit {} tags of {tb} bytes",
@@ -271,11 +291,11 @@ fn run_sender(
     let header = wire::recv(chan, tags::OKVS_HDR, "OKVS header")?;
     let header = decode_header(&header, params.bins)?;
     trace!(t0, "S: header received");
-    // K = B + A'·Δ, frame by frame
-    let mut k = vec![0u128; m];
+    // K = B + A'·Δ, frame by frame, in place of B
     let mut got = 0usize;
     while got < m {
-        let frame = wire::recv(chan, tags::OKVS_DATA, "OKVS data")?;
+        let frame = recv_tagged(chan, tags::OKVS_DATA, "OKVS data")?;
+        let frame = &frame[1..];
         if frame.len() % 16 != 0 || got + frame.len() / 16 > m {
             return Err(PsiError::peer(format!(
                 "OKVS data: frame of {} bytes does not fit the {} remaining cells",
@@ -284,17 +304,17 @@ fn run_sender(
             )));
         }
         let n = frame.len() / 16;
-        let dst = &mut k[got..got + n];
-        for (d, c) in dst.iter_mut().zip(frame.chunks_exact(16)) {
-            *d = u128::from_le_bytes(c.try_into().expect("16 bytes"));
-        }
-        dst.par_chunks_mut(8192)
-            .zip(b[got..got + n].par_chunks(8192))
-            .for_each(|(d, bb)| gf128::mul_add_slice(d, delta, bb));
+        let a_prime: Vec<u128> = frame
+            .chunks_exact(16)
+            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+            .collect();
+        b[got..got + n]
+            .par_chunks_mut(8192)
+            .zip(a_prime.par_chunks(8192))
+            .for_each(|(bb, ap)| gf128::mul_add_acc(bb, delta, ap));
         got += n;
     }
-    b.clear();
-    b.shrink_to_fit();
+    let k = b;
     trace!(t0, "S: K computed");
     let mut tags_y = okvs::decode(params, &header, &k, items);
     drop(k);

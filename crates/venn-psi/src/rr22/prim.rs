@@ -31,7 +31,7 @@ use std::sync::LazyLock;
 #[derive(Clone)]
 pub(crate) struct Aes(Aes128);
 
-const CHUNK: usize = 64;
+const CHUNK: usize = 256;
 
 impl Aes {
     pub(crate) fn new(key: u128) -> Self {
@@ -169,7 +169,7 @@ pub(crate) fn tccr(xs: &[u128], tweak0: u128, out: &mut [u128]) {
 /// from parents[i] (children may be longer than needed: extra entries stay).
 pub(crate) fn ggm_expand(parents: &[u128], children: &mut [u128]) {
     debug_assert!(children.len() >= 2 * parents.len());
-    const B: usize = 32;
+    const B: usize = 256;
     let mut l = [0u128; B];
     let mut r = [0u128; B];
     for (pc, cc) in parents.chunks(B).zip(children.chunks_mut(2 * B)) {

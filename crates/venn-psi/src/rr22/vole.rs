@@ -100,6 +100,7 @@ impl ChunkParams {
         NOISE * self.leaves
     }
     /// Outputs computed (delivered + reserved).
+    #[cfg(test)]
     fn total(&self) -> usize {
         self.m + self.reserve
     }
