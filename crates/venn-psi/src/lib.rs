@@ -14,7 +14,7 @@ The engine knows nothing of nodes, HTTP or databases: it talks to the peer only
 through the [`Channel`] trait.
 */
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod channel;
 pub mod core;

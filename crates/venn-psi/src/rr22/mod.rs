@@ -1,16 +1,610 @@
-//! RR22 VOLE-based PSI (being written; see issue 3).
+//! RR22 VOLE-based PSI, semi-honest "fast" instantiation.
+//!
+//! Raghuraman–Rindal, "Blazing Fast PSI from Improved OKVS and Subfield VOLE",
+//! ACM CCS 2022 (eprint 2022/320): the PSI protocol of Fig. 4 (CCS) / Fig. 11
+//! (eprint) with B = F = GF(2^128), the w = 3 clustered OKVS of §3 and a
+//! silent VOLE.
+//!
+//! Roles: the OPRF *receiver* R (item set X, n_x items) learns the
+//! intersection; the *sender* S (set Y) learns nothing. R is the party that
+//! learns; if both learn, the leader is R and the engine forwards the result.
+//!
+//! Protocol (all messages tagged, see [`tags`]):
+//! 1. Random VOLE of length m = |OKVS| ([`vole`]): S gets Δ, B; R gets A, C
+//!    with C = A·Δ + B.
+//! 2. R encodes P = Encode{(x, H(x)) : x ∈ X} ([`okvs`]; H from [`prim`]),
+//!    sends the OKVS header (seed, per-bin attempt numbers) and A' = A + P
+//!    (m·16 bytes, in frames of at most 4 MiB).
+//! 3. S computes K = B + A'·Δ (= C + P·Δ) and for each y ∈ Y, in its own
+//!    (random) item order, the tag Ho(Decode(K, y) + Δ·H(y)) truncated to
+//!    ⌈(λ + log2(n_x·n_y))/8⌉ bytes ([`crate::core::tag_bytes`]).
+//! 4. R computes Ho(Decode(C, x)) for its x; for y = x ∈ X,
+//!    Decode(K, y) + Δ·H(y) = Decode(C, y) + Δ·(Decode(P, y) + H(y)) =
+//!    Decode(C, y), so tags agree; for y ∉ X the difference is
+//!    Δ·(Decode(P, y) + H(y)) with Δ unknown to R, so the tag looks random.
+//!    R reports (its position, S's position) for equal tags.
+//!
+//! Correctness never depends on luck in the data structures: an OKVS bin that
+//! does not encode is re-encoded with a new attempt number and a bin
+//! overflow draws a new seed, both sent to S; R keeps every one of its tags
+//! even if two collide. Only a false positive (probability ≤ 2^-λ over all
+//! pairs, the tag length's purpose) can add a wrong match.
+
+mod gf128;
+mod okvs;
+mod ot;
+mod prim;
+mod vole;
+
+use rayon::prelude::*;
 
 use crate::channel::Channel;
-use crate::core::{CoreInput, CoreOutput};
+use crate::core::{CoreInput, CoreOutput, Match, tag_bytes};
 use crate::error::PsiError;
+use crate::wire;
+use okvs::{EncodeOptions, OkvsHeader, OkvsParams};
+use prim::Prg;
 
-/// Not available yet: refuses clearly instead of pretending.
-pub(crate) fn intersect(
-    _chan: &dyn Channel,
-    _input: &CoreInput<'_>,
+/// Message tags of this protocol (range 0x40..0x5F).
+pub(crate) mod tags {
+    /// base OT: sender's point A
+    pub(crate) const BASE_A: u8 = 0x40;
+    /// base OT: receiver's points B_i
+    pub(crate) const BASE_B: u8 = 0x41;
+    /// IKNP extension matrix (VOLE receiver → sender), one per chunk
+    pub(crate) const VOLE_OT: u8 = 0x42;
+    /// punctured-PRF level sums and noisy-VOLE corrections, one per chunk
+    pub(crate) const VOLE_PPRF: u8 = 0x43;
+    /// OKVS header: seed and per-bin attempt numbers
+    pub(crate) const OKVS_HDR: u8 = 0x44;
+    /// A' = A + P, in frames
+    pub(crate) const OKVS_DATA: u8 = 0x45;
+    /// sender's tags, in frames
+    pub(crate) const TAGS: u8 = 0x46;
+}
+
+/// Phase timing for development: prints with `RR22_TRACE=1` in test builds.
+#[cfg(test)]
+macro_rules! trace {
+    ($t0:expr, $($arg:tt)*) => {
+        if std::env::var_os("RR22_TRACE").is_some() {
+            eprintln!("[rr22 {:>8.1} ms] {}", $t0.elapsed().as_secs_f64() * 1e3, format!($($arg)*));
+        }
+    };
+}
+#[cfg(not(test))]
+macro_rules! trace {
+    ($t0:expr, $($arg:tt)*) => {
+        let _ = &$t0;
+    };
+}
+pub(crate) use trace;
+
+/// Largest frame we send, tag byte included.
+const MAX_FRAME: usize = 4 << 20;
+/// 128-bit blocks per A' frame.
+const FRAME_BLOCKS: usize = (MAX_FRAME - 1) / 16;
+
+/// Receives one frame with tag `tag` and returns it whole (tag byte at index
+/// 0). Unlike `wire::recv` it does not shift multi-megabyte payloads.
+fn recv_tagged(chan: &dyn Channel, tag: u8, what: &str) -> Result<Vec<u8>, PsiError> {
+    let frame = chan.recv()?;
+    match frame.first().copied() {
+        Some(t) if t == tag => Ok(frame),
+        Some(wire::ABORT) => Err(PsiError::peer(format!(
+            "the peer stopped: {}",
+            String::from_utf8_lossy(&frame[1..])
+        ))),
+        Some(t) => Err(PsiError::peer(format!(
+            "protocol error: expected {what} (message {tag:#04x}), got message {t:#04x}"
+        ))),
+        None => Err(PsiError::peer(format!(
+            "protocol error: empty frame instead of {what}"
+        ))),
+    }
+}
+
+/// The RR22 core (see module docs); matches [`crate::core::CoreFn`].
+pub fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
+    intersect_with(chan, input, EncodeOptions { force_retry: false })
+}
+
+fn intersect_with(
+    chan: &dyn Channel,
+    input: &CoreInput<'_>,
+    opts: EncodeOptions,
 ) -> Result<CoreOutput, PsiError> {
-    Err(PsiError::Config {
-        field: "--protocol",
-        message: "rr22 is not available in this build; use --protocol ecdh".into(),
-    })
+    let receiver = match (input.self_learns, input.peer_learns) {
+        (true, false) => true,
+        (false, true) => false,
+        (true, true) => input.leader,
+        (false, false) => return Ok(CoreOutput { matches: None }),
+    };
+    let (n_x, n_y) = if receiver {
+        (input.items.len(), input.peer_len)
+    } else {
+        (input.peer_len, input.items.len())
+    };
+    // Both parties know both sizes: an empty side means an empty result
+    // without any message.
+    if n_x == 0 || n_y == 0 {
+        return Ok(CoreOutput {
+            matches: receiver.then(Vec::new),
+        });
+    }
+    if n_x > u32::MAX as usize || n_y > u32::MAX as usize {
+        return Err(PsiError::peer("RR22: more than 2^32 items in one bucket"));
+    }
+    let tb = tag_bytes(input.stat_sec, input.total_len.0, input.total_len.1);
+    let params = OkvsParams::new(n_x, input.stat_sec);
+    if receiver {
+        run_receiver(chan, input.items, n_y, &params, tb, opts)
+            .map(|m| CoreOutput { matches: Some(m) })
+    } else {
+        run_sender(chan, input.items, &params, tb)?;
+        Ok(CoreOutput { matches: None })
+    }
+}
+
+/// Truncates a 128-bit hash to `tb` bytes (the low bytes of its LE encoding).
+#[inline]
+fn truncate(v: u128, tb: usize) -> u128 {
+    if tb >= 16 {
+        v
+    } else {
+        v & ((1u128 << (8 * tb)) - 1)
+    }
+}
+
+/// Ho on a vector, in parallel, then truncation.
+fn output_tags(vs: &mut [u128], tb: usize) {
+    vs.par_chunks_mut(4096).for_each(|c| {
+        prim::hash_out(c);
+        for v in c.iter_mut() {
+            *v = truncate(*v, tb);
+        }
+    });
+}
+
+fn encode_header(h: &OkvsHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 4 * h.attempts.len());
+    out.extend_from_slice(&h.seed.to_le_bytes());
+    wire::put_u32s(&mut out, &h.attempts);
+    out
+}
+
+fn decode_header(buf: &[u8], bins: usize) -> Result<OkvsHeader, PsiError> {
+    if buf.len() != 16 + 4 * bins {
+        return Err(PsiError::peer(format!(
+            "OKVS header has {} bytes, expected {}",
+            buf.len(),
+            16 + 4 * bins
+        )));
+    }
+    let seed = u128::from_le_bytes(buf[..16].try_into().expect("16 bytes"));
+    let attempts = wire::get_u32s(&buf[16..], "OKVS header")?;
+    Ok(OkvsHeader { seed, attempts })
+}
+
+fn run_receiver(
+    chan: &dyn Channel,
+    items: &[u128],
+    n_y: usize,
+    params: &OkvsParams,
+    tb: usize,
+    opts: EncodeOptions,
+) -> Result<Vec<Match>, PsiError> {
+    let m = params.len();
+    let t0 = std::time::Instant::now();
+    // The OKVS encoding needs no message: it runs beside the VOLE.
+    let (vole_out, encoded) = std::thread::scope(|s| {
+        let enc = s.spawn(|| {
+            // P = Encode{(x, H(x))}
+            let mut vals = vec![0u128; items.len()];
+            items
+                .par_chunks(4096)
+                .zip(vals.par_chunks_mut(4096))
+                .for_each(|(x, v)| prim::hash_value(x, v));
+            let mut seeds = Prg::from_os();
+            let r = okvs::encode(params, items, &vals, || seeds.block(), opts);
+            trace!(t0, "R: okvs encoded");
+            r
+        });
+        let v = vole::recv(chan, m);
+        trace!(t0, "R: vole done (m = {m})");
+        let e = enc
+            .join()
+            .unwrap_or_else(|_| Err(PsiError::peer("RR22: OKVS thread panicked")));
+        (v, e)
+    });
+    let (a, c) = vole_out?;
+    let (header, p) = encoded?;
+    wire::send(chan, tags::OKVS_HDR, &encode_header(&header))?;
+    // A' = A + P goes out on a second thread while this one computes our tags.
+    let (sent, mine) = std::thread::scope(|s| {
+        let sender = s.spawn(|| -> Result<(), PsiError> {
+            for (ac, pc) in a.chunks(FRAME_BLOCKS).zip(p.chunks(FRAME_BLOCKS)) {
+                let mut frame = Vec::with_capacity(1 + 16 * ac.len());
+                frame.push(tags::OKVS_DATA);
+                for (x, y) in ac.iter().zip(pc) {
+                    frame.extend_from_slice(&(x ^ y).to_le_bytes());
+                }
+                wire::send_frame(chan, frame)?;
+            }
+            Ok(())
+        });
+        let mut mine = okvs::decode(params, &header, &c, items);
+        output_tags(&mut mine, tb);
+        trace!(t0, "R: own tags");
+        let sent = sender
+            .join()
+            .unwrap_or_else(|_| Err(PsiError::peer("RR22: sending thread panicked")));
+        (sent, mine)
+    });
+    sent?;
+    drop((a, c, p));
+    // the sender's tags, in its item order
+    let mut theirs: Vec<u128> = Vec::with_capacity(n_y);
+    while theirs.len() < n_y {
+        let frame = recv_tagged(chan, tags::TAGS, "RR22 tags")?;
+        let frame = &frame[1..];
+        if frame.len() % tb != 0 || theirs.len() + frame.len() / tb > n_y {
+            return Err(PsiError::peer(format!(
+                "RR22 tags: frame of {} bytes does not fit {} tags of {tb} bytes",
+                frame.len(),
+                n_y - theirs.len()
+            )));
+        }
+        theirs.extend(frame.chunks_exact(tb).map(|t| {
+            let mut b = [0u8; 16];
+            b[..tb].copy_from_slice(t);
+            u128::from_le_bytes(b)
+        }));
+    }
+    trace!(t0, "R: tags received");
+    let matches = join_tags(&mine, &theirs);
+    trace!(t0, "R: matched");
+    Ok(matches)
+}
+
+fn run_sender(
+    chan: &dyn Channel,
+    items: &[u128],
+    params: &OkvsParams,
+    tb: usize,
+) -> Result<(), PsiError> {
+    let m = params.len();
+    let t0 = std::time::Instant::now();
+    let (delta, mut b) = vole::send(chan, m)?;
+    trace!(t0, "S: vole done");
+    // Δ·H(y), computed while R encodes
+    let mut hy = vec![0u128; items.len()];
+    items
+        .par_chunks(4096)
+        .zip(hy.par_chunks_mut(4096))
+        .for_each(|(x, v)| {
+            prim::hash_value(x, v);
+            for h in v.iter_mut() {
+                *h = gf128::mul(*h, delta);
+            }
+        });
+    let header = wire::recv(chan, tags::OKVS_HDR, "OKVS header")?;
+    let header = decode_header(&header, params.bins)?;
+    trace!(t0, "S: header received");
+    // K = B + A'·Δ, frame by frame, in place of B
+    let mut got = 0usize;
+    while got < m {
+        let frame = recv_tagged(chan, tags::OKVS_DATA, "OKVS data")?;
+        let frame = &frame[1..];
+        if frame.len() % 16 != 0 || got + frame.len() / 16 > m {
+            return Err(PsiError::peer(format!(
+                "OKVS data: frame of {} bytes does not fit the {} remaining cells",
+                frame.len(),
+                m - got
+            )));
+        }
+        let n = frame.len() / 16;
+        let a_prime: Vec<u128> = frame
+            .chunks_exact(16)
+            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+            .collect();
+        b[got..got + n]
+            .par_chunks_mut(8192)
+            .zip(a_prime.par_chunks(8192))
+            .for_each(|(bb, ap)| gf128::mul_add_acc(bb, delta, ap));
+        got += n;
+    }
+    let k = b;
+    trace!(t0, "S: K computed");
+    let mut tags_y = okvs::decode(params, &header, &k, items);
+    drop(k);
+    tags_y
+        .par_chunks_mut(4096)
+        .zip(hy.par_chunks(4096))
+        .for_each(|(t, h)| {
+            for (t, h) in t.iter_mut().zip(h) {
+                *t ^= *h;
+            }
+        });
+    output_tags(&mut tags_y, tb);
+    trace!(t0, "S: tags computed");
+    let per_frame = (MAX_FRAME - 1) / tb;
+    for chunk in tags_y.chunks(per_frame) {
+        let mut frame = Vec::with_capacity(1 + chunk.len() * tb);
+        frame.push(tags::TAGS);
+        for t in chunk {
+            frame.extend_from_slice(&t.to_le_bytes()[..tb]);
+        }
+        wire::send_frame(chan, frame)?;
+    }
+    Ok(())
+}
+
+/// All (i, j) with mine[i] == theirs[j]. The tags are uniformly random, so
+/// both lists are radix-partitioned on their top bits into cache-sized parts
+/// and each part is joined by sorting and merging (every pair of equal tags
+/// is reported, also when two of our own tags collide).
+fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
+    let n = mine.len().max(theirs.len());
+    let bits = (n / 4096).max(1).next_power_of_two().trailing_zeros();
+    let part = |t: u128| -> usize {
+        if bits == 0 {
+            0
+        } else {
+            ((t as u64) >> (64 - bits)) as usize
+        }
+    };
+    let parts = 1usize << bits;
+    let scatter = |v: &[u128]| -> (Vec<(u128, u32)>, Vec<usize>) {
+        let mut starts = vec![0usize; parts + 1];
+        for t in v {
+            starts[part(*t) + 1] += 1;
+        }
+        for p in 0..parts {
+            starts[p + 1] += starts[p];
+        }
+        let mut fill = starts.clone();
+        let mut out = vec![(0u128, 0u32); v.len()];
+        for (i, t) in v.iter().enumerate() {
+            let p = part(*t);
+            out[fill[p]] = (*t, i as u32);
+            fill[p] += 1;
+        }
+        (out, starts)
+    };
+    let (a, sa) = scatter(mine);
+    let (b, sb) = scatter(theirs);
+    (0..parts)
+        .into_par_iter()
+        .flat_map_iter(|p| {
+            let mut x = a[sa[p]..sa[p + 1]].to_vec();
+            let mut y = b[sb[p]..sb[p + 1]].to_vec();
+            x.sort_unstable();
+            y.sort_unstable();
+            let mut out = Vec::new();
+            let (mut i, mut j) = (0, 0);
+            while i < x.len() && j < y.len() {
+                match x[i].0.cmp(&y[j].0) {
+                    std::cmp::Ordering::Less => i += 1,
+                    std::cmp::Ordering::Greater => j += 1,
+                    std::cmp::Ordering::Equal => {
+                        let t = x[i].0;
+                        let i_end = i + x[i..].iter().take_while(|e| e.0 == t).count();
+                        let j_end = j + y[j..].iter().take_while(|e| e.0 == t).count();
+                        for xi in &x[i..i_end] {
+                            for yj in &y[j..j_end] {
+                                out.push((xi.1, yj.1));
+                            }
+                        }
+                        i = i_end;
+                        j = j_end;
+                    }
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Compile-time check that [`intersect`] has the engine's core shape.
+const _: crate::core::CoreFn = intersect;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::memory_pair;
+    use crate::core::testing::{check, naive, run_pair, sets};
+    use crate::core::{CoreFn, Item};
+
+    const LEARN: [(bool, bool); 3] = [(true, false), (false, true), (true, true)];
+
+    fn check_run(core: CoreFn, a: &[Item], b: &[Item], learn: (bool, bool)) {
+        let (oa, ob) = run_pair(core, a, b, learn);
+        // the learner is party 0 if it alone learns or leads; else party 1
+        // party 0 is the receiver when it learns (alone, or as the leader)
+        if learn.0 {
+            check(&oa, a, b);
+            assert!(ob.matches.is_none());
+        } else {
+            check(&ob, b, a);
+            assert!(oa.matches.is_none());
+        }
+    }
+
+    fn psi_case(na: usize, nb: usize, common: usize, seed: u64) {
+        let (a, b) = sets(na, nb, common, seed);
+        assert_eq!(naive(&a, &b).len(), common);
+        for learn in LEARN {
+            check_run(intersect, &a, &b, learn);
+        }
+    }
+
+    #[test]
+    fn join_reports_every_equal_pair() {
+        let mine = vec![5u128, 7, 5, 9, 1 << 63, u64::MAX as u128];
+        let theirs = vec![5u128, 8, 9, 9, u64::MAX as u128];
+        let mut got = join_tags(&mine, &theirs);
+        got.sort_unstable();
+        assert_eq!(got, vec![(0, 0), (2, 0), (3, 2), (3, 3), (5, 4)]);
+        // many parts
+        let big: Vec<u128> = (0..50_000u128)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
+            .collect();
+        let other: Vec<u128> = big.iter().rev().step_by(3).copied().collect();
+        assert_eq!(join_tags(&big, &other).len(), other.len());
+    }
+
+    #[test]
+    fn psi_empty_sides() {
+        psi_case(0, 0, 0, 1);
+        psi_case(0, 5, 0, 2);
+        psi_case(5, 0, 0, 3);
+    }
+
+    #[test]
+    fn psi_tiny_sets() {
+        psi_case(1, 1, 1, 4);
+        psi_case(1, 1, 0, 5);
+        psi_case(2, 3, 1, 6);
+        psi_case(3, 2, 2, 7);
+        psi_case(3, 3, 3, 8);
+    }
+
+    #[test]
+    fn psi_1000_vs_1000() {
+        psi_case(1000, 1000, 500, 9);
+        psi_case(1000, 1000, 0, 10);
+        psi_case(1000, 1000, 1000, 11);
+    }
+
+    #[test]
+    fn psi_unequal_sizes() {
+        psi_case(1000, 37, 20, 12);
+        psi_case(37, 1000, 37, 13);
+    }
+
+    #[test]
+    fn psi_65535() {
+        let (a, b) = sets(65535, 65535, 30000, 14);
+        for learn in LEARN {
+            check_run(intersect, &a, &b, learn);
+        }
+    }
+
+    #[test]
+    fn psi_spanning_several_vole_chunks() {
+        // 200k receiver items need an OKVS (and VOLE) longer than one VOLE
+        // chunk, so the bootstrapped chunks are exercised end to end.
+        let (a, b) = sets(200_000, 3000, 2500, 19);
+        assert!(OkvsParams::new(200_000, 40).len() > vole::MAX_CHUNK);
+        check_run(intersect, &a, &b, (true, false));
+    }
+
+    #[test]
+    fn psi_with_forced_okvs_retry() {
+        fn forced(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
+            intersect_with(chan, input, EncodeOptions { force_retry: true })
+        }
+        let (a, b) = sets(20000, 3000, 1500, 15);
+        check_run(forced, &a, &b, (true, false));
+        check_run(forced, &a, &b, (false, true));
+    }
+
+    #[test]
+    fn psi_catches_a_lying_peer() {
+        // a sender that claims more items than it has: the receiver waits for
+        // tags that never come, and must fail cleanly when the link closes.
+        let (a, b) = sets(100, 100, 50, 16);
+        let (ca, cb) = memory_pair(64);
+        let r = std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                let input = CoreInput {
+                    items: &b[..60],
+                    peer_len: 100,
+                    self_learns: false,
+                    peer_learns: true,
+                    leader: false,
+                    total_len: (100, 100),
+                    stat_sec: 40,
+                };
+                let r = intersect(&cb, &input);
+                drop(cb);
+                r
+            });
+            let input = CoreInput {
+                items: &a,
+                peer_len: 100,
+                self_learns: true,
+                peer_learns: false,
+                leader: true,
+                total_len: (100, 100),
+                stat_sec: 40,
+            };
+            let r = intersect(&ca, &input);
+            h.join().unwrap().unwrap();
+            r
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    #[ignore]
+    fn psi_1_000_003() {
+        let (a, b) = sets(1_000_003, 999_999, 400_000, 17);
+        check_run(intersect, &a, &b, (true, false));
+    }
+
+    fn bench(n: usize) {
+        let (a, b) = sets(n, n, n / 2, 18);
+        let (ca, cb) = memory_pair(64);
+        let total = (n as u64, n as u64);
+        let t0 = std::time::Instant::now();
+        let (oa, _) = std::thread::scope(|s| {
+            let hb = s.spawn(|| {
+                let input = CoreInput {
+                    items: &b,
+                    peer_len: n,
+                    self_learns: false,
+                    peer_learns: true,
+                    leader: false,
+                    total_len: total,
+                    stat_sec: 40,
+                };
+                intersect(&cb, &input).unwrap()
+            });
+            let input = CoreInput {
+                items: &a,
+                peer_len: n,
+                self_learns: true,
+                peer_learns: false,
+                leader: true,
+                total_len: total,
+                stat_sec: 40,
+            };
+            (intersect(&ca, &input).unwrap(), hb.join().unwrap())
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(oa.matches.as_ref().map(|m| m.len()), Some(n / 2));
+        let up = ca.bytes_sent();
+        let down = cb.bytes_sent();
+        println!(
+            "rr22 n={n}: {secs:.3} s, receiver->sender {up} B ({:.1} bits/item), \
+             sender->receiver {down} B ({:.1} bits/item), total {:.1} bits/item",
+            up as f64 * 8.0 / n as f64,
+            down as f64 * 8.0 / n as f64,
+            (up + down) as f64 * 8.0 / n as f64
+        );
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_rr22_2_16() {
+        bench(1 << 16);
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_rr22_2_20() {
+        bench(1 << 20);
+    }
 }

@@ -1,0 +1,320 @@
+//! Oblivious transfer: 128 base OTs, then IKNP correlated-OT extension.
+//!
+//! * Base OT: Chou–Orlandi "The Simplest Protocol for Oblivious Transfer"
+//!   (LATINCRYPT 2015, eprint 2015/267, Fig. 1) on the ristretto255 group
+//!   (`curve25519-dalek`). Sender: a, A = aG. Receiver with bit c: b,
+//!   B = bG + cA, key H(A, B, bA). Sender keys k₀ = H(A, B, aB),
+//!   k₁ = H(A, B, a(B − A)). H is BLAKE3 over the index and the transcript,
+//!   truncated to 128 bits. Semi-honest security is all RR22's semi-honest
+//!   protocol needs.
+//! * Extension: Ishai–Kilian–Nissim–Petrank (CRYPTO 2003, §3) in its
+//!   correlated form (as in Asharov–Lindell–Schneider–Zohner CCS 2013 and the
+//!   Ferret/Wolverine silent-VOLE papers): the extension *sender* is the
+//!   base-OT *receiver* with choice string Δ ∈ {0,1}^128; after transposition
+//!   it holds q_i and the extension receiver, with choice bit r_i, holds
+//!   t_i = q_i ⊕ r_i·Δ. Reading Δ as an element of GF(2^128) this is a
+//!   subfield VOLE over GF(2) with the same Δ that the silent VOLE uses (see
+//!   `vole.rs`), and hashing with the TCCR hash gives random OTs.
+//!
+//! Why IKNP rather than more base OTs: the silent VOLE needs ~60k OTs per
+//! chunk (GGM levels + 128 per noise value); one Chou–Orlandi OT costs three
+//! scalar multiplications (~40 µs), IKNP a few AES calls.
+
+use curve25519_dalek::constants::RISTRETTO_BASEPOINT_TABLE;
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+use curve25519_dalek::scalar::Scalar;
+
+use super::prim::{Aes, os_random};
+use super::tags;
+use crate::channel::Channel;
+use crate::error::PsiError;
+use crate::wire;
+
+/// Number of base OTs = computational security parameter κ.
+pub(crate) const KAPPA: usize = 128;
+
+fn random_scalar() -> Scalar {
+    let mut wide = [0u8; 64];
+    wide[..16].copy_from_slice(&os_random().to_le_bytes());
+    wide[16..32].copy_from_slice(&os_random().to_le_bytes());
+    wide[32..48].copy_from_slice(&os_random().to_le_bytes());
+    wide[48..].copy_from_slice(&os_random().to_le_bytes());
+    Scalar::from_bytes_mod_order_wide(&wide)
+}
+
+fn ot_hash(i: usize, a: &[u8; 32], b: &[u8; 32], p: &RistrettoPoint) -> u128 {
+    let mut h = blake3::Hasher::new_derive_key("venn rr22 2026 chou-orlandi base ot");
+    h.update(&(i as u64).to_le_bytes());
+    h.update(a);
+    h.update(b);
+    h.update(p.compress().as_bytes());
+    let out = h.finalize();
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&out.as_bytes()[..16]);
+    u128::from_le_bytes(k)
+}
+
+/// Base-OT sender: returns `KAPPA` random key pairs (k₀, k₁).
+pub(crate) fn base_send(chan: &dyn Channel) -> Result<Vec<(u128, u128)>, PsiError> {
+    let a = random_scalar();
+    let big_a = RISTRETTO_BASEPOINT_TABLE * &a;
+    let a_bytes = big_a.compress().to_bytes();
+    wire::send(chan, tags::BASE_A, &a_bytes)?;
+    let msg = wire::recv(chan, tags::BASE_B, "base OT reply")?;
+    if msg.len() != 32 * KAPPA {
+        return Err(PsiError::peer(format!(
+            "base OT reply has {} bytes, expected {}",
+            msg.len(),
+            32 * KAPPA
+        )));
+    }
+    let a_a = a * big_a;
+    let mut keys = Vec::with_capacity(KAPPA);
+    for (i, chunk) in msg.chunks_exact(32).enumerate() {
+        let mut b_bytes = [0u8; 32];
+        b_bytes.copy_from_slice(chunk);
+        let big_b = CompressedRistretto(b_bytes)
+            .decompress()
+            .ok_or_else(|| PsiError::peer("base OT reply: invalid group element"))?;
+        let ab = a * big_b;
+        let k0 = ot_hash(i, &a_bytes, &b_bytes, &ab);
+        let k1 = ot_hash(i, &a_bytes, &b_bytes, &(ab - a_a));
+        keys.push((k0, k1));
+    }
+    Ok(keys)
+}
+
+/// Base-OT receiver with the 128 choice bits of `choices`; returns k_{c_i}.
+pub(crate) fn base_recv(chan: &dyn Channel, choices: u128) -> Result<Vec<u128>, PsiError> {
+    let msg = wire::recv(chan, tags::BASE_A, "base OT setup")?;
+    let a_bytes: [u8; 32] = msg
+        .as_slice()
+        .try_into()
+        .map_err(|_| PsiError::peer("base OT setup: expected 32 bytes"))?;
+    let big_a = CompressedRistretto(a_bytes)
+        .decompress()
+        .ok_or_else(|| PsiError::peer("base OT setup: invalid group element"))?;
+    let mut reply = Vec::with_capacity(32 * KAPPA);
+    let mut keys = Vec::with_capacity(KAPPA);
+    let mut bs = Vec::with_capacity(KAPPA);
+    for i in 0..KAPPA {
+        let b = random_scalar();
+        let mut big_b = RISTRETTO_BASEPOINT_TABLE * &b;
+        if (choices >> i) & 1 == 1 {
+            big_b += big_a;
+        }
+        let b_bytes = big_b.compress().to_bytes();
+        reply.extend_from_slice(&b_bytes);
+        bs.push((b, b_bytes));
+    }
+    wire::send(chan, tags::BASE_B, &reply)?;
+    for (i, (b, b_bytes)) in bs.iter().enumerate() {
+        keys.push(ot_hash(i, &a_bytes, b_bytes, &(b * big_a)));
+    }
+    Ok(keys)
+}
+
+/// Transposes a 128×128 bit matrix in place: bit c of row r ↔ bit r of row c.
+pub(crate) fn transpose128(m: &mut [u128; 128]) {
+    let mut s = 64usize;
+    let mut mask: u128 = u128::MAX >> 64; // bits c with (c & s) == 0
+    while s > 0 {
+        for r in 0..128 {
+            if r & s == 0 {
+                let a = m[r];
+                let b = m[r + s];
+                m[r] = (a & mask) | ((b & mask) << s);
+                m[r + s] = ((a >> s) & mask) | (b & !mask);
+            }
+        }
+        s >>= 1;
+        mask ^= mask << s;
+    }
+}
+
+/// Expands `seeds` column PRGs from block counter `ctr`: `nb` blocks each.
+fn expand_columns(prgs: &[Aes], ctr: u128, nb: usize) -> Vec<u128> {
+    let mut cols = vec![0u128; prgs.len() * nb];
+    for (j, p) in prgs.iter().enumerate() {
+        let col = &mut cols[j * nb..(j + 1) * nb];
+        for (c, x) in col.iter_mut().enumerate() {
+            *x = ctr.wrapping_add(c as u128);
+        }
+        p.enc_inplace(col);
+    }
+    cols
+}
+
+/// Rows from 128 columns of `nb` blocks: row 128c+i has bit j = bit i of column j's block c.
+fn transpose_columns(cols: &[u128], nb: usize) -> Vec<u128> {
+    let mut rows = vec![0u128; nb * 128];
+    let mut m = [0u128; 128];
+    for c in 0..nb {
+        for (j, x) in m.iter_mut().enumerate() {
+            *x = cols[j * nb + c];
+        }
+        transpose128(&mut m);
+        rows[c * 128..(c + 1) * 128].copy_from_slice(&m);
+    }
+    rows
+}
+
+/// IKNP extension receiver (holds the base-OT *sender* keys).
+pub(crate) struct IknpReceiver {
+    g0: Vec<Aes>,
+    g1: Vec<Aes>,
+    ctr: u128,
+}
+
+impl IknpReceiver {
+    pub(crate) fn new(base: &[(u128, u128)]) -> Self {
+        IknpReceiver {
+            g0: base.iter().map(|k| Aes::new(k.0)).collect(),
+            g1: base.iter().map(|k| Aes::new(k.1)).collect(),
+            ctr: 0,
+        }
+    }
+
+    /// Correlated OTs with choice bits `choices` (bit i of word c = OT 128c+i).
+    /// Returns the message for the sender and the rows t_i (= q_i ⊕ r_i·Δ).
+    pub(crate) fn extend(&mut self, choices: &[u128]) -> (Vec<u8>, Vec<u128>) {
+        let nb = choices.len();
+        let t = expand_columns(&self.g0, self.ctr, nb);
+        let g = expand_columns(&self.g1, self.ctr, nb);
+        self.ctr = self.ctr.wrapping_add(nb as u128);
+        let mut msg = Vec::with_capacity(t.len() * 16);
+        for j in 0..KAPPA {
+            for c in 0..nb {
+                let u = t[j * nb + c] ^ g[j * nb + c] ^ choices[c];
+                msg.extend_from_slice(&u.to_le_bytes());
+            }
+        }
+        (msg, transpose_columns(&t, nb))
+    }
+}
+
+/// IKNP extension sender (holds Δ and the base-OT *receiver* keys).
+pub(crate) struct IknpSender {
+    delta: u128,
+    g: Vec<Aes>,
+    ctr: u128,
+}
+
+impl IknpSender {
+    pub(crate) fn new(delta: u128, keys: &[u128]) -> Self {
+        IknpSender {
+            delta,
+            g: keys.iter().map(|k| Aes::new(*k)).collect(),
+            ctr: 0,
+        }
+    }
+
+    /// Processes the receiver's message for `nb`·128 OTs; returns the rows q_i.
+    pub(crate) fn extend(&mut self, nb: usize, msg: &[u8]) -> Result<Vec<u128>, PsiError> {
+        if msg.len() != KAPPA * nb * 16 {
+            return Err(PsiError::peer(format!(
+                "OT extension message has {} bytes, expected {}",
+                msg.len(),
+                KAPPA * nb * 16
+            )));
+        }
+        let mut q = expand_columns(&self.g, self.ctr, nb);
+        self.ctr = self.ctr.wrapping_add(nb as u128);
+        for (j, col) in q.chunks_exact_mut(nb).enumerate() {
+            if (self.delta >> j) & 1 == 1 {
+                let off = j * nb * 16;
+                for (c, x) in col.iter_mut().enumerate() {
+                    let b = &msg[off + c * 16..off + c * 16 + 16];
+                    *x ^= u128::from_le_bytes(b.try_into().expect("16 bytes"));
+                }
+            }
+        }
+        Ok(transpose_columns(&q, nb))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::memory_pair;
+    use crate::rr22::prim::{Prg, tccr};
+
+    #[test]
+    fn transpose_is_a_transpose() {
+        let mut prg = Prg::new(3);
+        let orig: Vec<u128> = prg.blocks(128);
+        let mut m = [0u128; 128];
+        m.copy_from_slice(&orig);
+        transpose128(&mut m);
+        for (r, row) in orig.iter().enumerate() {
+            for (c, col) in m.iter().enumerate() {
+                assert_eq!((row >> c) & 1, (col >> r) & 1, "r={r} c={c}");
+            }
+        }
+        transpose128(&mut m);
+        assert_eq!(&m[..], &orig[..]);
+    }
+
+    #[test]
+    fn base_ot_correlation_holds() {
+        let (ca, cb) = memory_pair(8);
+        let choices = os_random();
+        let (sent, got) = std::thread::scope(|s| {
+            let h = s.spawn(|| base_send(&ca).unwrap());
+            let g = base_recv(&cb, choices).unwrap();
+            (h.join().unwrap(), g)
+        });
+        for i in 0..KAPPA {
+            let c = (choices >> i) & 1 == 1;
+            let (k0, k1) = sent[i];
+            assert_ne!(k0, k1);
+            if c {
+                assert_eq!(got[i], k1);
+                assert_ne!(got[i], k0);
+            } else {
+                assert_eq!(got[i], k0);
+                assert_ne!(got[i], k1);
+            }
+        }
+    }
+
+    #[test]
+    fn iknp_correlation_and_random_ot() {
+        let (ca, cb) = memory_pair(8);
+        let delta = os_random();
+        let (base_pairs, base_keys) = std::thread::scope(|s| {
+            let h = s.spawn(|| base_send(&ca).unwrap());
+            let g = base_recv(&cb, delta).unwrap();
+            (h.join().unwrap(), g)
+        });
+        let mut recv = IknpReceiver::new(&base_pairs);
+        let mut send = IknpSender::new(delta, &base_keys);
+        for round in 0..2 {
+            let nb = 3 + round;
+            let choices = Prg::new(round as u128 + 10).blocks(nb);
+            let (msg, t) = recv.extend(&choices);
+            let q = send.extend(nb, &msg).unwrap();
+            assert_eq!(t.len(), nb * 128);
+            for i in 0..nb * 128 {
+                let r = (choices[i / 128] >> (i % 128)) & 1 == 1;
+                assert_eq!(t[i], q[i] ^ if r { delta } else { 0 });
+            }
+            // random OT: the receiver's message equals m_r and differs from m_{1-r}
+            let mut m0 = vec![0u128; t.len()];
+            let mut m1 = vec![0u128; t.len()];
+            let mut mr = vec![0u128; t.len()];
+            let qd: Vec<u128> = q.iter().map(|x| x ^ delta).collect();
+            tccr(&q, 0, &mut m0);
+            tccr(&qd, 0, &mut m1);
+            tccr(&t, 0, &mut mr);
+            for i in 0..t.len() {
+                let r = (choices[i / 128] >> (i % 128)) & 1 == 1;
+                let (want, other) = if r { (m1[i], m0[i]) } else { (m0[i], m1[i]) };
+                assert_eq!(mr[i], want);
+                assert_ne!(mr[i], other);
+            }
+        }
+        // a truncated message is a peer error, not a panic
+        assert!(send.extend(2, &[0u8; 10]).is_err());
+    }
+}
