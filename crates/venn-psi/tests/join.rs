@@ -288,6 +288,23 @@ proptest! {
     }
 
     #[test]
+    fn rr22_equals_reference(a in arb_table(), b in arb_table(), join in arb_join(),
+                             receiver0 in prop::sample::select(vec![Receiver::SelfOnly, Receiver::Peer, Receiver::Both]),
+                             left_peer in any::<bool>(), small in any::<bool>()) {
+        check(&Case {
+            a: csv_text("id,pa", &a, false, true),
+            b: csv_text("key,pb", &b, true, false),
+            keys_a: vec!["id".into()],
+            keys_b: vec!["key".into()],
+            join,
+            receiver0,
+            left0: if left_peer { Side::Peer } else { Side::SelfSide },
+            budget: if small { 64 << 10 } else { 1 << 30 },
+            protocol: Protocol::Rr22,
+        });
+    }
+
+    #[test]
     fn multi_column_keys(a in arb_table(), b in arb_table(), join in arb_join()) {
         // key = (first column, second column); a few second-column values so keys repeat
         let nonempty = |t: Vec<(String, String)>| -> Vec<(String, String)> {
@@ -324,10 +341,12 @@ fn spilled_buckets_give_the_same_result() {
     // 6000 rows of ~40 B plus overhead exceed 256 KiB: several buckets.
     let a = numbered(6000, 0, "alpha-");
     let b = numbered(6000, 3000, "beta-");
-    for (join, budget) in [
-        (JoinType::Inner, 256 << 10),
-        (JoinType::Full, 256 << 10),
-        (JoinType::Inner, 1 << 30),
+    for (join, budget, protocol) in [
+        (JoinType::Inner, 256 << 10, Protocol::Ecdh),
+        (JoinType::Full, 256 << 10, Protocol::Ecdh),
+        (JoinType::Inner, 1 << 30, Protocol::Ecdh),
+        (JoinType::Full, 256 << 10, Protocol::Rr22),
+        (JoinType::Inner, 1 << 30, Protocol::Rr22),
     ] {
         let c = Case {
             a: a.clone(),
@@ -338,7 +357,7 @@ fn spilled_buckets_give_the_same_result() {
             receiver0: Receiver::Both,
             left0: Side::SelfSide,
             budget,
-            protocol: Protocol::Ecdh,
+            protocol,
         };
         let [(ra, _), (rb, _)] = run_case(&c).unwrap();
         if budget < (1 << 20) {
