@@ -343,6 +343,35 @@ impl Grouped {
     }
 }
 
+/// Sorts `v` by the key bytes of each element's group, bytewise.
+///
+/// Comparing keys through the row arena costs a cache miss per comparison;
+/// instead each element gets its key's first 16 bytes as a big-endian `u128`
+/// (zero padded), and only elements whose prefixes tie compare full keys.
+fn sort_by_key_bytes<'k, T: Copy + Send + Sync>(
+    v: &mut [T],
+    group: impl Fn(&T) -> u32 + Sync,
+    key_of: &(impl Fn(u32) -> &'k [u8] + Sync),
+) {
+    let prefix = |k: &[u8]| {
+        let mut b = [0u8; 16];
+        let n = k.len().min(16);
+        b[..n].copy_from_slice(&k[..n]);
+        u128::from_be_bytes(b)
+    };
+    let mut keyed: Vec<(u128, T)> = v
+        .par_iter()
+        .map(|x| (prefix(key_of(group(x))), *x))
+        .collect();
+    keyed.par_sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| key_of(group(&a.1)).cmp(key_of(group(&b.1))))
+    });
+    for (dst, (_, x)) in v.iter_mut().zip(keyed) {
+        *dst = x;
+    }
+}
+
 fn random_permutation(n: usize) -> Vec<u32> {
     let mut p: Vec<u32> = (0..n as u32).collect();
     let mut rng = rand::rng();
@@ -529,6 +558,11 @@ fn run_inner(
     let t0 = Instant::now();
     handshake(cfg, chan)?;
     let input = read_input(cfg, input_path)?;
+    tracing::debug!(
+        rows = input.loaded.rows,
+        t = t0.elapsed().as_secs_f64(),
+        "input read"
+    );
     let rows = input.loaded.rows;
     let mut msg = Vec::new();
     msg.extend_from_slice(&rows.to_le_bytes());
@@ -605,7 +639,15 @@ fn run_inner(
             total_len,
             stat_sec: cfg.stat_sec,
         };
+        tracing::debug!(
+            bucket = b,
+            unique = g.unique.len(),
+            peer_len,
+            t = t0.elapsed().as_secs_f64(),
+            "grouped"
+        );
         let res = core(chan, &cin)?;
+        tracing::debug!(bucket = b, t = t0.elapsed().as_secs_f64(), "protocol done");
         let result = exchange_counts(
             chan,
             res.matches,
@@ -625,7 +667,13 @@ fn run_inner(
             .map(|(pos, c)| (perm[pos as usize], c))
             .collect();
         let key_of = |gi: u32| rws.key(g.rows(gi as usize)[0] as usize);
-        matched.par_sort_unstable_by(|a, b| key_of(a.0).cmp(key_of(b.0)));
+        sort_by_key_bytes(&mut matched, |m| m.0, &key_of);
+        tracing::debug!(
+            bucket = b,
+            matched = matched.len(),
+            t = t0.elapsed().as_secs_f64(),
+            "counts exchanged, matches sorted"
+        );
         let mut is_matched = vec![false; g.unique.len()];
         for &(gi, c) in &matched {
             is_matched[gi as usize] = true;
@@ -641,7 +689,7 @@ fn run_inner(
             unmatched = (0..g.unique.len() as u32)
                 .filter(|&gi| !is_matched[gi as usize])
                 .collect();
-            unmatched.par_sort_unstable_by(|a, b| key_of(*a).cmp(key_of(*b)));
+            sort_by_key_bytes(&mut unmatched, |&gi| gi, &key_of);
         }
         tot.unmatched_self += (0..g.unique.len())
             .filter(|&gi| !is_matched[gi])
@@ -685,6 +733,7 @@ fn run_inner(
             }
         }
         t_write += tw.elapsed().as_secs_f64();
+        tracing::debug!(bucket = b, t = t0.elapsed().as_secs_f64(), "bucket written");
     }
     let t_proto_end = t0.elapsed().as_secs_f64();
 
@@ -730,7 +779,9 @@ fn run_inner(
                 }
             }
         }
+        tracing::debug!(t = t0.elapsed().as_secs_f64(), "committing output");
         let rows_out = w.commit()?;
+        tracing::debug!(t = t0.elapsed().as_secs_f64(), "output committed");
         out_stats = Some(OutputStats {
             path: output.map(|p| p.display().to_string()).unwrap_or_default(),
             rows: rows_out,
