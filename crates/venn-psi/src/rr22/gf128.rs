@@ -230,10 +230,8 @@ mod tests {
                 assert_eq!(mul(a, inv(a)), 1);
             }
         }
-        let mut xs = vec![3u128, 5, 7];
-        let add = vec![1u128, 2, 3];
-        let xs0 = xs.clone();
-        xs = add.clone();
+        let xs0 = vec![3u128, 5, 7];
+        let mut xs = vec![1u128, 2, 3];
         mul_add_acc(&mut xs, 0x1234, &xs0);
         assert_eq!(
             xs,

@@ -106,18 +106,18 @@ impl ChunkParams {
     }
     /// Whether the noisy VOLEs come from 128 correlated OTs each (first
     /// chunk) rather than from the previous chunk's reserve.
-    fn from_cots(&self) -> bool {
+    fn uses_cots(&self) -> bool {
         self.index == 0
     }
     /// OTs: 128 per noise value (first chunk only), then one per tree level.
     fn num_ots(&self) -> usize {
-        NOISE * self.depth + if self.from_cots() { NOISE * KAPPA } else { 0 }
+        NOISE * self.depth + if self.uses_cots() { NOISE * KAPPA } else { 0 }
     }
     fn ot_blocks(&self) -> usize {
         self.num_ots().div_ceil(128)
     }
     fn pprf_ot(&self, tree: usize, level: usize) -> usize {
-        let base = if self.from_cots() { NOISE * KAPPA } else { 0 };
+        let base = if self.uses_cots() { NOISE * KAPPA } else { 0 };
         base + tree * self.depth + level
     }
     fn tweak(&self) -> u128 {
@@ -359,7 +359,7 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
         let msg = wire::recv(chan, tags::VOLE_OT, "VOLE OT extension")?;
         let q = iknp.extend(p.ot_blocks(), &msg)?;
         // noisy VOLE: b_i = Σ x^k q_{128i+k}, or the previous chunk's reserve
-        let b: Vec<u128> = if p.from_cots() {
+        let b: Vec<u128> = if p.uses_cots() {
             (0..NOISE)
                 .map(|i| pack_gf(&q[i * KAPPA..(i + 1) * KAPPA]))
                 .collect()
@@ -425,12 +425,6 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
     // Phase 1: every chunk's noise and OT extension message. None depends on
     // the sender's replies (a bootstrapped chunk's β_i come from the
     // previous chunk's outputs, but its OT choices do not involve β_i).
-    type Pending = (
-        ChunkParams,
-        Vec<usize>,
-        Option<(Vec<u128>, Vec<u128>)>,
-        Vec<u128>,
-    );
     let mut pending: Vec<Pending> = Vec::new();
     let mut msgs = Vec::new();
     for p in chunks(m) {
@@ -440,7 +434,7 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             .iter()
             .map(|r| reduce64(*r as u64, p.leaves as u64) as usize)
             .collect();
-        let beta: Vec<u128> = if p.from_cots() {
+        let beta: Vec<u128> = if p.uses_cots() {
             prg.blocks(NOISE)
                 .into_iter()
                 .map(|b| if b == 0 { 1 } else { b })
@@ -457,7 +451,7 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             }
         };
         for i in 0..NOISE {
-            if p.from_cots() {
+            if p.uses_cots() {
                 for k in 0..KAPPA {
                     set(i * KAPPA + k, (beta[i] >> k) & 1 == 1);
                 }
@@ -469,7 +463,7 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
         }
         let (msg, t) = iknp.extend(&choices);
         msgs.push(msg);
-        let first = p.from_cots().then(|| {
+        let first = p.uses_cots().then(|| {
             let c = (0..NOISE)
                 .map(|i| pack_gf(&t[i * KAPPA..(i + 1) * KAPPA]))
                 .collect();
@@ -499,16 +493,20 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
     })
 }
 
+/// A chunk prepared by the receiver before the sender's reply: parameters,
+/// α_i, (β_i, c_i) for the first chunk, and the PPRF OT pads m_r.
+type Pending = (
+    ChunkParams,
+    Vec<usize>,
+    Option<(Vec<u128>, Vec<u128>)>,
+    Vec<u128>,
+);
+
 /// Phase 2 of [`recv`], per chunk: punctured trees, sparse vector, EA code.
 fn recv_replies(
     chan: &dyn Channel,
     m: usize,
-    pending: Vec<(
-        ChunkParams,
-        Vec<usize>,
-        Option<(Vec<u128>, Vec<u128>)>,
-        Vec<u128>,
-    )>, // (params, α, (β, c) of chunk 0, OT pads)
+    pending: Vec<Pending>,
     t0: std::time::Instant,
 ) -> Result<(Vec<u128>, Vec<u128>), PsiError> {
     let mut a_out = vec![0u128; m];
@@ -633,7 +631,7 @@ mod tests {
         );
         assert_eq!(cs[0].reserve, NOISE);
         assert_eq!(cs[2].reserve, 0);
-        assert!(cs[0].from_cots() && !cs[1].from_cots());
+        assert!(cs[0].uses_cots() && !cs[1].uses_cots());
         assert_eq!(chunks(0).len(), 1);
     }
 
@@ -703,7 +701,7 @@ mod tests {
         }
         let p = ChunkParams::new(1 << 20, 0, 0);
         let acc = Prg::new(1).blocks(p.n());
-        let mut e = acc.clone();
+        let mut e = acc;
         let t = std::time::Instant::now();
         EaCode::accumulate(&mut e);
         println!("accumulate: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
