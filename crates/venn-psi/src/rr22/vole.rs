@@ -190,19 +190,33 @@ impl EaCode {
         }
     }
 
-    /// Expander positions of outputs [start, start + out.len()/EA_WEIGHT):
-    /// position = block·L + offset with block, offset uniform (so the
-    /// position is uniform in [0, N)). Returns (block, offset, flat index).
-    fn positions(&self, start: usize, out: &mut [u128]) -> Vec<(u32, u32, u32)> {
-        for (i, x) in out.iter_mut().enumerate() {
-            *x = (start * EA_WEIGHT + i) as u128;
-        }
-        self.aes.enc_inplace(out);
-        out.iter()
-            .map(|r| {
-                let b = reduce64(*r as u64, self.blocks as u64) as u32;
-                let o = reduce64((*r >> 64) as u64, self.block_len as u64) as u32;
-                (b, o, b * self.block_len as u32 + o)
+    /// Expander positions of outputs [start, start + count): position q =
+    /// output·w + k is the 64-bit half (q mod 2) of AES_code(⌊q/2⌋), reduced
+    /// to [0, N) by Lemire's multiply-shift. Returns (block, offset, flat
+    /// index) with block = ⌊pos/L⌋ computed exactly by a multiply with
+    /// ⌈2^64/L⌉ (exact because pos < 2^32 and L < 2^32).
+    fn positions(&self, start: usize, count: usize) -> Vec<(u32, u32, u32)> {
+        let q0 = start * EA_WEIGHT;
+        let q1 = q0 + count * EA_WEIGHT;
+        let b0 = q0 / 2;
+        let mut blocks: Vec<u128> = (b0..q1.div_ceil(2)).map(|b| b as u128).collect();
+        self.aes.enc_inplace(&mut blocks);
+        let n = self.n as u64;
+        let len = self.block_len as u64;
+        let recip = u64::MAX / len + 1;
+        (q0..q1)
+            .map(|q| {
+                let r = blocks[q / 2 - b0];
+                let v = if q % 2 == 0 {
+                    r as u64
+                } else {
+                    (r >> 64) as u64
+                };
+                let pos = reduce64(v, n);
+                let b = ((pos as u128 * recip as u128) >> 64) as u64;
+                let off = pos - b * len;
+                debug_assert!(b == pos / len && off < len);
+                (b as u32, off as u32, pos as u32)
             })
             .collect()
     }
@@ -221,8 +235,7 @@ impl EaCode {
         debug_assert_eq!(acc.len(), self.n);
         const STEP: usize = 2048;
         out.par_chunks_mut(STEP).enumerate().for_each(|(ci, o)| {
-            let mut buf = vec![0u128; o.len() * EA_WEIGHT];
-            let pos = self.positions(first + ci * STEP, &mut buf);
+            let pos = self.positions(first + ci * STEP, o.len());
             for (i, y) in o.iter_mut().enumerate() {
                 if let Some(ahead) =
                     pos.get((i + PREFETCH) * EA_WEIGHT..(i + PREFETCH + 1) * EA_WEIGHT)
@@ -288,8 +301,7 @@ impl EaCode {
             .zip(out_c.par_chunks_mut(STEP))
             .enumerate()
             .for_each(|(ci, (oa, oc))| {
-                let mut buf = vec![0u128; oa.len() * EA_WEIGHT];
-                let pos = self.positions(first + ci * STEP, &mut buf);
+                let pos = self.positions(first + ci * STEP, oa.len());
                 for (i, (ya, yc)) in oa.iter_mut().zip(oc.iter_mut()).enumerate() {
                     if let Some(ahead) =
                         pos.get((i + PREFETCH) * EA_WEIGHT..(i + PREFETCH + 1) * EA_WEIGHT)
@@ -707,6 +719,19 @@ mod tests {
         let t = std::time::Instant::now();
         EaCode::accumulate(&mut e);
         println!("accumulate: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    }
+
+    #[test]
+    fn expander_positions_are_exact() {
+        for m in [1usize, 10, 3000, MAX_CHUNK] {
+            let p = ChunkParams::new(m, NOISE, 0);
+            let code = EaCode::new(&p);
+            for (b, off, j) in code.positions(3, 500) {
+                assert!((j as usize) < p.n());
+                assert_eq!(b as usize, j as usize / p.leaves);
+                assert_eq!(off as usize, j as usize % p.leaves);
+            }
+        }
     }
 
     #[test]
