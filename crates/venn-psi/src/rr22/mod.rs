@@ -133,7 +133,10 @@ fn intersect_with(
         });
     }
     if n_x > u32::MAX as usize || n_y > u32::MAX as usize {
-        return Err(PsiError::peer("RR22: more than 2^32 items in one bucket"));
+        return Err(PsiError::Config {
+            field: "bucket size",
+            message: "RR22 handles at most 2^32 − 1 items per bucket; use smaller buckets".into(),
+        });
     }
     let tb = tag_bytes(input.stat_sec, input.total_len.0, input.total_len.1);
     let params = OkvsParams::new(n_x, input.stat_sec);
@@ -248,7 +251,7 @@ fn run_receiver(
     while theirs.len() < n_y {
         let frame = recv_tagged(chan, tags::TAGS, "RR22 tags")?;
         let frame = &frame[1..];
-        if frame.len() % tb != 0 || theirs.len() + frame.len() / tb > n_y {
+        if frame.is_empty() || frame.len() % tb != 0 || theirs.len() + frame.len() / tb > n_y {
             return Err(PsiError::peer(format!(
                 "RR22 tags: frame of {} bytes does not fit {} tags of {tb} bytes",
                 frame.len(),
@@ -296,7 +299,7 @@ fn run_sender(
     while got < m {
         let frame = recv_tagged(chan, tags::OKVS_DATA, "OKVS data")?;
         let frame = &frame[1..];
-        if frame.len() % 16 != 0 || got + frame.len() / 16 > m {
+        if frame.is_empty() || frame.len() % 16 != 0 || got + frame.len() / 16 > m {
             return Err(PsiError::peer(format!(
                 "OKVS data: frame of {} bytes does not fit the {} remaining cells",
                 frame.len(),
@@ -341,12 +344,14 @@ fn run_sender(
 }
 
 /// All (i, j) with mine[i] == theirs[j]. The tags are uniformly random, so
-/// both lists are radix-partitioned on their top bits into cache-sized parts
-/// and each part is joined by sorting and merging (every pair of equal tags
-/// is reported, also when two of our own tags collide).
+/// both lists are radix-partitioned on the top bits of their low 64 bits into
+/// parts of ~2^15 tags (a few hundred write streams at most, so the
+/// partitioning pass stays TLB-friendly), and each part is joined with a
+/// small linear-probing table indexed by the tag's low bits. Every pair of
+/// equal tags is reported, also when two of our own tags collide.
 fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
     let n = mine.len().max(theirs.len());
-    let bits = (n / 4096).max(1).next_power_of_two().trailing_zeros();
+    let bits = (n >> 15).max(1).next_power_of_two().trailing_zeros();
     let part = |t: u128| -> usize {
         if bits == 0 {
             0
@@ -372,33 +377,31 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
         }
         (out, starts)
     };
-    let (a, sa) = scatter(mine);
-    let (b, sb) = scatter(theirs);
+    let ((a, sa), (b, sb)) = rayon::join(|| scatter(mine), || scatter(theirs));
     (0..parts)
         .into_par_iter()
         .flat_map_iter(|p| {
-            let mut x = a[sa[p]..sa[p + 1]].to_vec();
-            let mut y = b[sb[p]..sb[p + 1]].to_vec();
-            x.sort_unstable();
-            y.sort_unstable();
+            let x = &a[sa[p]..sa[p + 1]];
+            let y = &b[sb[p]..sb[p + 1]];
+            let cap = (2 * x.len()).next_power_of_two().max(2);
+            let mask = cap - 1;
+            const EMPTY: u32 = u32::MAX;
+            let mut table = vec![(0u128, EMPTY); cap];
+            for &(t, i) in x {
+                let mut s = (t as usize) & mask;
+                while table[s].1 != EMPTY {
+                    s = (s + 1) & mask;
+                }
+                table[s] = (t, i);
+            }
             let mut out = Vec::new();
-            let (mut i, mut j) = (0, 0);
-            while i < x.len() && j < y.len() {
-                match x[i].0.cmp(&y[j].0) {
-                    std::cmp::Ordering::Less => i += 1,
-                    std::cmp::Ordering::Greater => j += 1,
-                    std::cmp::Ordering::Equal => {
-                        let t = x[i].0;
-                        let i_end = i + x[i..].iter().take_while(|e| e.0 == t).count();
-                        let j_end = j + y[j..].iter().take_while(|e| e.0 == t).count();
-                        for xi in &x[i..i_end] {
-                            for yj in &y[j..j_end] {
-                                out.push((xi.1, yj.1));
-                            }
-                        }
-                        i = i_end;
-                        j = j_end;
+            for &(t, j) in y {
+                let mut s = (t as usize) & mask;
+                while table[s].1 != EMPTY {
+                    if table[s].0 == t {
+                        out.push((table[s].1, j));
                     }
+                    s = (s + 1) & mask;
                 }
             }
             out
@@ -606,5 +609,11 @@ mod tests {
     #[ignore]
     fn bench_rr22_2_20() {
         bench(1 << 20);
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_rr22_2_24() {
+        bench(1 << 24);
     }
 }
