@@ -594,6 +594,39 @@ mod tests {
     }
 
     #[test]
+    fn okvs_dense_part_end_to_end() {
+        // A deliberately tight table (sparse ≈ n) leaves a 2-core after
+        // peeling, so encode must go through the gap solver and decode must
+        // use the dense columns.
+        let p = OkvsParams {
+            bins: 1,
+            cap: 60,
+            sparse: 62,
+            dense: 30,
+        };
+        let mut used_dense = 0;
+        for seed in 0..20u128 {
+            let mut prg = Prg::new(1000 + seed);
+            let keys = prg.blocks(60);
+            let vals = prg.blocks(60);
+            let mut seeds = Prg::new(seed);
+            let (hdr, cells) = encode(
+                &p,
+                &keys,
+                &vals,
+                || seeds.block(),
+                EncodeOptions { force_retry: false },
+            )
+            .unwrap();
+            if cells[p.sparse..].iter().any(|c| *c != 0) {
+                used_dense += 1;
+            }
+            assert_eq!(decode(&p, &hdr, &cells, &keys), vals);
+        }
+        assert!(used_dense > 10, "gap path used {used_dense} times");
+    }
+
+    #[test]
     fn gap_solver_is_exercised() {
         // Two keys in a 3-column table always share all three columns, so the
         // second is a gap row solved through the dense part.
