@@ -627,6 +627,42 @@ mod tests {
     }
 
     #[test]
+    fn okvs_bin_overflow_draws_a_new_seed() {
+        // capacity just above the mean load: many seeds overflow a bin, and
+        // the encoder must move on to a new seed instead of dropping keys
+        let p = OkvsParams {
+            bins: 4,
+            cap: 28,
+            sparse: 60,
+            dense: 8,
+        };
+        let mut reseeded = 0;
+        for trial in 0..20u128 {
+            let mut prg = Prg::new(trial);
+            let keys = prg.blocks(100);
+            let vals = prg.blocks(100);
+            let mut drawn = 0;
+            let mut seeds = Prg::new(500 + trial);
+            let (hdr, cells) = encode(
+                &p,
+                &keys,
+                &vals,
+                || {
+                    drawn += 1;
+                    seeds.block()
+                },
+                EncodeOptions { force_retry: false },
+            )
+            .unwrap();
+            if drawn > 1 {
+                reseeded += 1;
+            }
+            assert_eq!(decode(&p, &hdr, &cells, &keys), vals);
+        }
+        assert!(reseeded > 0);
+    }
+
+    #[test]
     fn gap_solver_is_exercised() {
         // Two keys in a 3-column table always share all three columns, so the
         // second is a gap row solved through the dense part.
