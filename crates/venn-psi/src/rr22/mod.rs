@@ -28,7 +28,23 @@
 //! does not encode is re-encoded with a new attempt number and a bin
 //! overflow draws a new seed, both sent to S; R keeps every one of its tags
 //! even if two collide. Only a false positive (probability ≤ 2^-λ over all
-//! pairs, the tag length's purpose) can add a wrong match.
+//! pairs, the tag length's purpose) can add a wrong match. Items must be
+//! distinct (the engine guarantees it); a duplicate makes the OKVS encoding
+//! fail with an error, never a silent loss.
+//!
+//! Concurrency: the receiver overlaps the OKVS encoding with the VOLE, streams
+//! its OT-extension messages from a second thread while it reads the sender's
+//! replies, and streams A' from a second thread while it computes its own
+//! tags, so neither party ever blocks on a send while the other does too.
+//!
+//! Communication (n_x = n_y = n): R → S about 1.35·128 bits per receiver item
+//! (OKVS expansion: RR22's e ≈ 1.27 at 2^14-key bins times the bin-capacity
+//! margin) plus the VOLE setup (IKNP columns for 128 COTs per first-chunk
+//! noise value and t·h OTs per later chunk); S → R the truncated tags plus
+//! the punctured-PRF messages (2·t·h blocks per VOLE chunk).
+//!
+//! Not implemented: RR22's malicious variant and the low-communication
+//! (subfield-VOLE) variant.
 
 mod gf128;
 mod okvs;
