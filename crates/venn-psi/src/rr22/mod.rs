@@ -9,10 +9,10 @@
 //! intersection; the *sender* S (set Y) learns nothing. R is the party that
 //! learns; if both learn, the leader is R and the engine forwards the result.
 //!
-//! Protocol (all messages tagged, see [`tags`]):
-//! 1. Random VOLE of length m = |OKVS| ([`vole`]): S gets Δ, B; R gets A, C
+//! Protocol (all messages tagged, see `tags`):
+//! 1. Random VOLE of length m = |OKVS| (`vole.rs`): S gets Δ, B; R gets A, C
 //!    with C = A·Δ + B.
-//! 2. R encodes P = Encode{(x, H(x)) : x ∈ X} ([`okvs`]; H from [`prim`]),
+//! 2. R encodes P = Encode{(x, H(x)) : x ∈ X} (`okvs.rs`; H from `prim.rs`),
 //!    sends the OKVS header (seed, per-bin attempt numbers) and A' = A + P
 //!    (m·16 bytes, in frames of at most 4 MiB).
 //! 3. S computes K = B + A'·Δ (= C + P·Δ) and for each y ∈ Y, in its own
@@ -120,7 +120,7 @@ fn recv_tagged(chan: &dyn Channel, tag: u8, what: &str) -> Result<Vec<u8>, PsiEr
     }
 }
 
-/// The RR22 core (see module docs); matches [`crate::core::CoreFn`].
+/// The RR22 core (see module docs); has the engine's `CoreFn` shape.
 pub fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
     intersect_with(chan, input, EncodeOptions { force_retry: false })
 }
