@@ -376,7 +376,9 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
         }
     };
     let parts = 1usize << bits;
-    let scatter = |v: &[u128]| -> (Vec<(u128, u32)>, Vec<usize>) {
+    // 16-byte entries (low 64 tag bits, position); full tags are compared
+    // only for candidate matches
+    let scatter = |v: &[u128]| -> (Vec<(u64, u32)>, Vec<usize>) {
         let mut starts = vec![0usize; parts + 1];
         for t in v {
             starts[part(*t) + 1] += 1;
@@ -385,10 +387,10 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
             starts[p + 1] += starts[p];
         }
         let mut fill = starts.clone();
-        let mut out = vec![(0u128, 0u32); v.len()];
+        let mut out = vec![(0u64, 0u32); v.len()];
         for (i, t) in v.iter().enumerate() {
             let p = part(*t);
-            out[fill[p]] = (*t, i as u32);
+            out[fill[p]] = (*t as u64, i as u32);
             fill[p] += 1;
         }
         (out, starts)
@@ -402,7 +404,7 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
             let cap = (2 * x.len()).next_power_of_two().max(2);
             let mask = cap - 1;
             const EMPTY: u32 = u32::MAX;
-            let mut table = vec![(0u128, EMPTY); cap];
+            let mut table = vec![(0u64, EMPTY); cap];
             for &(t, i) in x {
                 let mut s = (t as usize) & mask;
                 while table[s].1 != EMPTY {
@@ -414,8 +416,9 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
             for &(t, j) in y {
                 let mut s = (t as usize) & mask;
                 while table[s].1 != EMPTY {
-                    if table[s].0 == t {
-                        out.push((table[s].1, j));
+                    let i = table[s].1;
+                    if table[s].0 == t && mine[i as usize] == theirs[j as usize] {
+                        out.push((i, j));
                     }
                     s = (s + 1) & mask;
                 }
@@ -460,7 +463,7 @@ mod tests {
 
     #[test]
     fn join_reports_every_equal_pair() {
-        let mine = vec![5u128, 7, 5, 9, 1 << 63, u64::MAX as u128];
+        let mine = vec![5u128, 7, 5, 9, 1 << 63, u64::MAX as u128, (1 << 100) | 5];
         let theirs = vec![5u128, 8, 9, 9, u64::MAX as u128];
         let mut got = join_tags(&mine, &theirs);
         got.sort_unstable();

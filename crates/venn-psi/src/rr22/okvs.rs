@@ -214,8 +214,8 @@ fn dense_eval(h: u128, d: &[u128]) -> u128 {
     acc
 }
 
-/// Keys grouped by bin: `order[starts[b]..starts[b+1]]` are the indices of bin b.
-fn group(bins_of: &[u32], bins: usize) -> (Vec<u32>, Vec<usize>) {
+/// Bin sizes → start offsets (`starts[b]..starts[b+1]` is bin b).
+fn bin_starts(bins_of: &[u32], bins: usize) -> Vec<usize> {
     let mut starts = vec![0usize; bins + 1];
     for b in bins_of {
         starts[*b as usize + 1] += 1;
@@ -223,13 +223,51 @@ fn group(bins_of: &[u32], bins: usize) -> (Vec<u32>, Vec<usize>) {
     for b in 0..bins {
         starts[b + 1] += starts[b];
     }
+    starts
+}
+
+/// Keys (and values) laid out bin by bin, in one streaming pass: every bin
+/// is written sequentially, so there are no random reads of the inputs.
+struct Grouped {
+    keys: Vec<u128>,
+    vals: Vec<u128>,
+    /// position of item i in the grouped order
+    pos: Vec<u32>,
+    starts: Vec<usize>,
+}
+
+fn group(keys: &[u128], vals: Option<&[u128]>, bins_of: &[u32], starts: Vec<usize>) -> Grouped {
+    let n = keys.len();
     let mut fill = starts.clone();
-    let mut order = vec![0u32; bins_of.len()];
+    let mut gk = vec![0u128; n];
+    let mut gv = vec![0u128; if vals.is_some() { n } else { 0 }];
+    let mut pos = vec![0u32; n];
     for (i, b) in bins_of.iter().enumerate() {
-        order[fill[*b as usize]] = i as u32;
+        let p = fill[*b as usize];
         fill[*b as usize] += 1;
+        gk[p] = keys[i];
+        if let Some(v) = vals {
+            gv[p] = v[i];
+        }
+        pos[i] = p as u32;
     }
-    (order, starts)
+    Grouped {
+        keys: gk,
+        vals: gv,
+        pos,
+        starts,
+    }
+}
+
+/// Splits `v` into one mutable slice per bin.
+fn per_bin<'a>(mut v: &'a mut [u128], starts: &[usize]) -> Vec<&'a mut [u128]> {
+    let mut out = Vec::with_capacity(starts.len().saturating_sub(1));
+    for w in starts.windows(2) {
+        let (head, tail) = v.split_at_mut(w[1] - w[0]);
+        out.push(head);
+        v = tail;
+    }
+    out
 }
 
 /// What the decoder needs besides the cells: the seed and each bin's attempt.
@@ -258,12 +296,14 @@ pub(crate) fn encode(
     assert_eq!(keys.len(), vals.len());
     // choose a seed under which no bin overflows its capacity
     let mut tries = 0;
-    let (seed, hasher, order, starts) = loop {
+    let (seed, hasher, grouped) = loop {
         let seed = next_seed();
         let hasher = Hasher::new(seed, params);
-        let (order, starts) = group(&hasher.bins_of(keys), params.bins);
+        let bins_of = hasher.bins_of(keys);
+        let starts = bin_starts(&bins_of, params.bins);
         if (0..params.bins).all(|b| starts[b + 1] - starts[b] <= params.cap) {
-            break (seed, hasher, order, starts);
+            let grouped = group(keys, Some(vals), &bins_of, starts);
+            break (seed, hasher, grouped);
         }
         tries += 1;
         if tries > MAX_ATTEMPTS {
@@ -278,15 +318,15 @@ pub(crate) fn encode(
         .par_chunks_mut(bl)
         .enumerate()
         .map(|(b, cells)| {
-            let idx = &order[starts[b]..starts[b + 1]];
-            let bk: Vec<u128> = idx.iter().map(|i| keys[*i as usize]).collect();
-            let bv: Vec<u128> = idx.iter().map(|i| vals[*i as usize]).collect();
+            let range = grouped.starts[b]..grouped.starts[b + 1];
+            let bk = &grouped.keys[range.clone()];
+            let bv = &grouped.vals[range];
             for attempt in 0..MAX_ATTEMPTS {
                 if opts.force_retry && attempt == 0 {
                     continue;
                 }
-                let rows = hasher.rows(b, attempt, &bk);
-                if solve_bin(params, &rows, &bv, cells) {
+                let rows = hasher.rows(b, attempt, bk);
+                if solve_bin(params, &rows, bv, cells) {
                     return Some(attempt);
                 }
             }
@@ -308,32 +348,32 @@ pub(crate) fn decode(
     assert_eq!(cells.len(), params.len());
     assert_eq!(header.attempts.len(), params.bins);
     let hasher = Hasher::new(header.seed, params);
-    let (order, starts) = group(&hasher.bins_of(keys), params.bins);
+    let bins_of = hasher.bins_of(keys);
+    let starts = bin_starts(&bins_of, params.bins);
+    let g = group(keys, None, &bins_of, starts);
+    drop(bins_of);
     let bl = params.bin_len();
-    let per_bin: Vec<Vec<u128>> = (0..params.bins)
+    let mut grouped_out = vec![0u128; keys.len()];
+    per_bin(&mut grouped_out, &g.starts)
         .into_par_iter()
-        .map(|b| {
-            let idx = &order[starts[b]..starts[b + 1]];
-            let bk: Vec<u128> = idx.iter().map(|i| keys[*i as usize]).collect();
-            let rows = hasher.rows(b, header.attempts[b], &bk);
+        .enumerate()
+        .for_each(|(b, dst)| {
+            let bk = &g.keys[g.starts[b]..g.starts[b + 1]];
+            let rows = hasher.rows(b, header.attempts[b], bk);
             let p = &cells[b * bl..(b + 1) * bl];
             let (sp, de) = p.split_at(params.sparse);
-            rows.iter()
-                .map(|r| {
-                    sp[r.p[0] as usize]
-                        ^ sp[r.p[1] as usize]
-                        ^ sp[r.p[2] as usize]
-                        ^ dense_eval(r.h, de)
-                })
-                .collect()
-        })
-        .collect();
+            for (d, r) in dst.iter_mut().zip(&rows) {
+                *d = sp[r.p[0] as usize]
+                    ^ sp[r.p[1] as usize]
+                    ^ sp[r.p[2] as usize]
+                    ^ dense_eval(r.h, de);
+            }
+        });
+    // back to item order: a parallel gather
     let mut out = vec![0u128; keys.len()];
-    for (b, vals) in per_bin.iter().enumerate() {
-        for (i, v) in order[starts[b]..starts[b + 1]].iter().zip(vals) {
-            out[*i as usize] = *v;
-        }
-    }
+    out.par_iter_mut()
+        .zip(g.pos.par_iter())
+        .for_each(|(o, p)| *o = grouped_out[*p as usize]);
     out
 }
 
