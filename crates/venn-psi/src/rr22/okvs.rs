@@ -2,9 +2,10 @@
 //! part over GF(2^128), clustered into independent bins: "Baxos").
 //!
 //! Reference: Raghuraman–Rindal, "Blazing Fast PSI from Improved OKVS and
-//! Subfield VOLE", CCS 2022 / eprint 2022/320, §3 (the OKVS), §3.2
-//! (triangulation + gap), §3.4 (clustering / binning), and the parameter fit of
-//! §3.3 (expansion e and gap g as functions of n, w and λ).
+//! Subfield VOLE", CCS 2022 / eprint 2022/320, §3: the OKVS (sparse w = 3 rows
+//! plus a few dense columns), its triangulation with a small "gap" solved on
+//! the dense columns, the clustering into independent bins, and the fitted
+//! parameters (expansion e and gap g as functions of n, w and λ).
 //!
 //! * A key x is hashed into one of `bins` bins (keyed AES on x, Lemire
 //!   reduction). Every bin has the same public capacity, chosen with a
@@ -17,7 +18,7 @@
 //!   under keys derived from (seed, bin, attempt). Decode(P, x) =
 //!   P[p0] + P[p1] + P[p2] + Σ_k h^{k+1}·P[sparse + k] (Horner).
 //! * Encoding solves the linear system "Decode(P, x_i) = v_i" by peeling
-//!   (the 2-core / "triangulation" step of RR22 §3.2, done with the
+//!   (the 2-core / "triangulation" step of RR22 §3, done with the
 //!   degree + XOR-of-rows trick of xor filters): a column of degree 1 fixes
 //!   its row. When peeling stalls, RR22's rule applies: the remaining column
 //!   of minimum degree fixes one of its rows and the others become "gap"
@@ -30,7 +31,7 @@
 //!   again with the next attempt number (sent to the decoder). Free columns
 //!   are set to zero: RR22 masks P with the receiver's uniformly random VOLE
 //!   vector A, so P need not be random itself.
-//! * Parameters: RR22's fit for w = 3 (the same formula as the authors'
+//! * Parameters: RR22's fit for w = 3 (the formula of the authors'
 //!   volePSI code): log2(λ/e-slope) = 0.555·log2 n + 2.336,
 //!   e = (λ + 9.2 + 1.223·slope)/slope, gap g = ⌊λ / log2(e·n)⌋, with n the bin
 //!   capacity and λ = stat_sec + log2(bins). For bins of ~2^14 keys this gives
@@ -42,7 +43,7 @@ use super::gf128;
 use super::prim::{Aes, reduce64};
 use crate::error::PsiError;
 
-/// Target number of keys per bin (RR22 §3.4: 2^14 keeps a bin in L2).
+/// Target number of keys per bin (RR22 uses 2^14: a bin stays in L2).
 pub(crate) const BIN_TARGET: usize = 1 << 14;
 /// Attempts per bin before giving up (each fails with probability ≲ 2^-40).
 const MAX_ATTEMPTS: u32 = 64;
@@ -94,7 +95,7 @@ impl OkvsParams {
         let bins = n.div_ceil(target).max(1);
         let cap = bin_capacity(n, bins, stat_sec as f64).max(1);
         let lambda = stat_sec as f64 + (bins as f64).log2().ceil();
-        // RR22 §3.3 fit for w = 3
+        // RR22's fit for w = 3
         let log_n = (cap as f64).log2();
         let log_w = 3f64.log2();
         let log_slope =
@@ -426,7 +427,7 @@ fn solve_bin(params: &OkvsParams, rows: &[Row], vals: &[u128], cells: &mut [u128
             continue;
         }
         // stalled: the remaining column of minimum degree (≥ 2) fixes one of
-        // its rows; its other rows go to the gap (RR22 §3.2)
+        // its rows; its other rows go to the gap (RR22 §3)
         let Some(c) = (0..s).filter(|c| deg[*c] >= 2).min_by_key(|c| deg[*c]) else {
             return false; // cannot happen: remaining rows have columns
         };

@@ -1,13 +1,14 @@
 //! Silent random VOLE over GF(2^128) from dual LPN with an Expand-Accumulate code.
 //!
-//! Goal (RR22 §2.4, the functionality F_vole): the sender gets a random
+//! Goal (the random-VOLE functionality of RR22's preliminaries): the sender gets a random
 //! Δ ∈ F and B ∈ F^m, the receiver gets random A, C ∈ F^m with
 //! C = A·Δ + B, F = GF(2^128).
 //!
-//! Construction (Boyle–Couteau–Gilboa–Ishai–Kohl–Scholl, CCS 2019 "Efficient
-//! two-round OT extension and silent non-interactive secure computation",
-//! §4–5; with the Ferret/Wolverine style single-point VOLE of
-//! Yang–Weng–Lan–Zhang–Wang, CCS 2020 §3–4):
+//! Construction: the dual-LPN PCG of Boyle–Couteau–Gilboa–Ishai–Kohl–Scholl
+//! (CCS 2019, "Efficient two-round OT extension and silent non-interactive
+//! secure computation"), with the single-point VOLE over a large field of
+//! Wolverine (Weng–Yang–Katz–Wang, IEEE S&P 2021) and the COT-based punctured
+//! PRF and bootstrapping of Ferret (Yang–Weng–Lan–Zhang–Wang, CCS 2020):
 //!
 //! 1. *Sparse VOLE.* The length-N noise vector is split into t blocks of L
 //!    entries (regular noise). In block i the receiver picks a point α_i and a
@@ -16,11 +17,11 @@
 //!    - a GGM tree (Goldreich–Goldwasser–Micali) expanded by the sender with the
 //!      fixed-key AES PRG gives leaves v_0..v_{L-1} = B_sparse of the block;
 //!      the receiver learns every leaf but v_{α_i} from one OT per tree level
-//!      (the XOR of the left / right children on that level: the
-//!      "punctured PRF" of BCG+19 Fig. 13 / Doerner–shelat 2017);
+//!      (the XOR of the left / right children on that level: the GGM
+//!      punctured PRF of BCG+19 and Doerner–shelat, CCS 2017);
 //!    - a "noisy" VOLE c_i = β_i·Δ + b_i from 128 correlated OTs whose
 //!      choice bits are the bits of β_i (c_i = Σ_k x^k t_k, b_i = Σ_k x^k q_k;
-//!      the Gilboa product with the IKNP Δ, YWL+20 §4 "Π_spsVOLE");
+//!      Gilboa's product with the IKNP Δ, as in Wolverine's sps-VOLE);
 //!    - the sender sends d_i = b_i + Σ_j v_j and the receiver sets
 //!      C[α_i] = c_i + d_i + Σ_{j≠α_i} v_j = β_i·Δ + v_{α_i}.
 //! 2. *Compression by a public linear map* H: F^N → F^m with 0/1 entries, so
@@ -29,8 +30,10 @@
 //!    Ishai–Kohl–Resch–Scholl, CRYPTO 2022, "Correlated pseudorandomness from
 //!    Expand-Accumulate codes"): first accumulate (prefix sums over the N
 //!    entries), then every output is the sum of `EA_WEIGHT` pseudorandom
-//!    positions. We do *not* use Silver (Couteau–Rindal–Raghuraman 2021),
-//!    which was shown to be insecure (Raghuraman–Rindal–Tanguy, CRYPTO 2023).
+//!    positions. We do *not* use Silver (Couteau–Rindal–Raghuraman, CRYPTO
+//!    2021), whose codes turned out to have low minimum distance (see
+//!    Raghuraman–Rindal–Tanguy, CRYPTO 2023, which moved libOTe to
+//!    Expand-Convolute / Expand-Accumulate codes).
 //!
 //! Parameters, following libOTe's current EA settings ("ExAcc11"): expansion
 //! N ≥ 5·m, expander weight 11, assumed minimum distance ratio δ = 0.1, and the
@@ -46,7 +49,7 @@
 //! memory. Only the first chunk gets its t noisy VOLEs from 128
 //! correlated OTs each; every chunk also produces t extra outputs that serve
 //! as the next chunk's noisy VOLEs (β_i = A_j, c_i = C_j, b_i = B_j), the
-//! bootstrapping of Ferret (Yang–Weng–Lan–Zhang–Wang, CCS 2020, §5). A later
+//! bootstrapping of Ferret (Yang–Weng–Lan–Zhang–Wang, CCS 2020). A later
 //! chunk then costs t·h OTs and 2·t·h + t blocks of messages.
 //!
 //! Randomness: α_i, β_i and the GGM roots come from an AES-CTR PRG seeded by
@@ -129,7 +132,7 @@ impl ChunkParams {
 
 /// Splits m outputs into chunks of at most MAX_CHUNK; every chunk but the
 /// last also produces NOISE outputs for the next one (Ferret's
-/// bootstrapping, Yang–Weng–Lan–Zhang–Wang CCS 2020 §5).
+/// bootstrapping, Yang–Weng–Lan–Zhang–Wang CCS 2020).
 pub(crate) fn chunks(m: usize) -> Vec<ChunkParams> {
     let k = m.div_ceil(MAX_CHUNK).max(1);
     let base = m / k;
