@@ -90,7 +90,11 @@ pub(crate) struct ChunkParams {
 
 impl ChunkParams {
     fn new(m: usize, reserve: usize, index: usize) -> Self {
-        let leaves = (SCALER * (m + reserve)).div_ceil(NOISE).max(2);
+        // even, so that the last GGM level is exactly the block (no copy)
+        let leaves = (SCALER * (m + reserve))
+            .div_ceil(NOISE)
+            .max(2)
+            .next_multiple_of(2);
         let depth = leaves.next_power_of_two().trailing_zeros() as usize;
         ChunkParams {
             m,
@@ -348,8 +352,8 @@ fn ggm_tree(
     leaves: &mut [u128],
 ) {
     let mut cur = vec![root];
-    let mut next = Vec::with_capacity(2 * p.leaves + 2);
-    for l in 1..=p.depth {
+    let mut next = Vec::with_capacity(p.leaves);
+    for l in 1..p.depth {
         next.clear();
         next.resize(2 * cur.len(), 0);
         ggm_expand(&cur, &mut next);
@@ -357,7 +361,10 @@ fn ggm_tree(
         next.truncate(p.kept(l));
         std::mem::swap(&mut cur, &mut next);
     }
-    leaves.copy_from_slice(&cur[..p.leaves]);
+    // L is even, so the kept parents have exactly L children: the leaves
+    debug_assert_eq!(2 * cur.len(), leaves.len());
+    ggm_expand(&cur, leaves);
+    on_level(p.depth, leaves);
 }
 
 /// The VOLE sender's side: returns (Δ, B) with |B| = m.
@@ -555,13 +562,20 @@ fn recv_replies(
             .for_each(|(i, (leaves, r))| {
                 let a = alpha[i];
                 let mut cur = vec![0u128; 1];
-                let mut next = Vec::with_capacity(2 * p.leaves + 2);
+                let mut scratch = Vec::with_capacity(p.leaves);
                 let mut path = 0usize; // index of the unknown node on this level
                 for l in 1..=p.depth {
                     let side = (a >> (p.depth - l)) & 1; // path goes to child `side`
-                    next.clear();
-                    next.resize(2 * cur.len(), 0);
-                    ggm_expand(&cur, &mut next);
+                    // the last level is written straight into the block
+                    let next: &mut [u128] = if l == p.depth {
+                        &mut leaves[..]
+                    } else {
+                        scratch.clear();
+                        scratch.resize(2 * cur.len(), 0);
+                        &mut scratch[..]
+                    };
+                    debug_assert_eq!(next.len(), 2 * cur.len());
+                    ggm_expand(&cur, next);
                     // the children of the unknown node are garbage: clear them
                     next[2 * path] = 0;
                     next[2 * path + 1] = 0;
@@ -575,11 +589,12 @@ fn recv_replies(
                         .fold(0u128, |acc, x| acc ^ x);
                     next[2 * path + sib_side] = k ^ known;
                     path = 2 * path + side;
-                    next.truncate(p.kept(l));
-                    std::mem::swap(&mut cur, &mut next);
+                    if l < p.depth {
+                        scratch.truncate(p.kept(l));
+                        std::mem::swap(&mut cur, &mut scratch);
+                    }
                 }
                 debug_assert_eq!(path, a);
-                leaves.copy_from_slice(&cur[..p.leaves]);
                 let others = leaves.iter().fold(0u128, |acc, x| acc ^ x); // leaf α is 0
                 leaves[a] = c[i] ^ r[2 * p.depth] ^ others;
             });
