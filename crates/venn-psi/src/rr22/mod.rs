@@ -281,7 +281,7 @@ fn run_receiver(
         }));
     }
     trace!(t0, "R: tags received");
-    let matches = join_tags(&mine, &theirs);
+    let matches = join_tags(&mine, &theirs, tb);
     trace!(t0, "R: matched");
     Ok(matches)
 }
@@ -365,7 +365,7 @@ fn run_sender(
 /// partitioning pass stays TLB-friendly), and each part is joined with a
 /// small linear-probing table indexed by the tag's low bits. Every pair of
 /// equal tags is reported, also when two of our own tags collide.
-fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
+fn join_tags(mine: &[u128], theirs: &[u128], tb: usize) -> Vec<Match> {
     let n = mine.len().max(theirs.len());
     let bits = (n >> 15).max(1).next_power_of_two().trailing_zeros();
     let part = |t: u128| -> usize {
@@ -376,9 +376,11 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
         }
     };
     let parts = 1usize << bits;
-    // 16-byte entries (low 64 tag bits, position); full tags are compared
-    // only for candidate matches
-    let scatter = |v: &[u128]| -> (Vec<(u64, u32)>, Vec<usize>) {
+    // 16-byte entries (tag bits 0..64, position, tag bits 64..96): tags of at
+    // most 12 bytes are compared in full without touching the inputs again;
+    // longer ones are checked against the inputs for candidate matches.
+    let verify = tb > 12;
+    let scatter = |v: &[u128]| -> (Vec<(u64, u32, u32)>, Vec<usize>) {
         let mut starts = vec![0usize; parts + 1];
         for t in v {
             starts[part(*t) + 1] += 1;
@@ -387,10 +389,10 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
             starts[p + 1] += starts[p];
         }
         let mut fill = starts.clone();
-        let mut out = vec![(0u64, 0u32); v.len()];
+        let mut out = vec![(0u64, 0u32, 0u32); v.len()];
         for (i, t) in v.iter().enumerate() {
             let p = part(*t);
-            out[fill[p]] = (*t as u64, i as u32);
+            out[fill[p]] = (*t as u64, i as u32, (*t >> 64) as u32);
             fill[p] += 1;
         }
         (out, starts)
@@ -404,20 +406,20 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
             let cap = (2 * x.len()).next_power_of_two().max(2);
             let mask = cap - 1;
             const EMPTY: u32 = u32::MAX;
-            let mut table = vec![(0u64, EMPTY); cap];
-            for &(t, i) in x {
-                let mut s = (t as usize) & mask;
+            let mut table = vec![(0u64, EMPTY, 0u32); cap];
+            for &e in x {
+                let mut s = (e.0 as usize) & mask;
                 while table[s].1 != EMPTY {
                     s = (s + 1) & mask;
                 }
-                table[s] = (t, i);
+                table[s] = e;
             }
             let mut out = Vec::new();
-            for &(t, j) in y {
+            for &(t, j, hi) in y {
                 let mut s = (t as usize) & mask;
                 while table[s].1 != EMPTY {
-                    let i = table[s].1;
-                    if table[s].0 == t && mine[i as usize] == theirs[j as usize] {
+                    let (t2, i, hi2) = table[s];
+                    if t2 == t && hi2 == hi && (!verify || mine[i as usize] == theirs[j as usize]) {
                         out.push((i, j));
                     }
                     s = (s + 1) & mask;
@@ -465,7 +467,7 @@ mod tests {
     fn join_reports_every_equal_pair() {
         let mine = vec![5u128, 7, 5, 9, 1 << 63, u64::MAX as u128, (1 << 100) | 5];
         let theirs = vec![5u128, 8, 9, 9, u64::MAX as u128];
-        let mut got = join_tags(&mine, &theirs);
+        let mut got = join_tags(&mine, &theirs, 16);
         got.sort_unstable();
         assert_eq!(got, vec![(0, 0), (2, 0), (3, 2), (3, 3), (5, 4)]);
         // many parts
@@ -473,7 +475,12 @@ mod tests {
             .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
             .collect();
         let other: Vec<u128> = big.iter().rev().step_by(3).copied().collect();
-        assert_eq!(join_tags(&big, &other).len(), other.len());
+        assert_eq!(join_tags(&big, &other, 16).len(), other.len());
+        assert_eq!(join_tags(&big, &other, 12).len(), other.len());
+        // 12-byte tags differing only in bits 64..96 do not match
+        let a = vec![(1u128 << 70) | 3];
+        let b = vec![(1u128 << 71) | 3];
+        assert!(join_tags(&a, &b, 12).is_empty());
     }
 
     #[test]
