@@ -252,8 +252,8 @@ fn run_receiver(
             }
             Ok(())
         });
-        let mut mine = okvs::decode(params, &header, &c, items);
-        output_tags(&mut mine, tb);
+        let mut mine = okvs::decode_grouped(params, &header, &c, items);
+        output_tags(&mut mine.0, tb);
         trace!(t0, "R: own tags");
         let sent = sender
             .join()
@@ -281,7 +281,7 @@ fn run_receiver(
         }));
     }
     trace!(t0, "R: tags received");
-    let matches = join_tags(&mine, &theirs, tb);
+    let matches = join_tags(&mine.0, &mine.1, &theirs, tb);
     trace!(t0, "R: matched");
     Ok(matches)
 }
@@ -359,13 +359,14 @@ fn run_sender(
     Ok(())
 }
 
-/// All (i, j) with mine[i] == theirs[j]. The tags are uniformly random, so
+/// All (mine_idx[p], j) with mine[p] == theirs[j] (`mine` may be in any
+/// order; `mine_idx` gives each tag's item position). The tags are uniformly random, so
 /// both lists are radix-partitioned on the top bits of their low 64 bits into
 /// parts of ~2^15 tags (a few hundred write streams at most, so the
 /// partitioning pass stays TLB-friendly), and each part is joined with a
 /// small linear-probing table indexed by the tag's low bits. Every pair of
 /// equal tags is reported, also when two of our own tags collide.
-fn join_tags(mine: &[u128], theirs: &[u128], tb: usize) -> Vec<Match> {
+fn join_tags(mine: &[u128], mine_idx: &[u32], theirs: &[u128], tb: usize) -> Vec<Match> {
     let n = mine.len().max(theirs.len());
     let bits = (n >> 15).max(1).next_power_of_two().trailing_zeros();
     let part = |t: u128| -> usize {
@@ -380,7 +381,7 @@ fn join_tags(mine: &[u128], theirs: &[u128], tb: usize) -> Vec<Match> {
     // most 12 bytes are compared in full without touching the inputs again;
     // longer ones are checked against the inputs for candidate matches.
     let verify = tb > 12;
-    let scatter = |v: &[u128]| -> (Vec<(u64, u32, u32)>, Vec<usize>) {
+    let scatter = |v: &[u128], idx: Option<&[u32]>| -> (Vec<(u64, u32, u32)>, Vec<usize>) {
         let mut starts = vec![0usize; parts + 1];
         for t in v {
             starts[part(*t) + 1] += 1;
@@ -392,12 +393,27 @@ fn join_tags(mine: &[u128], theirs: &[u128], tb: usize) -> Vec<Match> {
         let mut out = vec![(0u64, 0u32, 0u32); v.len()];
         for (i, t) in v.iter().enumerate() {
             let p = part(*t);
-            out[fill[p]] = (*t as u64, i as u32, (*t >> 64) as u32);
+            let i = idx.map_or(i as u32, |x| x[i]);
+            out[fill[p]] = (*t as u64, i, (*t >> 64) as u32);
             fill[p] += 1;
         }
         (out, starts)
     };
-    let ((a, sa), (b, sb)) = rayon::join(|| scatter(mine), || scatter(theirs));
+    // with long tags the verification reads mine[..] by item position, so
+    // put our tags into item order first (rare: tb > 12 needs n ≈ 2^28)
+    let mine_by_item: Vec<u128>;
+    let mine = if verify {
+        let mut v = vec![0u128; mine.len()];
+        for (t, i) in mine.iter().zip(mine_idx) {
+            v[*i as usize] = *t;
+        }
+        mine_by_item = v;
+        &mine_by_item[..]
+    } else {
+        mine
+    };
+    let mine_idx = if verify { None } else { Some(mine_idx) };
+    let ((a, sa), (b, sb)) = rayon::join(|| scatter(mine, mine_idx), || scatter(theirs, None));
     (0..parts)
         .into_par_iter()
         .flat_map_iter(|p| {
@@ -467,7 +483,8 @@ mod tests {
     fn join_reports_every_equal_pair() {
         let mine = vec![5u128, 7, 5, 9, 1 << 63, u64::MAX as u128, (1 << 100) | 5];
         let theirs = vec![5u128, 8, 9, 9, u64::MAX as u128];
-        let mut got = join_tags(&mine, &theirs, 16);
+        let ident: Vec<u32> = (0..mine.len() as u32).collect();
+        let mut got = join_tags(&mine, &ident, &theirs, 16);
         got.sort_unstable();
         assert_eq!(got, vec![(0, 0), (2, 0), (3, 2), (3, 3), (5, 4)]);
         // many parts
@@ -475,12 +492,24 @@ mod tests {
             .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
             .collect();
         let other: Vec<u128> = big.iter().rev().step_by(3).copied().collect();
-        assert_eq!(join_tags(&big, &other, 16).len(), other.len());
-        assert_eq!(join_tags(&big, &other, 12).len(), other.len());
+        let ident: Vec<u32> = (0..big.len() as u32).collect();
+        assert_eq!(join_tags(&big, &ident, &other, 16).len(), other.len());
+        assert_eq!(join_tags(&big, &ident, &other, 12).len(), other.len());
+        // a permuted `mine` with its index map gives the same pairs
+        let rev: Vec<u128> = big.iter().rev().copied().collect();
+        let rev_idx: Vec<u32> = (0..big.len() as u32).rev().collect();
+        let mut x = join_tags(&big, &ident, &other, 12);
+        let mut y = join_tags(&rev, &rev_idx, &other, 12);
+        let mut z = join_tags(&rev, &rev_idx, &other, 16);
+        x.sort_unstable();
+        y.sort_unstable();
+        z.sort_unstable();
+        assert_eq!(x, y);
+        assert_eq!(x, z);
         // 12-byte tags differing only in bits 64..96 do not match
         let a = vec![(1u128 << 70) | 3];
         let b = vec![(1u128 << 71) | 3];
-        assert!(join_tags(&a, &b, 12).is_empty());
+        assert!(join_tags(&a, &[0], &b, 12).is_empty());
     }
 
     #[test]

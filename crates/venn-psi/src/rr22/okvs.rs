@@ -232,17 +232,31 @@ fn bin_starts(bins_of: &[u32], bins: usize) -> Vec<usize> {
 struct Grouped {
     keys: Vec<u128>,
     vals: Vec<u128>,
-    /// position of item i in the grouped order
-    pos: Vec<u32>,
+    /// `Order::Pos`: grouped position of item i; `Order::Idx`: item at
+    /// grouped position p; `Order::None`: empty
+    order: Vec<u32>,
     starts: Vec<usize>,
 }
 
-fn group(keys: &[u128], vals: Option<&[u128]>, bins_of: &[u32], starts: Vec<usize>) -> Grouped {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    None,
+    Pos,
+    Idx,
+}
+
+fn group(
+    keys: &[u128],
+    vals: Option<&[u128]>,
+    bins_of: &[u32],
+    starts: Vec<usize>,
+    order: Order,
+) -> Grouped {
     let n = keys.len();
     let mut fill = starts.clone();
     let mut gk = vec![0u128; n];
     let mut gv = vec![0u128; if vals.is_some() { n } else { 0 }];
-    let mut pos = vec![0u32; n];
+    let mut ord = vec![0u32; if order == Order::None { 0 } else { n }];
     for (i, b) in bins_of.iter().enumerate() {
         let p = fill[*b as usize];
         fill[*b as usize] += 1;
@@ -250,12 +264,16 @@ fn group(keys: &[u128], vals: Option<&[u128]>, bins_of: &[u32], starts: Vec<usiz
         if let Some(v) = vals {
             gv[p] = v[i];
         }
-        pos[i] = p as u32;
+        match order {
+            Order::None => {}
+            Order::Pos => ord[i] = p as u32,
+            Order::Idx => ord[p] = i as u32,
+        }
     }
     Grouped {
         keys: gk,
         vals: gv,
-        pos,
+        order: ord,
         starts,
     }
 }
@@ -303,7 +321,7 @@ pub(crate) fn encode(
         let bins_of = hasher.bins_of(keys);
         let starts = bin_starts(&bins_of, params.bins);
         if (0..params.bins).all(|b| starts[b + 1] - starts[b] <= params.cap) {
-            let grouped = group(keys, Some(vals), &bins_of, starts);
+            let grouped = group(keys, Some(vals), &bins_of, starts, Order::None);
             break (seed, hasher, grouped);
         }
         tries += 1;
@@ -346,12 +364,39 @@ pub(crate) fn decode(
     cells: &[u128],
     keys: &[u128],
 ) -> Vec<u128> {
+    let (grouped_out, g) = decode_in_bins(params, header, cells, keys, Order::Pos);
+    // back to item order: a parallel gather
+    let mut out = vec![0u128; keys.len()];
+    out.par_iter_mut()
+        .zip(g.order.par_iter())
+        .for_each(|(o, p)| *o = grouped_out[*p as usize]);
+    out
+}
+
+/// Decodes every key, in bin order: returns (values, item index of each).
+pub(crate) fn decode_grouped(
+    params: &OkvsParams,
+    header: &OkvsHeader,
+    cells: &[u128],
+    keys: &[u128],
+) -> (Vec<u128>, Vec<u32>) {
+    let (grouped_out, g) = decode_in_bins(params, header, cells, keys, Order::Idx);
+    (grouped_out, g.order)
+}
+
+fn decode_in_bins(
+    params: &OkvsParams,
+    header: &OkvsHeader,
+    cells: &[u128],
+    keys: &[u128],
+    order: Order,
+) -> (Vec<u128>, Grouped) {
     assert_eq!(cells.len(), params.len());
     assert_eq!(header.attempts.len(), params.bins);
     let hasher = Hasher::new(header.seed, params);
     let bins_of = hasher.bins_of(keys);
     let starts = bin_starts(&bins_of, params.bins);
-    let g = group(keys, None, &bins_of, starts);
+    let g = group(keys, None, &bins_of, starts, order);
     drop(bins_of);
     let bl = params.bin_len();
     let mut grouped_out = vec![0u128; keys.len()];
@@ -370,12 +415,7 @@ pub(crate) fn decode(
                     ^ dense_eval(r.h, de);
             }
         });
-    // back to item order: a parallel gather
-    let mut out = vec![0u128; keys.len()];
-    out.par_iter_mut()
-        .zip(g.pos.par_iter())
-        .for_each(|(o, p)| *o = grouped_out[*p as usize]);
-    out
+    (grouped_out, g)
 }
 
 /// Solves one bin; returns false if this attempt's rows cannot be solved.
@@ -601,6 +641,11 @@ mod tests {
         }
         let got = decode(&p, &hdr, &cells, &keys);
         assert_eq!(got, vals, "n={n}");
+        let (gv, gi) = decode_grouped(&p, &hdr, &cells, &keys);
+        assert_eq!(gi.len(), n);
+        for (v, i) in gv.iter().zip(&gi) {
+            assert_eq!(*v, vals[*i as usize]);
+        }
         // keys that were not encoded decode to something else
         let other = prg.blocks(50);
         let got = decode(&p, &hdr, &cells, &other);
