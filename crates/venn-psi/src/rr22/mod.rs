@@ -414,15 +414,17 @@ fn join_tags(mine: &[u128], mine_idx: &[u32], theirs: &[u128], tb: usize) -> Vec
     };
     let mine_idx = if verify { None } else { Some(mine_idx) };
     let ((a, sa), (b, sb)) = rayon::join(|| scatter(mine, mine_idx), || scatter(theirs, None));
+    // one probing table per worker thread, reused across parts
     (0..parts)
         .into_par_iter()
-        .flat_map_iter(|p| {
+        .map_init(Vec::new, |table: &mut Vec<(u64, u32, u32)>, p| {
             let x = &a[sa[p]..sa[p + 1]];
             let y = &b[sb[p]..sb[p + 1]];
             let cap = (2 * x.len()).next_power_of_two().max(2);
             let mask = cap - 1;
             const EMPTY: u32 = u32::MAX;
-            let mut table = vec![(0u64, EMPTY, 0u32); cap];
+            table.clear();
+            table.resize(cap, (0u64, EMPTY, 0u32));
             for &e in x {
                 let mut s = (e.0 as usize) & mask;
                 while table[s].1 != EMPTY {
@@ -443,6 +445,7 @@ fn join_tags(mine: &[u128], mine_idx: &[u32], theirs: &[u128], tb: usize) -> Vec
             }
             out
         })
+        .flatten_iter()
         .collect()
 }
 

@@ -170,18 +170,26 @@ impl Hasher {
 
     /// Rows of `keys` in bin `bin` at attempt `attempt`.
     fn rows(&self, bin: usize, attempt: u32, keys: &[u128]) -> Vec<Row> {
+        let mut out = Vec::with_capacity(keys.len());
+        self.for_each_row(bin, attempt, keys, |_, r| out.push(r));
+        out
+    }
+
+    /// Calls `f(i, row of keys[i])` in order, hashing in stack-sized batches.
+    fn for_each_row(&self, bin: usize, attempt: u32, keys: &[u128], mut f: impl FnMut(usize, Row)) {
         let base = ((bin as u128) << 64) | ((attempt as u128) << 8);
         let k: [Aes; 3] = core::array::from_fn(|j| Aes::new(self.seed_aes.enc(base | j as u128)));
-        let n = keys.len();
-        let mut b0 = vec![0u128; n];
-        let mut b1 = vec![0u128; n];
-        let mut bh = vec![0u128; n];
-        k[0].enc_to(keys, &mut b0);
-        k[1].enc_to(keys, &mut b1);
-        k[2].enc_to(keys, &mut bh);
         let s = self.sparse as u64;
-        (0..n)
-            .map(|i| {
+        const B: usize = 256;
+        let mut b0 = [0u128; B];
+        let mut b1 = [0u128; B];
+        let mut bh = [0u128; B];
+        for (c, chunk) in keys.chunks(B).enumerate() {
+            let n = chunk.len();
+            k[0].enc_to(chunk, &mut b0[..n]);
+            k[1].enc_to(chunk, &mut b1[..n]);
+            k[2].enc_to(chunk, &mut bh[..n]);
+            for i in 0..n {
                 let p0 = reduce64(b0[i] as u64, s);
                 let mut p1 = reduce64((b0[i] >> 64) as u64, s - 1);
                 if p1 >= p0 {
@@ -196,12 +204,15 @@ impl Hasher {
                     p2 += 1;
                 }
                 let h = if bh[i] == 0 { 1 } else { bh[i] };
-                Row {
-                    p: [p0 as u32, p1 as u32, p2 as u32],
-                    h,
-                }
-            })
-            .collect()
+                f(
+                    c * B + i,
+                    Row {
+                        p: [p0 as u32, p1 as u32, p2 as u32],
+                        h,
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -405,15 +416,14 @@ fn decode_in_bins(
         .enumerate()
         .for_each(|(b, dst)| {
             let bk = &g.keys[g.starts[b]..g.starts[b + 1]];
-            let rows = hasher.rows(b, header.attempts[b], bk);
             let p = &cells[b * bl..(b + 1) * bl];
             let (sp, de) = p.split_at(params.sparse);
-            for (d, r) in dst.iter_mut().zip(&rows) {
-                *d = sp[r.p[0] as usize]
+            hasher.for_each_row(b, header.attempts[b], bk, |i, r| {
+                dst[i] = sp[r.p[0] as usize]
                     ^ sp[r.p[1] as usize]
                     ^ sp[r.p[2] as usize]
                     ^ dense_eval(r.h, de);
-            }
+            });
         });
     (grouped_out, g)
 }
