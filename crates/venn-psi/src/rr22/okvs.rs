@@ -307,7 +307,7 @@ pub(crate) struct OkvsHeader {
     pub(crate) attempts: Vec<u32>,
 }
 
-/// Why a bin attempt failed (used by tests to force retries).
+/// Encoder options (the tests use them to force retries).
 #[derive(Clone, Copy)]
 pub(crate) struct EncodeOptions {
     /// Treat the first attempt of every bin as failed.
@@ -364,7 +364,11 @@ pub(crate) fn encode(
         })
         .collect();
     let attempts: Option<Vec<u32>> = attempts.into_iter().collect();
-    let attempts = attempts.ok_or_else(|| PsiError::peer("OKVS encoding failed repeatedly"))?;
+    let attempts = attempts.ok_or_else(|| {
+        PsiError::peer(format!(
+            "RR22 OKVS: a bin failed to encode {MAX_ATTEMPTS} times (duplicate items in this party's input?)"
+        ))
+    })?;
     Ok((OkvsHeader { seed, attempts }, out))
 }
 
@@ -756,6 +760,24 @@ mod tests {
             assert_eq!(decode(&p, &hdr, &cells, &keys), vals);
         }
         assert!(reseeded > 0);
+    }
+
+    #[test]
+    fn duplicate_keys_are_an_error_not_a_loss() {
+        let p = OkvsParams::new(100, 40);
+        let mut prg = Prg::new(77);
+        let mut keys = prg.blocks(100);
+        keys[7] = keys[3];
+        let vals: Vec<u128> = keys.iter().map(|k| k ^ 1).collect();
+        let mut seeds = Prg::new(1);
+        let r = encode(
+            &p,
+            &keys,
+            &vals,
+            || seeds.block(),
+            EncodeOptions { force_retry: false },
+        );
+        assert!(r.is_err());
     }
 
     #[test]
