@@ -1,6 +1,6 @@
 //! Arithmetic in GF(2^128) = GF(2)[x] / (x^128 + x^7 + x^2 + x + 1).
 //!
-//! RR22 "fast" mode (Raghuraman–Rindal, CCS 2022, §4 and §6.1) runs the VOLE,
+//! RR22 "fast" mode (Raghuraman–Rindal, CCS 2022, the instantiation with B = F) runs the VOLE,
 //! the OKVS dense columns and the derandomisation `B' = B + A'·Δ` over
 //! F = GF(2^128). An element is a `u128` whose bit `i` is the coefficient of
 //! `x^i` (plain polynomial basis, *not* GCM's bit-reflected one), so addition
@@ -230,10 +230,8 @@ mod tests {
                 assert_eq!(mul(a, inv(a)), 1);
             }
         }
-        let mut xs = vec![3u128, 5, 7];
-        let add = vec![1u128, 2, 3];
-        let xs0 = xs.clone();
-        xs = add.clone();
+        let xs0 = vec![3u128, 5, 7];
+        let mut xs = vec![1u128, 2, 3];
         mul_add_acc(&mut xs, 0x1234, &xs0);
         assert_eq!(
             xs,

@@ -9,10 +9,10 @@
 //! intersection; the *sender* S (set Y) learns nothing. R is the party that
 //! learns; if both learn, the leader is R and the engine forwards the result.
 //!
-//! Protocol (all messages tagged, see [`tags`]):
-//! 1. Random VOLE of length m = |OKVS| ([`vole`]): S gets Δ, B; R gets A, C
+//! Protocol (all messages tagged, see `tags`):
+//! 1. Random VOLE of length m = |OKVS| (`vole.rs`): S gets Δ, B; R gets A, C
 //!    with C = A·Δ + B.
-//! 2. R encodes P = Encode{(x, H(x)) : x ∈ X} ([`okvs`]; H from [`prim`]),
+//! 2. R encodes P = Encode{(x, H(x)) : x ∈ X} (`okvs.rs`; H from `prim.rs`),
 //!    sends the OKVS header (seed, per-bin attempt numbers) and A' = A + P
 //!    (m·16 bytes, in frames of at most 4 MiB).
 //! 3. S computes K = B + A'·Δ (= C + P·Δ) and for each y ∈ Y, in its own
@@ -28,7 +28,23 @@
 //! does not encode is re-encoded with a new attempt number and a bin
 //! overflow draws a new seed, both sent to S; R keeps every one of its tags
 //! even if two collide. Only a false positive (probability ≤ 2^-λ over all
-//! pairs, the tag length's purpose) can add a wrong match.
+//! pairs, the tag length's purpose) can add a wrong match. Items must be
+//! distinct (the engine guarantees it); a duplicate makes the OKVS encoding
+//! fail with an error, never a silent loss.
+//!
+//! Concurrency: the receiver overlaps the OKVS encoding with the VOLE, streams
+//! its OT-extension messages from a second thread while it reads the sender's
+//! replies, and streams A' from a second thread while it computes its own
+//! tags, so neither party ever blocks on a send while the other does too.
+//!
+//! Communication (n_x = n_y = n): R → S about 1.35·128 bits per receiver item
+//! (OKVS expansion: RR22's e ≈ 1.27 at 2^14-key bins times the bin-capacity
+//! margin) plus the VOLE setup (IKNP columns for 128 COTs per first-chunk
+//! noise value and t·h OTs per later chunk); S → R the truncated tags plus
+//! the punctured-PRF messages (2·t·h blocks per VOLE chunk).
+//!
+//! Not implemented: RR22's malicious variant and the low-communication
+//! (subfield-VOLE) variant.
 
 mod gf128;
 mod okvs;
@@ -104,7 +120,7 @@ fn recv_tagged(chan: &dyn Channel, tag: u8, what: &str) -> Result<Vec<u8>, PsiEr
     }
 }
 
-/// The RR22 core (see module docs); matches [`crate::core::CoreFn`].
+/// The RR22 core (see module docs); has the engine's `CoreFn` shape.
 pub fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
     intersect_with(chan, input, EncodeOptions { force_retry: false })
 }
@@ -133,7 +149,10 @@ fn intersect_with(
         });
     }
     if n_x > u32::MAX as usize || n_y > u32::MAX as usize {
-        return Err(PsiError::peer("RR22: more than 2^32 items in one bucket"));
+        return Err(PsiError::Config {
+            field: "bucket size",
+            message: "RR22 handles at most 2^32 − 1 items per bucket; use smaller buckets".into(),
+        });
     }
     let tb = tag_bytes(input.stat_sec, input.total_len.0, input.total_len.1);
     let params = OkvsParams::new(n_x, input.stat_sec);
@@ -233,8 +252,8 @@ fn run_receiver(
             }
             Ok(())
         });
-        let mut mine = okvs::decode(params, &header, &c, items);
-        output_tags(&mut mine, tb);
+        let mut mine = okvs::decode_grouped(params, &header, &c, items);
+        output_tags(&mut mine.0, tb);
         trace!(t0, "R: own tags");
         let sent = sender
             .join()
@@ -248,7 +267,7 @@ fn run_receiver(
     while theirs.len() < n_y {
         let frame = recv_tagged(chan, tags::TAGS, "RR22 tags")?;
         let frame = &frame[1..];
-        if frame.len() % tb != 0 || theirs.len() + frame.len() / tb > n_y {
+        if frame.is_empty() || frame.len() % tb != 0 || theirs.len() + frame.len() / tb > n_y {
             return Err(PsiError::peer(format!(
                 "RR22 tags: frame of {} bytes does not fit {} tags of {tb} bytes",
                 frame.len(),
@@ -262,7 +281,7 @@ fn run_receiver(
         }));
     }
     trace!(t0, "R: tags received");
-    let matches = join_tags(&mine, &theirs);
+    let matches = join_tags(&mine.0, &mine.1, &theirs, tb);
     trace!(t0, "R: matched");
     Ok(matches)
 }
@@ -296,7 +315,7 @@ fn run_sender(
     while got < m {
         let frame = recv_tagged(chan, tags::OKVS_DATA, "OKVS data")?;
         let frame = &frame[1..];
-        if frame.len() % 16 != 0 || got + frame.len() / 16 > m {
+        if frame.is_empty() || frame.len() % 16 != 0 || got + frame.len() / 16 > m {
             return Err(PsiError::peer(format!(
                 "OKVS data: frame of {} bytes does not fit the {} remaining cells",
                 frame.len(),
@@ -340,13 +359,16 @@ fn run_sender(
     Ok(())
 }
 
-/// All (i, j) with mine[i] == theirs[j]. The tags are uniformly random, so
-/// both lists are radix-partitioned on their top bits into cache-sized parts
-/// and each part is joined by sorting and merging (every pair of equal tags
-/// is reported, also when two of our own tags collide).
-fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
+/// All (mine_idx[p], j) with mine[p] == theirs[j] (`mine` may be in any
+/// order; `mine_idx` gives each tag's item position). The tags are uniformly random, so
+/// both lists are radix-partitioned on the top bits of their low 64 bits into
+/// parts of ~2^15 tags (a few hundred write streams at most, so the
+/// partitioning pass stays TLB-friendly), and each part is joined with a
+/// small linear-probing table indexed by the tag's low bits. Every pair of
+/// equal tags is reported, also when two of our own tags collide.
+fn join_tags(mine: &[u128], mine_idx: &[u32], theirs: &[u128], tb: usize) -> Vec<Match> {
     let n = mine.len().max(theirs.len());
-    let bits = (n / 4096).max(1).next_power_of_two().trailing_zeros();
+    let bits = (n >> 15).max(1).next_power_of_two().trailing_zeros();
     let part = |t: u128| -> usize {
         if bits == 0 {
             0
@@ -355,7 +377,11 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
         }
     };
     let parts = 1usize << bits;
-    let scatter = |v: &[u128]| -> (Vec<(u128, u32)>, Vec<usize>) {
+    // 16-byte entries (tag bits 0..64, position, tag bits 64..96): tags of at
+    // most 12 bytes are compared in full without touching the inputs again;
+    // longer ones are checked against the inputs for candidate matches.
+    let verify = tb > 12;
+    let scatter = |v: &[u128], idx: Option<&[u32]>| -> (Vec<(u64, u32, u32)>, Vec<usize>) {
         let mut starts = vec![0usize; parts + 1];
         for t in v {
             starts[part(*t) + 1] += 1;
@@ -364,45 +390,62 @@ fn join_tags(mine: &[u128], theirs: &[u128]) -> Vec<Match> {
             starts[p + 1] += starts[p];
         }
         let mut fill = starts.clone();
-        let mut out = vec![(0u128, 0u32); v.len()];
+        let mut out = vec![(0u64, 0u32, 0u32); v.len()];
         for (i, t) in v.iter().enumerate() {
             let p = part(*t);
-            out[fill[p]] = (*t, i as u32);
+            let i = idx.map_or(i as u32, |x| x[i]);
+            out[fill[p]] = (*t as u64, i, (*t >> 64) as u32);
             fill[p] += 1;
         }
         (out, starts)
     };
-    let (a, sa) = scatter(mine);
-    let (b, sb) = scatter(theirs);
+    // with long tags the verification reads mine[..] by item position, so
+    // put our tags into item order first (rare: tb > 12 needs n ≈ 2^28)
+    let mine_by_item: Vec<u128>;
+    let mine = if verify {
+        let mut v = vec![0u128; mine.len()];
+        for (t, i) in mine.iter().zip(mine_idx) {
+            v[*i as usize] = *t;
+        }
+        mine_by_item = v;
+        &mine_by_item[..]
+    } else {
+        mine
+    };
+    let mine_idx = if verify { None } else { Some(mine_idx) };
+    let ((a, sa), (b, sb)) = rayon::join(|| scatter(mine, mine_idx), || scatter(theirs, None));
+    // one probing table per worker thread, reused across parts
     (0..parts)
         .into_par_iter()
-        .flat_map_iter(|p| {
-            let mut x = a[sa[p]..sa[p + 1]].to_vec();
-            let mut y = b[sb[p]..sb[p + 1]].to_vec();
-            x.sort_unstable();
-            y.sort_unstable();
+        .map_init(Vec::new, |table: &mut Vec<(u64, u32, u32)>, p| {
+            let x = &a[sa[p]..sa[p + 1]];
+            let y = &b[sb[p]..sb[p + 1]];
+            let cap = (2 * x.len()).next_power_of_two().max(2);
+            let mask = cap - 1;
+            const EMPTY: u32 = u32::MAX;
+            table.clear();
+            table.resize(cap, (0u64, EMPTY, 0u32));
+            for &e in x {
+                let mut s = (e.0 as usize) & mask;
+                while table[s].1 != EMPTY {
+                    s = (s + 1) & mask;
+                }
+                table[s] = e;
+            }
             let mut out = Vec::new();
-            let (mut i, mut j) = (0, 0);
-            while i < x.len() && j < y.len() {
-                match x[i].0.cmp(&y[j].0) {
-                    std::cmp::Ordering::Less => i += 1,
-                    std::cmp::Ordering::Greater => j += 1,
-                    std::cmp::Ordering::Equal => {
-                        let t = x[i].0;
-                        let i_end = i + x[i..].iter().take_while(|e| e.0 == t).count();
-                        let j_end = j + y[j..].iter().take_while(|e| e.0 == t).count();
-                        for xi in &x[i..i_end] {
-                            for yj in &y[j..j_end] {
-                                out.push((xi.1, yj.1));
-                            }
-                        }
-                        i = i_end;
-                        j = j_end;
+            for &(t, j, hi) in y {
+                let mut s = (t as usize) & mask;
+                while table[s].1 != EMPTY {
+                    let (t2, i, hi2) = table[s];
+                    if t2 == t && hi2 == hi && (!verify || mine[i as usize] == theirs[j as usize]) {
+                        out.push((i, j));
                     }
+                    s = (s + 1) & mask;
                 }
             }
             out
         })
+        .flatten_iter()
         .collect()
 }
 
@@ -441,9 +484,10 @@ mod tests {
 
     #[test]
     fn join_reports_every_equal_pair() {
-        let mine = vec![5u128, 7, 5, 9, 1 << 63, u64::MAX as u128];
+        let mine = vec![5u128, 7, 5, 9, 1 << 63, u64::MAX as u128, (1 << 100) | 5];
         let theirs = vec![5u128, 8, 9, 9, u64::MAX as u128];
-        let mut got = join_tags(&mine, &theirs);
+        let ident: Vec<u32> = (0..mine.len() as u32).collect();
+        let mut got = join_tags(&mine, &ident, &theirs, 16);
         got.sort_unstable();
         assert_eq!(got, vec![(0, 0), (2, 0), (3, 2), (3, 3), (5, 4)]);
         // many parts
@@ -451,7 +495,24 @@ mod tests {
             .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
             .collect();
         let other: Vec<u128> = big.iter().rev().step_by(3).copied().collect();
-        assert_eq!(join_tags(&big, &other).len(), other.len());
+        let ident: Vec<u32> = (0..big.len() as u32).collect();
+        assert_eq!(join_tags(&big, &ident, &other, 16).len(), other.len());
+        assert_eq!(join_tags(&big, &ident, &other, 12).len(), other.len());
+        // a permuted `mine` with its index map gives the same pairs
+        let rev: Vec<u128> = big.iter().rev().copied().collect();
+        let rev_idx: Vec<u32> = (0..big.len() as u32).rev().collect();
+        let mut x = join_tags(&big, &ident, &other, 12);
+        let mut y = join_tags(&rev, &rev_idx, &other, 12);
+        let mut z = join_tags(&rev, &rev_idx, &other, 16);
+        x.sort_unstable();
+        y.sort_unstable();
+        z.sort_unstable();
+        assert_eq!(x, y);
+        assert_eq!(x, z);
+        // 12-byte tags differing only in bits 64..96 do not match
+        let a = vec![(1u128 << 70) | 3];
+        let b = vec![(1u128 << 71) | 3];
+        assert!(join_tags(&a, &[0], &b, 12).is_empty());
     }
 
     #[test]
@@ -606,5 +667,11 @@ mod tests {
     #[ignore]
     fn bench_rr22_2_20() {
         bench(1 << 20);
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_rr22_2_24() {
+        bench(1 << 24);
     }
 }

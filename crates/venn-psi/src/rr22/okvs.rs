@@ -2,9 +2,10 @@
 //! part over GF(2^128), clustered into independent bins: "Baxos").
 //!
 //! Reference: Raghuraman–Rindal, "Blazing Fast PSI from Improved OKVS and
-//! Subfield VOLE", CCS 2022 / eprint 2022/320, §3 (the OKVS), §3.2
-//! (triangulation + gap), §3.4 (clustering / binning), and the parameter fit of
-//! §3.3 (expansion e and gap g as functions of n, w and λ).
+//! Subfield VOLE", CCS 2022 / eprint 2022/320, §3: the OKVS (sparse w = 3 rows
+//! plus a few dense columns), its triangulation with a small "gap" solved on
+//! the dense columns, the clustering into independent bins, and the fitted
+//! parameters (expansion e and gap g as functions of n, w and λ).
 //!
 //! * A key x is hashed into one of `bins` bins (keyed AES on x, Lemire
 //!   reduction). Every bin has the same public capacity, chosen with a
@@ -17,7 +18,7 @@
 //!   under keys derived from (seed, bin, attempt). Decode(P, x) =
 //!   P[p0] + P[p1] + P[p2] + Σ_k h^{k+1}·P[sparse + k] (Horner).
 //! * Encoding solves the linear system "Decode(P, x_i) = v_i" by peeling
-//!   (the 2-core / "triangulation" step of RR22 §3.2, done with the
+//!   (the 2-core / "triangulation" step of RR22 §3, done with the
 //!   degree + XOR-of-rows trick of xor filters): a column of degree 1 fixes
 //!   its row. When peeling stalls, RR22's rule applies: the remaining column
 //!   of minimum degree fixes one of its rows and the others become "gap"
@@ -30,7 +31,7 @@
 //!   again with the next attempt number (sent to the decoder). Free columns
 //!   are set to zero: RR22 masks P with the receiver's uniformly random VOLE
 //!   vector A, so P need not be random itself.
-//! * Parameters: RR22's fit for w = 3 (the same formula as the authors'
+//! * Parameters: RR22's fit for w = 3 (the formula of the authors'
 //!   volePSI code): log2(λ/e-slope) = 0.555·log2 n + 2.336,
 //!   e = (λ + 9.2 + 1.223·slope)/slope, gap g = ⌊λ / log2(e·n)⌋, with n the bin
 //!   capacity and λ = stat_sec + log2(bins). For bins of ~2^14 keys this gives
@@ -42,7 +43,7 @@ use super::gf128;
 use super::prim::{Aes, reduce64};
 use crate::error::PsiError;
 
-/// Target number of keys per bin (RR22 §3.4: 2^14 keeps a bin in L2).
+/// Target number of keys per bin (RR22 uses 2^14: a bin stays in L2).
 pub(crate) const BIN_TARGET: usize = 1 << 14;
 /// Attempts per bin before giving up (each fails with probability ≲ 2^-40).
 const MAX_ATTEMPTS: u32 = 64;
@@ -94,7 +95,7 @@ impl OkvsParams {
         let bins = n.div_ceil(target).max(1);
         let cap = bin_capacity(n, bins, stat_sec as f64).max(1);
         let lambda = stat_sec as f64 + (bins as f64).log2().ceil();
-        // RR22 §3.3 fit for w = 3
+        // RR22's fit for w = 3
         let log_n = (cap as f64).log2();
         let log_w = 3f64.log2();
         let log_slope =
@@ -169,18 +170,26 @@ impl Hasher {
 
     /// Rows of `keys` in bin `bin` at attempt `attempt`.
     fn rows(&self, bin: usize, attempt: u32, keys: &[u128]) -> Vec<Row> {
+        let mut out = Vec::with_capacity(keys.len());
+        self.for_each_row(bin, attempt, keys, |_, r| out.push(r));
+        out
+    }
+
+    /// Calls `f(i, row of keys[i])` in order, hashing in stack-sized batches.
+    fn for_each_row(&self, bin: usize, attempt: u32, keys: &[u128], mut f: impl FnMut(usize, Row)) {
         let base = ((bin as u128) << 64) | ((attempt as u128) << 8);
         let k: [Aes; 3] = core::array::from_fn(|j| Aes::new(self.seed_aes.enc(base | j as u128)));
-        let n = keys.len();
-        let mut b0 = vec![0u128; n];
-        let mut b1 = vec![0u128; n];
-        let mut bh = vec![0u128; n];
-        k[0].enc_to(keys, &mut b0);
-        k[1].enc_to(keys, &mut b1);
-        k[2].enc_to(keys, &mut bh);
         let s = self.sparse as u64;
-        (0..n)
-            .map(|i| {
+        const B: usize = 256;
+        let mut b0 = [0u128; B];
+        let mut b1 = [0u128; B];
+        let mut bh = [0u128; B];
+        for (c, chunk) in keys.chunks(B).enumerate() {
+            let n = chunk.len();
+            k[0].enc_to(chunk, &mut b0[..n]);
+            k[1].enc_to(chunk, &mut b1[..n]);
+            k[2].enc_to(chunk, &mut bh[..n]);
+            for i in 0..n {
                 let p0 = reduce64(b0[i] as u64, s);
                 let mut p1 = reduce64((b0[i] >> 64) as u64, s - 1);
                 if p1 >= p0 {
@@ -195,12 +204,15 @@ impl Hasher {
                     p2 += 1;
                 }
                 let h = if bh[i] == 0 { 1 } else { bh[i] };
-                Row {
-                    p: [p0 as u32, p1 as u32, p2 as u32],
-                    h,
-                }
-            })
-            .collect()
+                f(
+                    c * B + i,
+                    Row {
+                        p: [p0 as u32, p1 as u32, p2 as u32],
+                        h,
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -214,8 +226,8 @@ fn dense_eval(h: u128, d: &[u128]) -> u128 {
     acc
 }
 
-/// Keys grouped by bin: `order[starts[b]..starts[b+1]]` are the indices of bin b.
-fn group(bins_of: &[u32], bins: usize) -> (Vec<u32>, Vec<usize>) {
+/// Bin sizes → start offsets (`starts[b]..starts[b+1]` is bin b).
+fn bin_starts(bins_of: &[u32], bins: usize) -> Vec<usize> {
     let mut starts = vec![0usize; bins + 1];
     for b in bins_of {
         starts[*b as usize + 1] += 1;
@@ -223,13 +235,69 @@ fn group(bins_of: &[u32], bins: usize) -> (Vec<u32>, Vec<usize>) {
     for b in 0..bins {
         starts[b + 1] += starts[b];
     }
+    starts
+}
+
+/// Keys (and values) laid out bin by bin, in one streaming pass: every bin
+/// is written sequentially, so there are no random reads of the inputs.
+struct Grouped {
+    keys: Vec<u128>,
+    vals: Vec<u128>,
+    /// `Order::Pos`: grouped position of item i; `Order::Idx`: item at
+    /// grouped position p; `Order::None`: empty
+    order: Vec<u32>,
+    starts: Vec<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    None,
+    Pos,
+    Idx,
+}
+
+fn group(
+    keys: &[u128],
+    vals: Option<&[u128]>,
+    bins_of: &[u32],
+    starts: Vec<usize>,
+    order: Order,
+) -> Grouped {
+    let n = keys.len();
     let mut fill = starts.clone();
-    let mut order = vec![0u32; bins_of.len()];
+    let mut gk = vec![0u128; n];
+    let mut gv = vec![0u128; if vals.is_some() { n } else { 0 }];
+    let mut ord = vec![0u32; if order == Order::None { 0 } else { n }];
     for (i, b) in bins_of.iter().enumerate() {
-        order[fill[*b as usize]] = i as u32;
+        let p = fill[*b as usize];
         fill[*b as usize] += 1;
+        gk[p] = keys[i];
+        if let Some(v) = vals {
+            gv[p] = v[i];
+        }
+        match order {
+            Order::None => {}
+            Order::Pos => ord[i] = p as u32,
+            Order::Idx => ord[p] = i as u32,
+        }
     }
-    (order, starts)
+    Grouped {
+        keys: gk,
+        vals: gv,
+        order: ord,
+        starts,
+    }
+}
+
+/// Splits `v` into one mutable slice per bin.
+fn per_bin<'a>(mut v: &'a mut [u128], starts: &[usize]) -> Vec<&'a mut [u128]> {
+    let mut out = Vec::with_capacity(starts.len().saturating_sub(1));
+    for w in starts.windows(2) {
+        let (head, tail) = v.split_at_mut(w[1] - w[0]);
+        out.push(head);
+        v = tail;
+    }
+    out
 }
 
 /// What the decoder needs besides the cells: the seed and each bin's attempt.
@@ -239,7 +307,7 @@ pub(crate) struct OkvsHeader {
     pub(crate) attempts: Vec<u32>,
 }
 
-/// Why a bin attempt failed (used by tests to force retries).
+/// Encoder options (the tests use them to force retries).
 #[derive(Clone, Copy)]
 pub(crate) struct EncodeOptions {
     /// Treat the first attempt of every bin as failed.
@@ -258,12 +326,14 @@ pub(crate) fn encode(
     assert_eq!(keys.len(), vals.len());
     // choose a seed under which no bin overflows its capacity
     let mut tries = 0;
-    let (seed, hasher, order, starts) = loop {
+    let (seed, hasher, grouped) = loop {
         let seed = next_seed();
         let hasher = Hasher::new(seed, params);
-        let (order, starts) = group(&hasher.bins_of(keys), params.bins);
+        let bins_of = hasher.bins_of(keys);
+        let starts = bin_starts(&bins_of, params.bins);
         if (0..params.bins).all(|b| starts[b + 1] - starts[b] <= params.cap) {
-            break (seed, hasher, order, starts);
+            let grouped = group(keys, Some(vals), &bins_of, starts, Order::None);
+            break (seed, hasher, grouped);
         }
         tries += 1;
         if tries > MAX_ATTEMPTS {
@@ -278,15 +348,15 @@ pub(crate) fn encode(
         .par_chunks_mut(bl)
         .enumerate()
         .map(|(b, cells)| {
-            let idx = &order[starts[b]..starts[b + 1]];
-            let bk: Vec<u128> = idx.iter().map(|i| keys[*i as usize]).collect();
-            let bv: Vec<u128> = idx.iter().map(|i| vals[*i as usize]).collect();
+            let range = grouped.starts[b]..grouped.starts[b + 1];
+            let bk = &grouped.keys[range.clone()];
+            let bv = &grouped.vals[range];
             for attempt in 0..MAX_ATTEMPTS {
                 if opts.force_retry && attempt == 0 {
                     continue;
                 }
-                let rows = hasher.rows(b, attempt, &bk);
-                if solve_bin(params, &rows, &bv, cells) {
+                let rows = hasher.rows(b, attempt, bk);
+                if solve_bin(params, &rows, bv, cells) {
                     return Some(attempt);
                 }
             }
@@ -294,7 +364,11 @@ pub(crate) fn encode(
         })
         .collect();
     let attempts: Option<Vec<u32>> = attempts.into_iter().collect();
-    let attempts = attempts.ok_or_else(|| PsiError::peer("OKVS encoding failed repeatedly"))?;
+    let attempts = attempts.ok_or_else(|| {
+        PsiError::peer(format!(
+            "RR22 OKVS: a bin failed to encode {MAX_ATTEMPTS} times (duplicate items in this party's input?)"
+        ))
+    })?;
     Ok((OkvsHeader { seed, attempts }, out))
 }
 
@@ -305,36 +379,57 @@ pub(crate) fn decode(
     cells: &[u128],
     keys: &[u128],
 ) -> Vec<u128> {
+    let (grouped_out, g) = decode_in_bins(params, header, cells, keys, Order::Pos);
+    // back to item order: a parallel gather
+    let mut out = vec![0u128; keys.len()];
+    out.par_iter_mut()
+        .zip(g.order.par_iter())
+        .for_each(|(o, p)| *o = grouped_out[*p as usize]);
+    out
+}
+
+/// Decodes every key, in bin order: returns (values, item index of each).
+pub(crate) fn decode_grouped(
+    params: &OkvsParams,
+    header: &OkvsHeader,
+    cells: &[u128],
+    keys: &[u128],
+) -> (Vec<u128>, Vec<u32>) {
+    let (grouped_out, g) = decode_in_bins(params, header, cells, keys, Order::Idx);
+    (grouped_out, g.order)
+}
+
+fn decode_in_bins(
+    params: &OkvsParams,
+    header: &OkvsHeader,
+    cells: &[u128],
+    keys: &[u128],
+    order: Order,
+) -> (Vec<u128>, Grouped) {
     assert_eq!(cells.len(), params.len());
     assert_eq!(header.attempts.len(), params.bins);
     let hasher = Hasher::new(header.seed, params);
-    let (order, starts) = group(&hasher.bins_of(keys), params.bins);
+    let bins_of = hasher.bins_of(keys);
+    let starts = bin_starts(&bins_of, params.bins);
+    let g = group(keys, None, &bins_of, starts, order);
+    drop(bins_of);
     let bl = params.bin_len();
-    let per_bin: Vec<Vec<u128>> = (0..params.bins)
+    let mut grouped_out = vec![0u128; keys.len()];
+    per_bin(&mut grouped_out, &g.starts)
         .into_par_iter()
-        .map(|b| {
-            let idx = &order[starts[b]..starts[b + 1]];
-            let bk: Vec<u128> = idx.iter().map(|i| keys[*i as usize]).collect();
-            let rows = hasher.rows(b, header.attempts[b], &bk);
+        .enumerate()
+        .for_each(|(b, dst)| {
+            let bk = &g.keys[g.starts[b]..g.starts[b + 1]];
             let p = &cells[b * bl..(b + 1) * bl];
             let (sp, de) = p.split_at(params.sparse);
-            rows.iter()
-                .map(|r| {
-                    sp[r.p[0] as usize]
-                        ^ sp[r.p[1] as usize]
-                        ^ sp[r.p[2] as usize]
-                        ^ dense_eval(r.h, de)
-                })
-                .collect()
-        })
-        .collect();
-    let mut out = vec![0u128; keys.len()];
-    for (b, vals) in per_bin.iter().enumerate() {
-        for (i, v) in order[starts[b]..starts[b + 1]].iter().zip(vals) {
-            out[*i as usize] = *v;
-        }
-    }
-    out
+            hasher.for_each_row(b, header.attempts[b], bk, |i, r| {
+                dst[i] = sp[r.p[0] as usize]
+                    ^ sp[r.p[1] as usize]
+                    ^ sp[r.p[2] as usize]
+                    ^ dense_eval(r.h, de);
+            });
+        });
+    (grouped_out, g)
 }
 
 /// Solves one bin; returns false if this attempt's rows cannot be solved.
@@ -386,7 +481,7 @@ fn solve_bin(params: &OkvsParams, rows: &[Row], vals: &[u128], cells: &mut [u128
             continue;
         }
         // stalled: the remaining column of minimum degree (≥ 2) fixes one of
-        // its rows; its other rows go to the gap (RR22 §3.2)
+        // its rows; its other rows go to the gap (RR22 §3)
         let Some(c) = (0..s).filter(|c| deg[*c] >= 2).min_by_key(|c| deg[*c]) else {
             return false; // cannot happen: remaining rows have columns
         };
@@ -560,6 +655,11 @@ mod tests {
         }
         let got = decode(&p, &hdr, &cells, &keys);
         assert_eq!(got, vals, "n={n}");
+        let (gv, gi) = decode_grouped(&p, &hdr, &cells, &keys);
+        assert_eq!(gi.len(), n);
+        for (v, i) in gv.iter().zip(&gi) {
+            assert_eq!(*v, vals[*i as usize]);
+        }
         // keys that were not encoded decode to something else
         let other = prg.blocks(50);
         let got = decode(&p, &hdr, &cells, &other);
@@ -591,6 +691,93 @@ mod tests {
         for seed in 0..200usize {
             roundtrip(3 + seed % 40, false, 8);
         }
+    }
+
+    #[test]
+    fn okvs_dense_part_end_to_end() {
+        // A deliberately tight table (sparse ≈ n) leaves a 2-core after
+        // peeling, so encode must go through the gap solver and decode must
+        // use the dense columns.
+        let p = OkvsParams {
+            bins: 1,
+            cap: 60,
+            sparse: 62,
+            dense: 30,
+        };
+        let mut used_dense = 0;
+        for seed in 0..20u128 {
+            let mut prg = Prg::new(1000 + seed);
+            let keys = prg.blocks(60);
+            let vals = prg.blocks(60);
+            let mut seeds = Prg::new(seed);
+            let (hdr, cells) = encode(
+                &p,
+                &keys,
+                &vals,
+                || seeds.block(),
+                EncodeOptions { force_retry: false },
+            )
+            .unwrap();
+            if cells[p.sparse..].iter().any(|c| *c != 0) {
+                used_dense += 1;
+            }
+            assert_eq!(decode(&p, &hdr, &cells, &keys), vals);
+        }
+        assert!(used_dense > 10, "gap path used {used_dense} times");
+    }
+
+    #[test]
+    fn okvs_bin_overflow_draws_a_new_seed() {
+        // capacity just above the mean load: many seeds overflow a bin, and
+        // the encoder must move on to a new seed instead of dropping keys
+        let p = OkvsParams {
+            bins: 4,
+            cap: 28,
+            sparse: 60,
+            dense: 8,
+        };
+        let mut reseeded = 0;
+        for trial in 0..20u128 {
+            let mut prg = Prg::new(trial);
+            let keys = prg.blocks(100);
+            let vals = prg.blocks(100);
+            let mut drawn = 0;
+            let mut seeds = Prg::new(500 + trial);
+            let (hdr, cells) = encode(
+                &p,
+                &keys,
+                &vals,
+                || {
+                    drawn += 1;
+                    seeds.block()
+                },
+                EncodeOptions { force_retry: false },
+            )
+            .unwrap();
+            if drawn > 1 {
+                reseeded += 1;
+            }
+            assert_eq!(decode(&p, &hdr, &cells, &keys), vals);
+        }
+        assert!(reseeded > 0);
+    }
+
+    #[test]
+    fn duplicate_keys_are_an_error_not_a_loss() {
+        let p = OkvsParams::new(100, 40);
+        let mut prg = Prg::new(77);
+        let mut keys = prg.blocks(100);
+        keys[7] = keys[3];
+        let vals: Vec<u128> = keys.iter().map(|k| k ^ 1).collect();
+        let mut seeds = Prg::new(1);
+        let r = encode(
+            &p,
+            &keys,
+            &vals,
+            || seeds.block(),
+            EncodeOptions { force_retry: false },
+        );
+        assert!(r.is_err());
     }
 
     #[test]

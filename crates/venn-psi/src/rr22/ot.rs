@@ -1,13 +1,13 @@
 //! Oblivious transfer: 128 base OTs, then IKNP correlated-OT extension.
 //!
 //! * Base OT: Chou–Orlandi "The Simplest Protocol for Oblivious Transfer"
-//!   (LATINCRYPT 2015, eprint 2015/267, Fig. 1) on the ristretto255 group
+//!   (LATINCRYPT 2015, eprint 2015/267) on the ristretto255 group
 //!   (`curve25519-dalek`). Sender: a, A = aG. Receiver with bit c: b,
 //!   B = bG + cA, key H(A, B, bA). Sender keys k₀ = H(A, B, aB),
 //!   k₁ = H(A, B, a(B − A)). H is BLAKE3 over the index and the transcript,
 //!   truncated to 128 bits. Semi-honest security is all RR22's semi-honest
 //!   protocol needs.
-//! * Extension: Ishai–Kilian–Nissim–Petrank (CRYPTO 2003, §3) in its
+//! * Extension: Ishai–Kilian–Nissim–Petrank (CRYPTO 2003) in its
 //!   correlated form (as in Asharov–Lindell–Schneider–Zohner CCS 2013 and the
 //!   Ferret/Wolverine silent-VOLE papers): the extension *sender* is the
 //!   base-OT *receiver* with choice string Δ ∈ {0,1}^128; after transposition

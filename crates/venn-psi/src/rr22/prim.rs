@@ -10,7 +10,7 @@
 //!   "Efficient and secure multiparty computation from fixed-key block
 //!   ciphers"), with π a fixed-key AES permutation:
 //!   - [`tccr`]: π(π(x) ⊕ i) ⊕ π(x), the tweakable correlation-robust hash
-//!     (GKWW20 §7.3) that turns IKNP correlated OTs into random OTs;
+//!     (GKWW20) that turns IKNP correlated OTs into random OTs;
 //!   - [`ggm_expand`]: the length-doubling PRG s ↦ (π₀(s) ⊕ s, π₁(s) ⊕ s) of the
 //!     GGM trees (as in the libOTe/BCG+19 PPRF);
 //!   - [`hash_value`]: RR22's H(x) (Fig. 4), the value the receiver encodes

@@ -1,13 +1,14 @@
 //! Silent random VOLE over GF(2^128) from dual LPN with an Expand-Accumulate code.
 //!
-//! Goal (RR22 §2.4, the functionality F_vole): the sender gets a random
+//! Goal (the random-VOLE functionality of RR22's preliminaries): the sender gets a random
 //! Δ ∈ F and B ∈ F^m, the receiver gets random A, C ∈ F^m with
 //! C = A·Δ + B, F = GF(2^128).
 //!
-//! Construction (Boyle–Couteau–Gilboa–Ishai–Kohl–Scholl, CCS 2019 "Efficient
-//! two-round OT extension and silent non-interactive secure computation",
-//! §4–5; with the Ferret/Wolverine style single-point VOLE of
-//! Yang–Weng–Lan–Zhang–Wang, CCS 2020 §3–4):
+//! Construction: the dual-LPN PCG of Boyle–Couteau–Gilboa–Ishai–Kohl–Scholl
+//! (CCS 2019, "Efficient two-round OT extension and silent non-interactive
+//! secure computation"), with the single-point VOLE over a large field of
+//! Wolverine (Weng–Yang–Katz–Wang, IEEE S&P 2021) and the COT-based punctured
+//! PRF and bootstrapping of Ferret (Yang–Weng–Lan–Zhang–Wang, CCS 2020):
 //!
 //! 1. *Sparse VOLE.* The length-N noise vector is split into t blocks of L
 //!    entries (regular noise). In block i the receiver picks a point α_i and a
@@ -16,11 +17,11 @@
 //!    - a GGM tree (Goldreich–Goldwasser–Micali) expanded by the sender with the
 //!      fixed-key AES PRG gives leaves v_0..v_{L-1} = B_sparse of the block;
 //!      the receiver learns every leaf but v_{α_i} from one OT per tree level
-//!      (the XOR of the left / right children on that level: the
-//!      "punctured PRF" of BCG+19 Fig. 13 / Doerner–shelat 2017);
+//!      (the XOR of the left / right children on that level: the GGM
+//!      punctured PRF of BCG+19 and Doerner–shelat, CCS 2017);
 //!    - a "noisy" VOLE c_i = β_i·Δ + b_i from 128 correlated OTs whose
 //!      choice bits are the bits of β_i (c_i = Σ_k x^k t_k, b_i = Σ_k x^k q_k;
-//!      the Gilboa product with the IKNP Δ, YWL+20 §4 "Π_spsVOLE");
+//!      Gilboa's product with the IKNP Δ, as in Wolverine's sps-VOLE);
 //!    - the sender sends d_i = b_i + Σ_j v_j and the receiver sets
 //!      C[α_i] = c_i + d_i + Σ_{j≠α_i} v_j = β_i·Δ + v_{α_i}.
 //! 2. *Compression by a public linear map* H: F^N → F^m with 0/1 entries, so
@@ -29,8 +30,10 @@
 //!    Ishai–Kohl–Resch–Scholl, CRYPTO 2022, "Correlated pseudorandomness from
 //!    Expand-Accumulate codes"): first accumulate (prefix sums over the N
 //!    entries), then every output is the sum of `EA_WEIGHT` pseudorandom
-//!    positions. We do *not* use Silver (Couteau–Rindal–Raghuraman 2021),
-//!    which was shown to be insecure (Raghuraman–Rindal–Tanguy, CRYPTO 2023).
+//!    positions. We do *not* use Silver (Couteau–Rindal–Raghuraman, CRYPTO
+//!    2021), whose codes turned out to have low minimum distance (see
+//!    Raghuraman–Rindal–Tanguy, CRYPTO 2023, which moved libOTe to
+//!    Expand-Convolute / Expand-Accumulate codes).
 //!
 //! Parameters, following libOTe's current EA settings ("ExAcc11"): expansion
 //! N ≥ 5·m, expander weight 11, assumed minimum distance ratio δ = 0.1, and the
@@ -38,13 +41,15 @@
 //! i.e. t = ⌈128 / −log2(0.8)⌉ → 400 (rounded to a multiple of 8).
 //!
 //! Chunking and bootstrapping: requests are cut into independent chunks of at
-//! most 2^18 outputs (same Δ, fresh noise and GGM trees, code seeded per
-//! chunk). This keeps the accumulated vector (N·16 bytes ≈ 21 MB) close to
-//! the caches, which matters because the expander reads it at random, and
-//! bounds memory. Only the first chunk gets its t noisy VOLEs from 128
+//! most 2^17 outputs (same Δ, fresh noise and GGM trees, code seeded per
+//! chunk). This keeps the accumulated vector (N·16 bytes ≈ 10 MB) in the
+//! last-level cache, which matters because the expander reads it at random
+//! (measured: ~17% less CPU for the whole PSI at 2^20 than with 2^18-output
+//! chunks, for ~3% more communication; 2^16 was slower again), and bounds
+//! memory. Only the first chunk gets its t noisy VOLEs from 128
 //! correlated OTs each; every chunk also produces t extra outputs that serve
 //! as the next chunk's noisy VOLEs (β_i = A_j, c_i = C_j, b_i = B_j), the
-//! bootstrapping of Ferret (Yang–Weng–Lan–Zhang–Wang, CCS 2020, §5). A later
+//! bootstrapping of Ferret (Yang–Weng–Lan–Zhang–Wang, CCS 2020). A later
 //! chunk then costs t·h OTs and 2·t·h + t blocks of messages.
 //!
 //! Randomness: α_i, β_i and the GGM roots come from an AES-CTR PRG seeded by
@@ -66,7 +71,7 @@ pub(crate) const SCALER: usize = 5;
 /// Expander row weight.
 pub(crate) const EA_WEIGHT: usize = 11;
 /// Largest number of outputs delivered by one chunk.
-pub(crate) const MAX_CHUNK: usize = 1 << 18;
+pub(crate) const MAX_CHUNK: usize = 1 << 17;
 
 /// Shape of one chunk.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +90,11 @@ pub(crate) struct ChunkParams {
 
 impl ChunkParams {
     fn new(m: usize, reserve: usize, index: usize) -> Self {
-        let leaves = (SCALER * (m + reserve)).div_ceil(NOISE).max(2);
+        // even, so that the last GGM level is exactly the block (no copy)
+        let leaves = (SCALER * (m + reserve))
+            .div_ceil(NOISE)
+            .max(2)
+            .next_multiple_of(2);
         let depth = leaves.next_power_of_two().trailing_zeros() as usize;
         ChunkParams {
             m,
@@ -106,18 +115,18 @@ impl ChunkParams {
     }
     /// Whether the noisy VOLEs come from 128 correlated OTs each (first
     /// chunk) rather than from the previous chunk's reserve.
-    fn from_cots(&self) -> bool {
+    fn uses_cots(&self) -> bool {
         self.index == 0
     }
     /// OTs: 128 per noise value (first chunk only), then one per tree level.
     fn num_ots(&self) -> usize {
-        NOISE * self.depth + if self.from_cots() { NOISE * KAPPA } else { 0 }
+        NOISE * self.depth + if self.uses_cots() { NOISE * KAPPA } else { 0 }
     }
     fn ot_blocks(&self) -> usize {
         self.num_ots().div_ceil(128)
     }
     fn pprf_ot(&self, tree: usize, level: usize) -> usize {
-        let base = if self.from_cots() { NOISE * KAPPA } else { 0 };
+        let base = if self.uses_cots() { NOISE * KAPPA } else { 0 };
         base + tree * self.depth + level
     }
     fn tweak(&self) -> u128 {
@@ -127,7 +136,7 @@ impl ChunkParams {
 
 /// Splits m outputs into chunks of at most MAX_CHUNK; every chunk but the
 /// last also produces NOISE outputs for the next one (Ferret's
-/// bootstrapping, Yang–Weng–Lan–Zhang–Wang CCS 2020 §5).
+/// bootstrapping, Yang–Weng–Lan–Zhang–Wang CCS 2020).
 pub(crate) fn chunks(m: usize) -> Vec<ChunkParams> {
     let k = m.div_ceil(MAX_CHUNK).max(1);
     let base = m / k;
@@ -188,19 +197,33 @@ impl EaCode {
         }
     }
 
-    /// Expander positions of outputs [start, start + out.len()/EA_WEIGHT):
-    /// position = block·L + offset with block, offset uniform (so the
-    /// position is uniform in [0, N)). Returns (block, offset, flat index).
-    fn positions(&self, start: usize, out: &mut [u128]) -> Vec<(u32, u32, u32)> {
-        for (i, x) in out.iter_mut().enumerate() {
-            *x = (start * EA_WEIGHT + i) as u128;
-        }
-        self.aes.enc_inplace(out);
-        out.iter()
-            .map(|r| {
-                let b = reduce64(*r as u64, self.blocks as u64) as u32;
-                let o = reduce64((*r >> 64) as u64, self.block_len as u64) as u32;
-                (b, o, b * self.block_len as u32 + o)
+    /// Expander positions of outputs [start, start + count): position q =
+    /// output·w + k is the 64-bit half (q mod 2) of AES_code(⌊q/2⌋), reduced
+    /// to [0, N) by Lemire's multiply-shift. Returns (block, offset, flat
+    /// index) with block = ⌊pos/L⌋ computed exactly by a multiply with
+    /// ⌈2^64/L⌉ (exact because pos < 2^32 and L < 2^32).
+    fn positions(&self, start: usize, count: usize) -> Vec<(u32, u32, u32)> {
+        let q0 = start * EA_WEIGHT;
+        let q1 = q0 + count * EA_WEIGHT;
+        let b0 = q0 / 2;
+        let mut blocks: Vec<u128> = (b0..q1.div_ceil(2)).map(|b| b as u128).collect();
+        self.aes.enc_inplace(&mut blocks);
+        let n = self.n as u64;
+        let len = self.block_len as u64;
+        let recip = u64::MAX / len + 1;
+        (q0..q1)
+            .map(|q| {
+                let r = blocks[q / 2 - b0];
+                let v = if q % 2 == 0 {
+                    r as u64
+                } else {
+                    (r >> 64) as u64
+                };
+                let pos = reduce64(v, n);
+                let b = ((pos as u128 * recip as u128) >> 64) as u64;
+                let off = pos - b * len;
+                debug_assert!(b == pos / len && off < len);
+                (b as u32, off as u32, pos as u32)
             })
             .collect()
     }
@@ -219,8 +242,7 @@ impl EaCode {
         debug_assert_eq!(acc.len(), self.n);
         const STEP: usize = 2048;
         out.par_chunks_mut(STEP).enumerate().for_each(|(ci, o)| {
-            let mut buf = vec![0u128; o.len() * EA_WEIGHT];
-            let pos = self.positions(first + ci * STEP, &mut buf);
+            let pos = self.positions(first + ci * STEP, o.len());
             for (i, y) in o.iter_mut().enumerate() {
                 if let Some(ahead) =
                     pos.get((i + PREFETCH) * EA_WEIGHT..(i + PREFETCH + 1) * EA_WEIGHT)
@@ -286,8 +308,7 @@ impl EaCode {
             .zip(out_c.par_chunks_mut(STEP))
             .enumerate()
             .for_each(|(ci, (oa, oc))| {
-                let mut buf = vec![0u128; oa.len() * EA_WEIGHT];
-                let pos = self.positions(first + ci * STEP, &mut buf);
+                let pos = self.positions(first + ci * STEP, oa.len());
                 for (i, (ya, yc)) in oa.iter_mut().zip(oc.iter_mut()).enumerate() {
                     if let Some(ahead) =
                         pos.get((i + PREFETCH) * EA_WEIGHT..(i + PREFETCH + 1) * EA_WEIGHT)
@@ -331,8 +352,8 @@ fn ggm_tree(
     leaves: &mut [u128],
 ) {
     let mut cur = vec![root];
-    let mut next = Vec::with_capacity(2 * p.leaves + 2);
-    for l in 1..=p.depth {
+    let mut next = Vec::with_capacity(p.leaves);
+    for l in 1..p.depth {
         next.clear();
         next.resize(2 * cur.len(), 0);
         ggm_expand(&cur, &mut next);
@@ -340,7 +361,10 @@ fn ggm_tree(
         next.truncate(p.kept(l));
         std::mem::swap(&mut cur, &mut next);
     }
-    leaves.copy_from_slice(&cur[..p.leaves]);
+    // L is even, so the kept parents have exactly L children: the leaves
+    debug_assert_eq!(2 * cur.len(), leaves.len());
+    ggm_expand(&cur, leaves);
+    on_level(p.depth, leaves);
 }
 
 /// The VOLE sender's side: returns (Δ, B) with |B| = m.
@@ -359,7 +383,7 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
         let msg = wire::recv(chan, tags::VOLE_OT, "VOLE OT extension")?;
         let q = iknp.extend(p.ot_blocks(), &msg)?;
         // noisy VOLE: b_i = Σ x^k q_{128i+k}, or the previous chunk's reserve
-        let b: Vec<u128> = if p.from_cots() {
+        let b: Vec<u128> = if p.uses_cots() {
             (0..NOISE)
                 .map(|i| pack_gf(&q[i * KAPPA..(i + 1) * KAPPA]))
                 .collect()
@@ -425,12 +449,6 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
     // Phase 1: every chunk's noise and OT extension message. None depends on
     // the sender's replies (a bootstrapped chunk's β_i come from the
     // previous chunk's outputs, but its OT choices do not involve β_i).
-    type Pending = (
-        ChunkParams,
-        Vec<usize>,
-        Option<(Vec<u128>, Vec<u128>)>,
-        Vec<u128>,
-    );
     let mut pending: Vec<Pending> = Vec::new();
     let mut msgs = Vec::new();
     for p in chunks(m) {
@@ -440,7 +458,7 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             .iter()
             .map(|r| reduce64(*r as u64, p.leaves as u64) as usize)
             .collect();
-        let beta: Vec<u128> = if p.from_cots() {
+        let beta: Vec<u128> = if p.uses_cots() {
             prg.blocks(NOISE)
                 .into_iter()
                 .map(|b| if b == 0 { 1 } else { b })
@@ -457,7 +475,7 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             }
         };
         for i in 0..NOISE {
-            if p.from_cots() {
+            if p.uses_cots() {
                 for k in 0..KAPPA {
                     set(i * KAPPA + k, (beta[i] >> k) & 1 == 1);
                 }
@@ -469,7 +487,7 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
         }
         let (msg, t) = iknp.extend(&choices);
         msgs.push(msg);
-        let first = p.from_cots().then(|| {
+        let first = p.uses_cots().then(|| {
             let c = (0..NOISE)
                 .map(|i| pack_gf(&t[i * KAPPA..(i + 1) * KAPPA]))
                 .collect();
@@ -499,16 +517,20 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
     })
 }
 
+/// A chunk prepared by the receiver before the sender's reply: parameters,
+/// α_i, (β_i, c_i) for the first chunk, and the PPRF OT pads m_r.
+type Pending = (
+    ChunkParams,
+    Vec<usize>,
+    Option<(Vec<u128>, Vec<u128>)>,
+    Vec<u128>,
+);
+
 /// Phase 2 of [`recv`], per chunk: punctured trees, sparse vector, EA code.
 fn recv_replies(
     chan: &dyn Channel,
     m: usize,
-    pending: Vec<(
-        ChunkParams,
-        Vec<usize>,
-        Option<(Vec<u128>, Vec<u128>)>,
-        Vec<u128>,
-    )>, // (params, α, (β, c) of chunk 0, OT pads)
+    pending: Vec<Pending>,
     t0: std::time::Instant,
 ) -> Result<(Vec<u128>, Vec<u128>), PsiError> {
     let mut a_out = vec![0u128; m];
@@ -540,13 +562,20 @@ fn recv_replies(
             .for_each(|(i, (leaves, r))| {
                 let a = alpha[i];
                 let mut cur = vec![0u128; 1];
-                let mut next = Vec::with_capacity(2 * p.leaves + 2);
+                let mut scratch = Vec::with_capacity(p.leaves);
                 let mut path = 0usize; // index of the unknown node on this level
                 for l in 1..=p.depth {
                     let side = (a >> (p.depth - l)) & 1; // path goes to child `side`
-                    next.clear();
-                    next.resize(2 * cur.len(), 0);
-                    ggm_expand(&cur, &mut next);
+                    // the last level is written straight into the block
+                    let next: &mut [u128] = if l == p.depth {
+                        &mut leaves[..]
+                    } else {
+                        scratch.clear();
+                        scratch.resize(2 * cur.len(), 0);
+                        &mut scratch[..]
+                    };
+                    debug_assert_eq!(next.len(), 2 * cur.len());
+                    ggm_expand(&cur, next);
                     // the children of the unknown node are garbage: clear them
                     next[2 * path] = 0;
                     next[2 * path + 1] = 0;
@@ -560,11 +589,12 @@ fn recv_replies(
                         .fold(0u128, |acc, x| acc ^ x);
                     next[2 * path + sib_side] = k ^ known;
                     path = 2 * path + side;
-                    next.truncate(p.kept(l));
-                    std::mem::swap(&mut cur, &mut next);
+                    if l < p.depth {
+                        scratch.truncate(p.kept(l));
+                        std::mem::swap(&mut cur, &mut scratch);
+                    }
                 }
                 debug_assert_eq!(path, a);
-                leaves.copy_from_slice(&cur[..p.leaves]);
                 let others = leaves.iter().fold(0u128, |acc, x| acc ^ x); // leaf α is 0
                 leaves[a] = c[i] ^ r[2 * p.depth] ^ others;
             });
@@ -633,7 +663,7 @@ mod tests {
         );
         assert_eq!(cs[0].reserve, NOISE);
         assert_eq!(cs[2].reserve, 0);
-        assert!(cs[0].from_cots() && !cs[1].from_cots());
+        assert!(cs[0].uses_cots() && !cs[1].uses_cots());
         assert_eq!(chunks(0).len(), 1);
     }
 
@@ -703,10 +733,23 @@ mod tests {
         }
         let p = ChunkParams::new(1 << 20, 0, 0);
         let acc = Prg::new(1).blocks(p.n());
-        let mut e = acc.clone();
+        let mut e = acc;
         let t = std::time::Instant::now();
         EaCode::accumulate(&mut e);
         println!("accumulate: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    }
+
+    #[test]
+    fn expander_positions_are_exact() {
+        for m in [1usize, 10, 3000, MAX_CHUNK] {
+            let p = ChunkParams::new(m, NOISE, 0);
+            let code = EaCode::new(&p);
+            for (b, off, j) in code.positions(3, 500) {
+                assert!((j as usize) < p.n());
+                assert_eq!(b as usize, j as usize / p.leaves);
+                assert_eq!(off as usize, j as usize % p.leaves);
+            }
+        }
     }
 
     #[test]
