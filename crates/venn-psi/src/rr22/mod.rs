@@ -121,7 +121,7 @@ fn recv_tagged(chan: &dyn Channel, tag: u8, what: &str) -> Result<Vec<u8>, PsiEr
 }
 
 /// The RR22 core (see module docs); has the engine's `CoreFn` shape.
-pub fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
+pub(crate) fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
     intersect_with(chan, input, EncodeOptions { force_retry: false })
 }
 
