@@ -36,7 +36,7 @@ use crate::config::{JoinType, PsiConfig, Receiver};
 use crate::core::{CoreFn, CoreInput, Item};
 use crate::csv::CsvReader;
 use crate::error::PsiError;
-use crate::item::{item_of, push_column};
+use crate::item::{item_of, mix, push_column};
 use crate::output::{OutWriter, RunWriter, merge_runs};
 use crate::report::{
     InputStats, Intersection, OutputStats, PeerStats, Phases, Report, peak_rss_mb,
@@ -311,20 +311,41 @@ struct Grouped {
 }
 
 impl Grouped {
-    fn new(rows: &Rows, mut idx: Vec<u32>) -> Self {
-        idx.par_sort_unstable_by_key(|&i| (rows.items[i as usize], i));
+    fn new(rows: &Rows, idx: Vec<u32>) -> Self {
+        // Equal items must end up adjacent, in file order; any order of the
+        // groups will do (they are shuffled next). Sorting 16-byte
+        // (mix(item), row) pairs by value is much faster than sorting by the
+        // 128-bit item through an index.
+        let mut pairs: Vec<(u64, u32)> = idx
+            .into_par_iter()
+            .map(|i| (mix(rows.items[i as usize]), i))
+            .collect();
+        pairs.par_sort_unstable();
+        // Different items with the same 64-bit mix (about 2^-24 likely at 2^20
+        // rows) could interleave: order every run of equal mixes by item.
+        let mut i = 0;
+        while i < pairs.len() {
+            let mut j = i + 1;
+            while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+                j += 1;
+            }
+            if j - i > 1 {
+                pairs[i..j].sort_unstable_by_key(|&(_, r)| (rows.items[r as usize], r));
+            }
+            i = j;
+        }
         let mut starts = Vec::new();
         let mut unique = Vec::new();
-        for (p, &i) in idx.iter().enumerate() {
-            let it = rows.items[i as usize];
+        for (p, &(_, r)) in pairs.iter().enumerate() {
+            let it = rows.items[r as usize];
             if unique.last() != Some(&it) {
                 unique.push(it);
                 starts.push(p as u32);
             }
         }
-        starts.push(idx.len() as u32);
+        starts.push(pairs.len() as u32);
         Grouped {
-            order: idx,
+            order: pairs.into_iter().map(|(_, r)| r).collect(),
             starts,
             unique,
         }
@@ -614,6 +635,11 @@ fn run_inner(
         let br = input.loaded.bucket(b, buckets)?;
         let rws = br.rows();
         let g = Grouped::new(rws, br.indices());
+        tracing::debug!(
+            bucket = b,
+            t = t0.elapsed().as_secs_f64(),
+            "sorted and grouped"
+        );
         let mut m = Vec::with_capacity(16);
         m.extend_from_slice(&(g.unique.len() as u64).to_le_bytes());
         m.extend_from_slice(&(g.has_dups() as u64).to_le_bytes());
