@@ -55,6 +55,16 @@ pub(crate) struct PairRun {
     pub(crate) reports: [serde_json::Value; 2],
 }
 
+/// `--input IN --output OUT` for one party.
+pub(crate) fn io_args(input: &Path, output: &Path) -> Vec<String> {
+    vec![
+        "--input".into(),
+        input.display().to_string(),
+        "--output".into(),
+        output.display().to_string(),
+    ]
+}
+
 /// Picks a free loopback port.
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
@@ -162,22 +172,7 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let mut walls = Vec::new();
     let mut last = None;
     for _ in 0..a.repeat.max(1) {
-        let r = two_parties(
-            &common,
-            &[
-                "--input".into(),
-                fa.display().to_string(),
-                "--output".into(),
-                oa.display().to_string(),
-            ],
-            &[
-                "--input".into(),
-                fb.display().to_string(),
-                "--output".into(),
-                ob.display().to_string(),
-            ],
-            &a.dir,
-        )?;
+        let r = two_parties(&common, &io_args(&fa, &oa), &io_args(&fb, &ob), &a.dir)?;
         walls.push(r.wall);
         last = Some(r);
     }

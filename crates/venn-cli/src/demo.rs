@@ -57,18 +57,8 @@ pub(crate) fn run(a: DemoArgs) -> anyhow::Result<()> {
     ];
     let r = bench::two_parties(
         &common,
-        &[
-            "--input".into(),
-            fa.display().to_string(),
-            "--output".into(),
-            oa.display().to_string(),
-        ],
-        &[
-            "--input".into(),
-            fb.display().to_string(),
-            "--output".into(),
-            ob.display().to_string(),
-        ],
+        &bench::io_args(&fa, &oa),
+        &bench::io_args(&fb, &ob),
         &dir,
     )?;
     for (name, rep) in ["alice", "bob"].iter().zip(&r.reports) {

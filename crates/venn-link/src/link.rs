@@ -377,19 +377,29 @@ fn tls_err(e: io::Error, insecure_hint: bool) -> LinkError {
     LinkError::Tls(format!("{e}{hint}"))
 }
 
+/// Plaintext greeting (`--insecure`): magic and a fresh nonce each way; the
+/// binding is the listener's nonce then the connector's.
+async fn plain_greeting(tcp: TcpStream, role: Role) -> Result<(BoxStream, Vec<u8>), LinkError> {
+    let mut s: BoxStream = Box::new(tcp);
+    let mine: [u8; 32] = rand::random();
+    let mut msg = MAGIC.to_vec();
+    msg.extend_from_slice(&mine);
+    write_or(&mut s, &msg).await?;
+    check_magic(&mut s, true).await?;
+    let mut theirs = [0u8; 32];
+    read_exact_or(&mut s, &mut theirs, "the greeting").await?;
+    let binding = match role {
+        Role::Listener => [mine, theirs].concat(),
+        Role::Connector => [theirs, mine].concat(),
+    };
+    Ok((s, binding))
+}
+
 /// Listener side of the handshake.
 async fn accept_one(tcp: TcpStream, opts: &LinkOptions) -> Result<BoxStream, LinkError> {
     let _ = tcp.set_nodelay(true);
     let (mut s, binding): (BoxStream, Vec<u8>) = if opts.insecure {
-        let mut s: BoxStream = Box::new(tcp);
-        let mine: [u8; 32] = rand::random();
-        let mut msg = MAGIC.to_vec();
-        msg.extend_from_slice(&mine);
-        write_or(&mut s, &msg).await?;
-        check_magic(&mut s, true).await?;
-        let mut theirs = [0u8; 32];
-        read_exact_or(&mut s, &mut theirs, "the greeting").await?;
-        (s, [mine, theirs].concat())
+        plain_greeting(tcp, Role::Listener).await?
     } else {
         let cfg = tls::server_config().map_err(LinkError::Tls)?;
         let mut t = tokio_rustls::TlsAcceptor::from(cfg)
@@ -422,15 +432,7 @@ async fn accept_one(tcp: TcpStream, opts: &LinkOptions) -> Result<BoxStream, Lin
 async fn connect_one(tcp: TcpStream, opts: &LinkOptions) -> Result<BoxStream, LinkError> {
     let _ = tcp.set_nodelay(true);
     let (mut s, binding): (BoxStream, Vec<u8>) = if opts.insecure {
-        let mut s: BoxStream = Box::new(tcp);
-        let mine: [u8; 32] = rand::random();
-        let mut msg = MAGIC.to_vec();
-        msg.extend_from_slice(&mine);
-        write_or(&mut s, &msg).await?;
-        check_magic(&mut s, true).await?;
-        let mut theirs = [0u8; 32];
-        read_exact_or(&mut s, &mut theirs, "the greeting").await?;
-        (s, [theirs, mine].concat())
+        plain_greeting(tcp, Role::Connector).await?
     } else {
         let cfg = tls::client_config().map_err(LinkError::Tls)?;
         let name = rustls::pki_types::ServerName::try_from("venn-link").expect("static name");

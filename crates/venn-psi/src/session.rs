@@ -437,7 +437,19 @@ fn exchange_counts(
             "the peer claims a result it should not have",
         ));
     }
-    let ones = |n| vec![1u32; n];
+    // The peer's counts for `n` positions: sent only when it has duplicates.
+    let recv_counts = |tag: u8, n: usize| -> Result<Vec<u32>, PsiError> {
+        if !peer_dups {
+            return Ok(vec![1u32; n]);
+        }
+        let c = wire::get_u32s(&wire::recv(chan, tag, "the peer's counts")?, "counts")?;
+        if c.len() != n {
+            return Err(PsiError::peer("count list of the wrong length"));
+        }
+        Ok(c)
+    };
+    let counts_of =
+        |m: &[(u32, u32)]| -> Vec<u32> { m.iter().map(|&(i, _)| my_counts[i as usize]).collect() };
     match native {
         Some(mut m) => {
             if !self_learns {
@@ -457,50 +469,24 @@ fn exchange_counts(
                 let pos: Vec<u32> = m.iter().map(|&(_, j)| j).collect();
                 wire::put_u32s(&mut msg, &pos);
                 if my_dups {
-                    let c: Vec<u32> = m.iter().map(|&(i, _)| my_counts[i as usize]).collect();
-                    wire::put_u32s(&mut msg, &c);
+                    wire::put_u32s(&mut msg, &counts_of(&m));
                 }
                 wire::send(chan, FORWARD, &msg)?;
-                let pc = if peer_dups {
-                    wire::get_u32s(&wire::recv(chan, COUNTS, "the peer's counts")?, "counts")?
-                } else {
-                    ones(m.len())
-                };
-                if pc.len() != m.len() {
-                    return Err(PsiError::peer("count list of the wrong length"));
-                }
+                let pc = recv_counts(COUNTS, m.len())?;
                 Ok(Some(m.iter().zip(pc).map(|(&(i, _), c)| (i, c)).collect()))
             } else if peer_learns {
                 // both have the result: swap counts, each ordered by the receiver's positions
                 m.sort_unstable_by_key(|&(_, j)| j);
                 if my_dups {
-                    let c: Vec<u32> = m.iter().map(|&(i, _)| my_counts[i as usize]).collect();
                     let mut msg = Vec::new();
-                    wire::put_u32s(&mut msg, &c);
+                    wire::put_u32s(&mut msg, &counts_of(&m));
                     wire::send(chan, COUNTS, &msg)?;
                 }
                 m.sort_unstable_by_key(|&(i, _)| i);
-                let pc = if peer_dups {
-                    wire::get_u32s(&wire::recv(chan, COUNTS, "the peer's counts")?, "counts")?
-                } else {
-                    ones(m.len())
-                };
-                if pc.len() != m.len() {
-                    return Err(PsiError::peer("count list of the wrong length"));
-                }
+                let pc = recv_counts(COUNTS, m.len())?;
                 Ok(Some(m.iter().zip(pc).map(|(&(i, _), c)| (i, c)).collect()))
             } else {
-                let all = if peer_dups {
-                    wire::get_u32s(
-                        &wire::recv(chan, ALL_COUNTS, "the peer's counts")?,
-                        "counts",
-                    )?
-                } else {
-                    ones(peer_len)
-                };
-                if all.len() != peer_len {
-                    return Err(PsiError::peer("count list of the wrong length"));
-                }
+                let all = recv_counts(ALL_COUNTS, peer_len)?;
                 Ok(Some(m.iter().map(|&(i, j)| (i, all[j as usize])).collect()))
             }
         }
