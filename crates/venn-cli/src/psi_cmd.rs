@@ -87,7 +87,7 @@ pub(crate) struct PsiArgs {
     #[arg(long, value_name = "DIR")]
     tmp_dir: Option<PathBuf>,
     /// Memory for rows before they are bucketed on disk (e.g. 2GiB).
-    #[arg(long, default_value = "4GiB", value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, default_value = "6GiB", value_name = "SIZE", value_parser = parse_size)]
     memory_budget: u64,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]

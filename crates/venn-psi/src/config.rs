@@ -110,7 +110,7 @@ impl PsiConfig {
             left: Side::SelfSide,
             null_rep: "NULL".into(),
             tmp_dir: std::env::temp_dir(),
-            memory_budget: 4 << 30,
+            memory_budget: 6 << 30,
             skip_empty_keys: false,
             normalize: Normalize::default(),
             leader,
