@@ -311,39 +311,58 @@ struct Grouped {
 }
 
 impl Grouped {
+    /// Groups equal items, rows of a group in file order. The groups come
+    /// out in no meaningful order (they are shuffled next).
+    ///
+    /// Radix partitioning first: (item, row) pairs are scattered into
+    /// partitions by the top bits of `mix(item)` in one sequential pass, then
+    /// each partition — small enough for the cache — is sorted on its own,
+    /// in parallel. No step reads memory at random, which is what a global
+    /// sort of millions of entries followed by a gather would do.
     fn new(rows: &Rows, idx: Vec<u32>) -> Self {
-        // Equal items must end up adjacent, in file order; any order of the
-        // groups will do (they are shuffled next). Sorting 16-byte
-        // (mix(item), row) pairs by value is much faster than sorting by the
-        // 128-bit item through an index.
-        let mut pairs: Vec<(u64, u32)> = idx
-            .into_par_iter()
-            .map(|i| (mix(rows.items[i as usize]), i))
-            .collect();
-        pairs.par_sort_unstable();
-        // Different items with the same 64-bit mix (about 2^-24 likely at 2^20
-        // rows) could interleave: order every run of equal mixes by item.
-        let mut i = 0;
-        while i < pairs.len() {
-            let mut j = i + 1;
-            while j < pairs.len() && pairs[j].0 == pairs[i].0 {
-                j += 1;
+        let n = idx.len();
+        let bits = ((n as f64 / 8192.0).log2().ceil().max(0.0) as u32).min(16);
+        let parts = 1usize << bits;
+        let part_of = |it: Item| {
+            if bits == 0 {
+                0
+            } else {
+                (mix(it) >> (64 - bits)) as usize
             }
-            if j - i > 1 {
-                pairs[i..j].sort_unstable_by_key(|&(_, r)| (rows.items[r as usize], r));
-            }
-            i = j;
+        };
+        let mut counts = vec![0usize; parts + 1];
+        for &i in &idx {
+            counts[part_of(rows.items[i as usize]) + 1] += 1;
         }
+        for p in 0..parts {
+            counts[p + 1] += counts[p];
+        }
+        let bounds = counts.clone();
+        let mut pairs: Vec<(Item, u32)> = vec![(0, 0); n];
+        for &i in &idx {
+            let it = rows.items[i as usize];
+            let p = part_of(it);
+            pairs[counts[p]] = (it, i);
+            counts[p] += 1;
+        }
+        drop(idx);
+        let mut slices: Vec<&mut [(Item, u32)]> = Vec::with_capacity(parts);
+        let mut rest = pairs.as_mut_slice();
+        for p in 0..parts {
+            let (head, tail) = rest.split_at_mut(bounds[p + 1] - bounds[p]);
+            slices.push(head);
+            rest = tail;
+        }
+        slices.into_par_iter().for_each(|s| s.sort_unstable());
         let mut starts = Vec::new();
         let mut unique = Vec::new();
-        for (p, &(_, r)) in pairs.iter().enumerate() {
-            let it = rows.items[r as usize];
+        for (p, &(it, _)) in pairs.iter().enumerate() {
             if unique.last() != Some(&it) {
                 unique.push(it);
                 starts.push(p as u32);
             }
         }
-        starts.push(pairs.len() as u32);
+        starts.push(n as u32);
         Grouped {
             order: pairs.into_iter().map(|(_, r)| r).collect(),
             starts,
