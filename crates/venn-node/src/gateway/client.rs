@@ -1,0 +1,132 @@
+//! Outbound calls from this node's gateway to a partner's gateway.
+//!
+//! Every call walks the same steps — DNS, TCP, TLS, HTTP — with a time limit on each, and a
+//! failure is reported as the [`Step`] that failed. That is what makes route status explainable
+//! (`venn route list` shows `DNS`, `TCP`, `TLS`, `NotAuthorized`, ...), instead of Kuscia's
+//! generic "DestinationUnreachable".
+//!
+//! Control calls are small JSON POSTs over HTTP/1.1 on a fresh mutual-TLS connection: they are
+//! rare (a heartbeat every 15 s, onboarding, grants), so connection reuse would buy nothing and
+//! a fresh connection re-checks DNS and the peer's certificate each time. Task links (next issue)
+//! will use long-lived HTTP/2 streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::Endpoint;
+
+/// Largest response body accepted from a partner.
+const MAX_RESPONSE: usize = 4 << 20;
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The step of a partner call that failed, with details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Step {
+    /// The host name did not resolve.
+    #[error("DNS: {0}")]
+    Dns(String),
+    /// No TCP connection.
+    #[error("TCP: {0}")]
+    Tcp(String),
+    /// The TLS handshake failed (wrong CA, wrong domain in the certificate, not TLS).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The partner answered 401: it does not (or no longer) trust this node.
+    #[error("NotAuthorized: the partner refused this node's certificate (is this node added there?)")]
+    NotAuthorized,
+    /// HTTP-level failure or an unexpected answer.
+    #[error("PeerError: {0}")]
+    Peer(String),
+}
+
+impl Step {
+    /// The short reason shown in route status.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Step::Dns(_) => "DNS",
+            Step::Tcp(_) => "TCP",
+            Step::Tls(_) => "TLS",
+            Step::NotAuthorized => "NotAuthorized",
+            Step::Peer(_) => "PeerError",
+        }
+    }
+}
+
+/// POSTs `body` as JSON to `path` on the gateway at `endpoint`, verifying the server as
+/// `server_name` with `tls`; returns the HTTP status and the parsed JSON answer.
+pub async fn post_json(
+    tls: Arc<rustls::ClientConfig>,
+    endpoint: &Endpoint,
+    server_name: &str,
+    self_domain: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(u16, Value), Step> {
+    let addrs: Vec<_> = timeout(
+        STEP_TIMEOUT,
+        tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)),
+    )
+    .await
+    .map_err(|_| Step::Dns(format!("resolving {} timed out", endpoint.host)))?
+    .map_err(|e| Step::Dns(format!("{}: {e}", endpoint.host)))?
+    .collect();
+    if addrs.is_empty() {
+        return Err(Step::Dns(format!("{} has no address", endpoint.host)));
+    }
+    let tcp = timeout(STEP_TIMEOUT, TcpStream::connect(&addrs[..]))
+        .await
+        .map_err(|_| Step::Tcp(format!("connecting to {}:{} timed out", endpoint.host, endpoint.port)))?
+        .map_err(|e| Step::Tcp(format!("{}:{}: {e}", endpoint.host, endpoint.port)))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| Step::Tls(format!("bad server name {server_name:?}: {e}")))?;
+    let stream = timeout(
+        STEP_TIMEOUT,
+        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| Step::Tls("handshake timed out".into()))?
+    .map_err(|e| Step::Tls(e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Step::Peer(format!("HTTP: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let bytes = serde_json::to_vec(body).map_err(|e| Step::Peer(e.to_string()))?;
+    let req = Request::post(path)
+        .header(hyper::header::HOST, server_name)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header("venn-source", self_domain)
+        .body(Full::new(Bytes::from(bytes)))
+        .map_err(|e| Step::Peer(e.to_string()))?;
+    let resp = timeout(STEP_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| Step::Peer("no answer in time".into()))?
+        .map_err(|e| Step::Peer(format!("HTTP: {e}")))?;
+    let status = resp.status().as_u16();
+    let body = timeout(STEP_TIMEOUT, Limited::new(resp.into_body(), MAX_RESPONSE).collect())
+        .await
+        .map_err(|_| Step::Peer("answer body timed out".into()))?
+        .map_err(|e| Step::Peer(format!("answer body: {e}")))?
+        .to_bytes();
+    if status == 401 {
+        return Err(Step::NotAuthorized);
+    }
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|_| Step::Peer(format!("HTTP {status}: answer is not JSON")))?
+    };
+    Ok((status, value))
+}
