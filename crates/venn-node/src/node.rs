@@ -34,6 +34,13 @@ pub struct Node {
 pub fn prepare_data_dir(config: &Config) -> Result<Identity> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir.join("data")).map_err(|e| NodeError::io(dir.join("data"), e))?;
+    // The data dir holds keys, the token and the database: owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| NodeError::io(dir, e))?;
+    }
     let identity = Identity::load_or_create(dir, &config.domain_id, &config.endpoint()?)?;
     trust::ensure_token(&config.token_path())?;
     Ok(identity)

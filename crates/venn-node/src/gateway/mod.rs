@@ -26,8 +26,10 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use axum::middleware::{self, Next};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -151,16 +153,35 @@ async fn revoke(
     Ok(Json(json!({ "revoked": true })))
 }
 
-async fn fallback(req: Request) -> Response {
-    let authed = req
-        .extensions()
-        .get::<Caller>()
-        .is_some_and(|c| c.domain.is_some());
-    if authed {
-        (StatusCode::NOT_FOUND, Json(json!({"reason": "not found"}))).into_response()
-    } else {
-        Unauthorized.into_response()
+/// Reads and discards up to 64 KiB of a request body (bounded in time), so that an early
+/// answer is not followed by a stream reset that some HTTP/2 clients report instead of it.
+async fn drain(req: Request) {
+    let body = http_body_util::Limited::new(req.into_body(), 64 << 10);
+    let _ = tokio::time::timeout(Duration::from_secs(2), body.collect()).await;
+}
+
+/// Whether the caller is an authenticated partner whose `venn-source` header (if any) agrees.
+fn authenticated(req: &Request) -> bool {
+    let Some(domain) = req.extensions().get::<Caller>().and_then(|c| c.domain.as_deref()) else {
+        return false;
+    };
+    req.headers()
+        .get("venn-source")
+        .is_none_or(|claimed| claimed.as_bytes() == domain.as_bytes())
+}
+
+/// The gate in front of every route: strangers get 401 (except on the join path).
+async fn gate(req: Request, next: Next) -> Response {
+    if authenticated(&req) || req.uri().path() == "/venn/v1/join" {
+        return next.run(req).await;
     }
+    drain(req).await;
+    Unauthorized.into_response()
+}
+
+async fn fallback(req: Request) -> Response {
+    drain(req).await;
+    (StatusCode::NOT_FOUND, Json(json!({"reason": "not found"}))).into_response()
 }
 
 /// The gateway's routes.
@@ -171,6 +192,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/venn/v1/grant", post(grant))
         .route("/venn/v1/grant/revoke", post(revoke))
         .fallback(fallback)
+        .layer(middleware::from_fn(gate))
         .layer(Extension(state))
 }
 
