@@ -49,6 +49,16 @@ pub enum Step {
 }
 
 impl Step {
+    /// The details without the step name.
+    pub fn detail(&self) -> String {
+        match self {
+            Step::Dns(m) | Step::Tcp(m) | Step::Tls(m) | Step::Peer(m) => m.clone(),
+            Step::NotAuthorized => {
+                "the partner refused this node's certificate (is this node added there?)".into()
+            }
+        }
+    }
+
     /// The short reason shown in route status.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -105,7 +105,7 @@ async fn beat(state: &SharedState, peer: &str, host: &str) -> Result<(), (String
         &json!({ "time": sent }),
     )
     .await
-    .map_err(|s: Step| (s.reason().to_owned(), s.to_string()))?;
+    .map_err(|s: Step| (s.reason().to_owned(), s.detail()))?;
     if status != 200 {
         return Err(("PeerError".into(), format!("heartbeat answered HTTP {status}")));
     }
