@@ -48,7 +48,9 @@ pub(crate) enum Output {
 
 /// `venn init` arguments.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  venn init --mode autonomy --domain alice --endpoint https://alice.example:1080 > alice.yaml\n  venn start -c alice.yaml")]
+#[command(
+    after_help = "Example:\n  venn init --mode autonomy --domain alice --endpoint https://alice.example:1080 > alice.yaml\n  venn start -c alice.yaml"
+)]
 pub(crate) struct InitArgs {
     /// Network mode (only autonomy, peer-to-peer, is implemented).
     #[arg(long, value_enum, default_value = "autonomy")]
@@ -89,7 +91,9 @@ pub(crate) enum InitMode {
 
 /// `venn start` arguments.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  venn start -c alice.yaml\n  venn start            # embedded defaults, data in ./venn-data")]
+#[command(
+    after_help = "Examples:\n  venn start -c alice.yaml\n  venn start            # embedded defaults, data in ./venn-data"
+)]
 pub(crate) struct StartArgs {
     #[command(flatten)]
     pub(crate) config: ConfigArg,
@@ -102,7 +106,9 @@ pub(crate) enum TokenCommand {
     #[command(after_help = "Example:\n  venn token rotate -c alice.yaml")]
     Rotate(ConfigArg),
     /// Print the path of the token file (the token itself is never printed).
-    #[command(after_help = "Example:\n  curl -H \"Token: $(cat $(venn token path -c alice.yaml))\" -X POST http://127.0.0.1:8082/api/v1/route/list")]
+    #[command(
+        after_help = "Example:\n  curl -H \"Token: $(cat $(venn token path -c alice.yaml))\" -X POST http://127.0.0.1:8082/api/v1/route/list"
+    )]
     Path(ConfigArg),
 }
 
@@ -110,7 +116,9 @@ pub(crate) enum TokenCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum PeerCommand {
     /// Print a one-time invitation for a partner (expires after --ttl-hours, single use).
-    #[command(after_help = "Example:\n  alice$ venn peer invite bob -c alice.yaml\n  bob$   venn peer join venn-invite-... -c bob.yaml")]
+    #[command(
+        after_help = "Example:\n  alice$ venn peer invite bob -c alice.yaml\n  bob$   venn peer join venn-invite-... -c bob.yaml"
+    )]
     Invite {
         /// The partner's domain ID.
         peer: String,
@@ -129,7 +137,9 @@ pub(crate) enum PeerCommand {
         config: ConfigArg,
     },
     /// Write this node's CA certificate and endpoint to a file, for `venn peer add` at a partner.
-    #[command(after_help = "Example:\n  venn peer export -c alice.yaml            # writes alice.crt\n  bob$ venn peer add alice --cert alice.crt --endpoint https://alice.example:1080")]
+    #[command(
+        after_help = "Example:\n  venn peer export -c alice.yaml            # writes alice.crt\n  bob$ venn peer add alice --cert alice.crt --endpoint https://alice.example:1080"
+    )]
     Export {
         /// Output file (default: <domain>.crt).
         #[arg(short = 'f', long)]
@@ -138,7 +148,9 @@ pub(crate) enum PeerCommand {
         config: ConfigArg,
     },
     /// Add a partner from its exported CA certificate (file path, no network needed).
-    #[command(after_help = "Example:\n  venn peer add bob --cert bob.crt --endpoint https://bob.example:1080 -c alice.yaml")]
+    #[command(
+        after_help = "Example:\n  venn peer add bob --cert bob.crt --endpoint https://bob.example:1080 -c alice.yaml"
+    )]
     Add {
         /// The partner's domain ID.
         peer: String,
@@ -205,7 +217,9 @@ pub(crate) enum DataCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum GrantCommand {
     /// Grant a DomainData to a partner (signed and delivered to the partner's node).
-    #[command(after_help = "Example:\n  venn grant create alice-table --to bob --use-count 10 -c alice.yaml")]
+    #[command(
+        after_help = "Example:\n  venn grant create alice-table --to bob --use-count 10 -c alice.yaml"
+    )]
     Create {
         /// The DomainData ID.
         domaindata: String,
@@ -222,7 +236,9 @@ pub(crate) enum GrantCommand {
         config: ConfigArg,
     },
     /// List grants this node made, or (--received) those partners made to it.
-    #[command(after_help = "Examples:\n  venn grant list -c alice.yaml\n  venn grant list --received -c bob.yaml")]
+    #[command(
+        after_help = "Examples:\n  venn grant list -c alice.yaml\n  venn grant list --received -c bob.yaml"
+    )]
     List {
         /// Only grants made to this node.
         #[arg(long)]
@@ -275,7 +291,9 @@ pub(crate) fn run(cmd: NodeCommand) -> Result<()> {
         NodeCommand::Start(a) => start(a),
         NodeCommand::Token { command } => token(command),
         other => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(online(other))
         }
     }
@@ -330,7 +348,10 @@ fn token(cmd: TokenCommand) -> Result<()> {
             let cfg = c.load()?;
             let path = cfg.token_path();
             if !cfg.data_dir.exists() {
-                bail!("data dir {} does not exist; run `venn start` once first", cfg.data_dir.display());
+                bail!(
+                    "data dir {} does not exist; run `venn start` once first",
+                    cfg.data_dir.display()
+                );
             }
             venn_node::trust::rotate_token(&path)?;
             println!("token rotated; new token in {}", path.display());
@@ -376,7 +397,12 @@ fn s(v: &Value, ptr: &str) -> String {
 }
 
 /// Fetches every page of a list call.
-async fn list_all(client: &LocalClient, path: &str, mut body: Value, key: &str) -> Result<Vec<Value>> {
+async fn list_all(
+    client: &LocalClient,
+    path: &str,
+    mut body: Value,
+    key: &str,
+) -> Result<Vec<Value>> {
     let mut all = Vec::new();
     loop {
         let data = client.post(path, &body).await?;
@@ -397,7 +423,8 @@ async fn online(cmd: NodeCommand) -> Result<()> {
         NodeCommand::Route {
             command: RouteCommand::List { output, config },
         } => {
-            let routes = list_all(&config.client()?, "/api/v1/route/list", json!({}), "routes").await?;
+            let routes =
+                list_all(&config.client()?, "/api/v1/route/list", json!({}), "routes").await?;
             if output == Output::Json {
                 return print_json(&json!(routes));
             }
@@ -410,12 +437,28 @@ async fn online(cmd: NodeCommand) -> Result<()> {
                         s(r, "/destination"),
                         s(r, "/host"),
                         s(r, "/authentication_type"),
-                        if r.pointer("/status/ready") == Some(&json!(true)) { "True" } else { "False" }.into(),
+                        if r.pointer("/status/ready") == Some(&json!(true)) {
+                            "True"
+                        } else {
+                            "False"
+                        }
+                        .into(),
                         reason_text(r),
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "SOURCE", "DESTINATION", "HOST", "AUTHENTICATION", "READY", "REASON"], &rows);
+            print_table(
+                &[
+                    "NAME",
+                    "SOURCE",
+                    "DESTINATION",
+                    "HOST",
+                    "AUTHENTICATION",
+                    "READY",
+                    "REASON",
+                ],
+                &rows,
+            );
             Ok(())
         }
         NodeCommand::Data { command } => data(command).await,
@@ -429,15 +472,26 @@ async fn online(cmd: NodeCommand) -> Result<()> {
 fn reason_text(r: &Value) -> String {
     let reason = s(r, "/status/reason");
     let msg = s(r, "/status/message");
-    if msg.is_empty() { reason } else { format!("{reason}: {msg}") }
+    if msg.is_empty() {
+        reason
+    } else {
+        format!("{reason}: {msg}")
+    }
 }
 
 async fn peer(cmd: PeerCommand) -> Result<()> {
     match cmd {
-        PeerCommand::Invite { peer, ttl_hours, config } => {
+        PeerCommand::Invite {
+            peer,
+            ttl_hours,
+            config,
+        } => {
             let d = config
                 .client()?
-                .post("/api/v1/peer/invite", &json!({"peer": peer, "ttl_seconds": ttl_hours * 3600}))
+                .post(
+                    "/api/v1/peer/invite",
+                    &json!({"peer": peer, "ttl_seconds": ttl_hours * 3600}),
+                )
                 .await?;
             eprintln!(
                 "One-time invitation for {peer} (single use, expires in {ttl_hours} h). On {peer}'s node run:\n"
@@ -458,7 +512,10 @@ async fn peer(cmd: PeerCommand) -> Result<()> {
             Ok(())
         }
         PeerCommand::Export { file, config } => {
-            let d = config.client()?.post("/api/v1/peer/export", &json!({})).await?;
+            let d = config
+                .client()?
+                .post("/api/v1/peer/export", &json!({}))
+                .await?;
             let domain = s(&d, "/domain_id");
             let path = file.unwrap_or_else(|| PathBuf::from(format!("{domain}.crt")));
             let text = format!(
@@ -476,21 +533,44 @@ async fn peer(cmd: PeerCommand) -> Result<()> {
             );
             Ok(())
         }
-        PeerCommand::Add { peer, cert, endpoint, config } => {
-            let pem = std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
-            let endpoint = if endpoint.is_empty() { endpoint_from_file(&pem).unwrap_or_default() } else { endpoint };
+        PeerCommand::Add {
+            peer,
+            cert,
+            endpoint,
+            config,
+        } => {
+            let pem = std::fs::read_to_string(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?;
+            let endpoint = if endpoint.is_empty() {
+                endpoint_from_file(&pem).unwrap_or_default()
+            } else {
+                endpoint
+            };
             if !endpoint.is_empty() {
                 Endpoint::parse(&endpoint).map_err(|e| anyhow::anyhow!("--endpoint: {e}"))?;
             }
             let d = config
                 .client()?
-                .post("/api/v1/peer/add", &json!({"domain_id": peer, "ca_cert": pem, "endpoint": endpoint}))
+                .post(
+                    "/api/v1/peer/add",
+                    &json!({"domain_id": peer, "ca_cert": pem, "endpoint": endpoint}),
+                )
                 .await?;
-            println!("added partner {} (CA sha256 {})", s(&d, "/domain_id"), s(&d, "/ca_sha256"));
+            println!(
+                "added partner {} (CA sha256 {})",
+                s(&d, "/domain_id"),
+                s(&d, "/ca_sha256")
+            );
             Ok(())
         }
         PeerCommand::List { output, config } => {
-            let domains = list_all(&config.client()?, "/api/v1/domain/list", json!({}), "domains").await?;
+            let domains = list_all(
+                &config.client()?,
+                "/api/v1/domain/list",
+                json!({}),
+                "domains",
+            )
+            .await?;
             if output == Output::Json {
                 return print_json(&json!(domains));
             }
@@ -499,7 +579,11 @@ async fn peer(cmd: PeerCommand) -> Result<()> {
                 .map(|d| {
                     vec![
                         s(d, "/domain_id"),
-                        if d.get("is_self") == Some(&json!(true)) { "self".into() } else { "partner".into() },
+                        if d.get("is_self") == Some(&json!(true)) {
+                            "self".into()
+                        } else {
+                            "partner".into()
+                        },
                         s(d, "/endpoint"),
                         s(d, "/ca_sha256"),
                     ]
@@ -520,7 +604,12 @@ fn endpoint_from_file(text: &str) -> Option<String> {
 
 async fn data(cmd: DataCommand) -> Result<()> {
     match cmd {
-        DataCommand::Upload { file, id, name, config } => {
+        DataCommand::Upload {
+            file,
+            id,
+            name,
+            config,
+        } => {
             let name = match name {
                 Some(n) => n,
                 None => file_name(&file)?,
@@ -539,14 +628,23 @@ async fn data(cmd: DataCommand) -> Result<()> {
             Ok(())
         }
         DataCommand::List { output, config } => {
-            let items = list_all(&config.client()?, "/api/v1/domaindata/list", json!({}), "domaindata_list").await?;
+            let items = list_all(
+                &config.client()?,
+                "/api/v1/domaindata/list",
+                json!({}),
+                "domaindata_list",
+            )
+            .await?;
             if output == Output::Json {
                 return print_json(&json!(items));
             }
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|d| {
-                    let ncol = d.get("columns").and_then(Value::as_array).map_or(0, Vec::len);
+                    let ncol = d
+                        .get("columns")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len);
                     vec![
                         s(d, "/domaindata_id"),
                         s(d, "/type"),
@@ -556,7 +654,16 @@ async fn data(cmd: DataCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["DOMAINDATA", "TYPE", "DATASOURCE", "RELATIVE_URI", "COLUMNS"], &rows);
+            print_table(
+                &[
+                    "DOMAINDATA",
+                    "TYPE",
+                    "DATASOURCE",
+                    "RELATIVE_URI",
+                    "COLUMNS",
+                ],
+                &rows,
+            );
             Ok(())
         }
     }
@@ -570,7 +677,13 @@ fn file_name(p: &Path) -> Result<String> {
 
 async fn grant(cmd: GrantCommand) -> Result<()> {
     match cmd {
-        GrantCommand::Create { domaindata, to, expires_hours, use_count, config } => {
+        GrantCommand::Create {
+            domaindata,
+            to,
+            expires_hours,
+            use_count,
+            config,
+        } => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -588,11 +701,19 @@ async fn grant(cmd: GrantCommand) -> Result<()> {
             println!(
                 "grant {} created{}",
                 s(&d, "/domaindatagrant_id"),
-                if delivered { format!(" and delivered to {to}") } else { format!("; {to} is not reachable now, delivery will be retried") }
+                if delivered {
+                    format!(" and delivered to {to}")
+                } else {
+                    format!("; {to} is not reachable now, delivery will be retried")
+                }
             );
             Ok(())
         }
-        GrantCommand::List { received, output, config } => {
+        GrantCommand::List {
+            received,
+            output,
+            config,
+        } => {
             let cfg = config.load()?;
             let client = LocalClient::new(&cfg)?;
             let filter = if received {
@@ -600,7 +721,13 @@ async fn grant(cmd: GrantCommand) -> Result<()> {
             } else {
                 json!({"domain_id": cfg.domain_id})
             };
-            let items = list_all(&client, "/api/v1/domaindatagrant/list", filter, "domaindatagrant_list").await?;
+            let items = list_all(
+                &client,
+                "/api/v1/domaindatagrant/list",
+                filter,
+                "domaindatagrant_list",
+            )
+            .await?;
             if output == Output::Json {
                 return print_json(&json!(items));
             }
@@ -617,7 +744,10 @@ async fn grant(cmd: GrantCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["GRANT", "FROM", "TO", "DOMAINDATA", "PHASE", "DELIVERED"], &rows);
+            print_table(
+                &["GRANT", "FROM", "TO", "DOMAINDATA", "PHASE", "DELIVERED"],
+                &rows,
+            );
             Ok(())
         }
     }

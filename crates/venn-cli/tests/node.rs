@@ -144,7 +144,10 @@ impl Node {
     }
 
     fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("token")).unwrap().trim().to_owned()
+        std::fs::read_to_string(self.data_dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -169,7 +172,8 @@ impl Node {
     /// POST to the API with the `Token` header; returns status and JSON.
     fn api(&self, path: &str, body: &str) -> (u16, Value) {
         let token = self.token();
-        let (status, text) = http(self.api, "POST", path, &[("Token", &token)], body).expect("API call");
+        let (status, text) =
+            http(self.api, "POST", path, &[("Token", &token)], body).expect("API call");
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
@@ -191,13 +195,18 @@ impl Node {
             if r["status"]["ready"] == json!(ready) {
                 return r;
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "route {name} at {}: {r}", self.name);
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "route {name} at {}: {r}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -207,13 +216,25 @@ impl Node {
 }
 
 /// A minimal HTTP/1.1 client (one request per connection).
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     exchange(&mut s, method, path, headers, body)
 }
 
-fn exchange(s: &mut impl ReadWrite, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+fn exchange(
+    s: &mut impl ReadWrite,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -232,7 +253,10 @@ fn exchange(s: &mut impl ReadWrite, method: &str, path: &str, headers: &[(&str, 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -288,11 +312,20 @@ fn identity_of(data_dir: &Path) -> ClientId {
     let leaf = CertificateDer::from_pem_file(data_dir.join("keys/gateway.crt")).unwrap();
     let ca = CertificateDer::from_pem_file(data_dir.join("keys/ca.crt")).unwrap();
     let key = PrivateKeyDer::from_pem_file(data_dir.join("keys/gateway.key")).unwrap();
-    ClientId { chain: vec![leaf, ca], key }
+    ClientId {
+        chain: vec![leaf, ca],
+        key,
+    }
 }
 
 /// A request to the gateway over TLS, optionally with a client certificate.
-fn gateway_call(addr: SocketAddr, id: Option<&ClientId>, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+fn gateway_call(
+    addr: SocketAddr,
+    id: Option<&ClientId>,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -300,10 +333,14 @@ fn gateway_call(addr: SocketAddr, id: Option<&ClientId>, path: &str, headers: &[
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
     let cfg = match id {
-        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key()).unwrap(),
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .unwrap(),
         None => builder.with_no_client_auth(),
     };
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("gateway").unwrap()).unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("gateway").unwrap())
+            .unwrap();
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -313,7 +350,11 @@ fn gateway_call(addr: SocketAddr, id: Option<&ClientId>, path: &str, headers: &[
 fn assert_unauthorized((status, body): (u16, String)) {
     assert_eq!(status, 401, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v, json!({"reason": "unauthorized"}), "401 body must carry the reason only");
+    assert_eq!(
+        v,
+        json!({"reason": "unauthorized"}),
+        "401 body must carry the reason only"
+    );
 }
 
 // === tests ===
@@ -321,39 +362,89 @@ fn assert_unauthorized((status, body): (u16, String)) {
 #[test]
 fn init_validates_every_field() {
     let out = venn()
-        .args(["init", "--domain", "kube-system", "--endpoint", "http://alice:1080", "--gateway-listen", "x"])
+        .args([
+            "init",
+            "--domain",
+            "kube-system",
+            "--endpoint",
+            "http://alice:1080",
+            "--gateway-listen",
+            "x",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    for field in ["domain_id:", "reserved", "endpoint:", "https://", "gateway.listen:"] {
+    for field in [
+        "domain_id:",
+        "reserved",
+        "endpoint:",
+        "https://",
+        "gateway.listen:",
+    ] {
         assert!(err.contains(field), "missing {field:?} in: {err}");
     }
     for bad in ["Alice", "a_b", "-a", "default", "master", "cross-domain"] {
-        let out = venn().args(["init", "--domain", bad, "--endpoint", "https://a:1"]).output().unwrap();
+        let out = venn()
+            .args(["init", "--domain", bad, "--endpoint", "https://a:1"])
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{bad} accepted");
     }
-    let yaml = run_ok(venn().args(["init", "--mode", "autonomy", "--domain", "alice", "--endpoint", "https://alice.example:1080"]));
-    assert!(yaml.contains("domain_id: alice") && yaml.contains("0.0.0.0:1080") && yaml.contains("127.0.0.1:8082"));
+    let yaml = run_ok(venn().args([
+        "init",
+        "--mode",
+        "autonomy",
+        "--domain",
+        "alice",
+        "--endpoint",
+        "https://alice.example:1080",
+    ]));
+    assert!(
+        yaml.contains("domain_id: alice")
+            && yaml.contains("0.0.0.0:1080")
+            && yaml.contains("127.0.0.1:8082")
+    );
 }
 
 #[test]
 fn start_refuses_bad_config_files() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "mode: autonomy\ndomain_id: Alice\nendpoint: ftp://x\napi:\n  listen: nowhere\n").unwrap();
-    let out = venn().args(["start", "-c", bad.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &bad,
+        "mode: autonomy\ndomain_id: Alice\nendpoint: ftp://x\napi:\n  listen: nowhere\n",
+    )
+    .unwrap();
+    let out = venn()
+        .args(["start", "-c", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for field in ["domain_id:", "endpoint:", "api.listen:"] {
         assert!(err.contains(field), "missing {field:?} in: {err}");
     }
-    std::fs::write(&bad, "mode: autonomy\ndomain_id: alice\nendpoint: https://a:1\ngateway_port: 3\n").unwrap();
-    let out = venn().args(["start", "-c", bad.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &bad,
+        "mode: autonomy\ndomain_id: alice\nendpoint: https://a:1\ngateway_port: 3\n",
+    )
+    .unwrap();
+    let out = venn()
+        .args(["start", "-c", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("gateway_port"));
-    std::fs::write(&bad, "mode: lite\ndomain_id: alice\nendpoint: https://a:1\n").unwrap();
-    let out = venn().args(["start", "-c", bad.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &bad,
+        "mode: lite\ndomain_id: alice\nendpoint: https://a:1\n",
+    )
+    .unwrap();
+    let out = venn()
+        .args(["start", "-c", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("mode:"));
 }
 
@@ -376,11 +467,17 @@ fn two_nodes_on_loopback() {
     {
         use std::os::unix::fs::PermissionsExt;
         for f in ["token", "keys/ca.key", "keys/gateway.key"] {
-            let mode = std::fs::metadata(alice.data_dir.join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(alice.data_dir.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
     }
-    assert!(!alice.log_text().contains(&alice.token()), "token in the log");
+    assert!(
+        !alice.log_text().contains(&alice.token()),
+        "token in the log"
+    );
 
     // The reachability check of the seeds: no client certificate → 401, reason only.
     assert_unauthorized(gateway_call(alice.gateway, None, "/", &[], ""));
@@ -398,14 +495,30 @@ fn two_nodes_on_loopback() {
     bob.wait_route("alice-bob", true);
     let table = alice.cli_ok(&["route", "list"]);
     assert!(table.starts_with("NAME"), "{table}");
-    for col in ["SOURCE", "DESTINATION", "HOST", "AUTHENTICATION", "READY", "REASON"] {
+    for col in [
+        "SOURCE",
+        "DESTINATION",
+        "HOST",
+        "AUTHENTICATION",
+        "READY",
+        "REASON",
+    ] {
         assert!(table.contains(col), "{table}");
     }
-    assert!(table.contains("alice-bob") && table.contains("True"), "{table}");
+    assert!(
+        table.contains("alice-bob") && table.contains("True"),
+        "{table}"
+    );
 
     // 401 cases at the gateway.
     let bob_id = identity_of(&bob.data_dir);
-    let (status, _) = gateway_call(alice.gateway, Some(&bob_id), "/venn/v1/heartbeat", &[], "{}");
+    let (status, _) = gateway_call(
+        alice.gateway,
+        Some(&bob_id),
+        "/venn/v1/heartbeat",
+        &[],
+        "{}",
+    );
     assert_eq!(status, 200, "bob's real certificate must be accepted");
     let strangers = dir.path().join("strangers");
     let carol_dir = strangers.join("carol");
@@ -414,13 +527,37 @@ fn two_nodes_on_loopback() {
     venn_node::trust::Identity::load_or_create(&carol_dir, "carol", &ep).unwrap();
     venn_node::trust::Identity::load_or_create(&fake_bob_dir, "bob", &ep).unwrap();
     // a certificate from an unknown CA
-    assert_unauthorized(gateway_call(alice.gateway, Some(&identity_of(&carol_dir)), "/venn/v1/heartbeat", &[], "{}"));
+    assert_unauthorized(gateway_call(
+        alice.gateway,
+        Some(&identity_of(&carol_dir)),
+        "/venn/v1/heartbeat",
+        &[],
+        "{}",
+    ));
     // a certificate naming bob, issued by a CA that is not bob's pinned CA
-    assert_unauthorized(gateway_call(alice.gateway, Some(&identity_of(&fake_bob_dir)), "/venn/v1/heartbeat", &[], "{}"));
+    assert_unauthorized(gateway_call(
+        alice.gateway,
+        Some(&identity_of(&fake_bob_dir)),
+        "/venn/v1/heartbeat",
+        &[],
+        "{}",
+    ));
     // bob's certificate while claiming to be another domain
-    assert_unauthorized(gateway_call(alice.gateway, Some(&bob_id), "/venn/v1/heartbeat", &[("venn-source", "carol")], "{}"));
+    assert_unauthorized(gateway_call(
+        alice.gateway,
+        Some(&bob_id),
+        "/venn/v1/heartbeat",
+        &[("venn-source", "carol")],
+        "{}",
+    ));
     // alice's own certificate (alice is not her own partner)
-    assert_unauthorized(gateway_call(alice.gateway, Some(&identity_of(&alice.data_dir)), "/venn/v1/heartbeat", &[], "{}"));
+    assert_unauthorized(gateway_call(
+        alice.gateway,
+        Some(&identity_of(&alice.data_dir)),
+        "/venn/v1/heartbeat",
+        &[],
+        "{}",
+    ));
     // a join with a forged secret
     assert_unauthorized(gateway_call(
         alice.gateway,
@@ -433,14 +570,34 @@ fn two_nodes_on_loopback() {
     // API authentication.
     let (s, v) = http(alice.api, "POST", "/api/v1/domaindata/list", &[], "{}").unwrap();
     assert_eq!(s, 401, "{v}");
-    let (s, _) = http(alice.api, "POST", "/api/v1/domaindata/list", &[("Token", "wrong")], "{}").unwrap();
+    let (s, _) = http(
+        alice.api,
+        "POST",
+        "/api/v1/domaindata/list",
+        &[("Token", "wrong")],
+        "{}",
+    )
+    .unwrap();
     assert_eq!(s, 401);
     let bearer = format!("Bearer {}", alice.token());
-    let (s, _) = http(alice.api, "POST", "/api/v1/domaindata/list", &[("Authorization", &bearer)], "{}").unwrap();
+    let (s, _) = http(
+        alice.api,
+        "POST",
+        "/api/v1/domaindata/list",
+        &[("Authorization", &bearer)],
+        "{}",
+    )
+    .unwrap();
     assert_eq!(s, 200);
 
     // Seed 003 bodies as written (only the URL and the token header changed).
-    std::fs::write(alice.data_dir.join("data/alice.csv"), format!("{SEED_HEADER}\n1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25\n")).unwrap();
+    std::fs::write(
+        alice.data_dir.join("data/alice.csv"),
+        format!(
+            "{SEED_HEADER}\n1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25\n"
+        ),
+    )
+    .unwrap();
     let d = alice.api_ok("/api/v1/domaindatasource/create", SEED_DATASOURCE);
     assert_eq!(d["datasource_id"], "default-data-source");
     let d = alice.api_ok("/api/v1/domaindata/create", SEED_DOMAINDATA);
@@ -448,9 +605,15 @@ fn two_nodes_on_loopback() {
     let d = alice.api_ok("/api/v1/domaindatagrant/create", SEED_GRANT);
     let grant_id = d["domaindatagrant_id"].as_str().unwrap().to_owned();
     assert_eq!(d["delivered"], true);
-    let q = alice.api_ok("/api/v1/domaindata/query", r#"{"domain_id":"alice","domaindata_id":"alice-table"}"#);
+    let q = alice.api_ok(
+        "/api/v1/domaindata/query",
+        r#"{"domain_id":"alice","domaindata_id":"alice-table"}"#,
+    );
     assert_eq!(q["columns"].as_array().unwrap().len(), 25);
-    let q = alice.api_ok("/api/v1/domaindata/query", r#"{"data":{"domain_id":"alice","domaindata_id":"alice-table"}}"#);
+    let q = alice.api_ok(
+        "/api/v1/domaindata/query",
+        r#"{"data":{"domain_id":"alice","domaindata_id":"alice-table"}}"#,
+    );
     assert_eq!(q["relative_uri"], "alice.csv");
 
     // The grant is at bob, signed by alice.
@@ -462,21 +625,45 @@ fn two_nodes_on_loopback() {
     assert_eq!(list[0]["domaindata_id"], "alice-table");
     assert!(!list[0]["signature"].as_str().unwrap().is_empty());
     let table = bob.cli_ok(&["grant", "list", "--received"]);
-    assert!(table.contains(&grant_id) && table.contains("alice-table"), "{table}");
+    assert!(
+        table.contains(&grant_id) && table.contains("alice-table"),
+        "{table}"
+    );
     // bob cannot delete alice's grant; alice's delete reaches bob
-    let (s, _) = bob.api("/api/v1/domaindatagrant/delete", &json!({"domaindatagrant_id": grant_id}).to_string());
+    let (s, _) = bob.api(
+        "/api/v1/domaindatagrant/delete",
+        &json!({"domaindatagrant_id": grant_id}).to_string(),
+    );
     assert_eq!(s, 400);
-    alice.api_ok("/api/v1/domaindatagrant/delete", &json!({"domaindatagrant_id": grant_id}).to_string());
+    alice.api_ok(
+        "/api/v1/domaindatagrant/delete",
+        &json!({"domaindatagrant_id": grant_id}).to_string(),
+    );
     let received = bob.api_ok("/api/v1/domaindatagrant/list", r#"{"grant_domain":"bob"}"#);
-    assert_eq!(received["domaindatagrant_list"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        received["domaindatagrant_list"].as_array().unwrap().len(),
+        0
+    );
 
     // Bad bodies: unknown field, wrong type, missing field — 400 naming the field.
     for (body, field) in [
-        (r#"{"domaindata_id":"x","type":"table","relative_uri":"alice.csv","colums":[]}"#, "colums"),
-        (r#"{"type":"table","relative_uri":"alice.csv","columns":[{"name":"id1","type":7}]}"#, "columns[0].type"),
-        (r#"{"type":"table","relative_uri":"alice.csv","columns":"id1"}"#, "columns"),
+        (
+            r#"{"domaindata_id":"x","type":"table","relative_uri":"alice.csv","colums":[]}"#,
+            "colums",
+        ),
+        (
+            r#"{"type":"table","relative_uri":"alice.csv","columns":[{"name":"id1","type":7}]}"#,
+            "columns[0].type",
+        ),
+        (
+            r#"{"type":"table","relative_uri":"alice.csv","columns":"id1"}"#,
+            "columns",
+        ),
         (r#"{"type":"table"}"#, "relative_uri"),
-        (r#"{"type":"table","relative_uri":"alice.csv","columns":[{"name":"nope","type":"str"}]}"#, "nope"),
+        (
+            r#"{"type":"table","relative_uri":"alice.csv","columns":[{"name":"nope","type":"str"}]}"#,
+            "nope",
+        ),
         (r#"{"type":"sheet","relative_uri":"alice.csv"}"#, "type"),
         (r#"not json"#, "body"),
     ] {
@@ -486,21 +673,49 @@ fn two_nodes_on_loopback() {
         assert!(msg.contains(field), "{body}: {msg}");
         assert_eq!(v["status"]["code"], 400);
     }
-    let (s, v) = alice.api("/api/v1/domaindatagrant/create", r#"{"domaindata_id":"alice-table","grant_domain":"bob","limit":{"use_count":"many"}}"#);
+    let (s, v) = alice.api(
+        "/api/v1/domaindatagrant/create",
+        r#"{"domaindata_id":"alice-table","grant_domain":"bob","limit":{"use_count":"many"}}"#,
+    );
     assert_eq!(s, 400);
-    assert!(v["status"]["message"].as_str().unwrap().starts_with("limit.use_count"), "{v}");
-    let (s, v) = alice.api("/api/v1/domaindatagrant/create", r#"{"domaindata_id":"alice-table","grant_domain":"mallory"}"#);
+    assert!(
+        v["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("limit.use_count"),
+        "{v}"
+    );
+    let (s, v) = alice.api(
+        "/api/v1/domaindatagrant/create",
+        r#"{"domaindata_id":"alice-table","grant_domain":"mallory"}"#,
+    );
     assert_eq!(s, 400, "{v}");
 
     // Path traversal and absolute paths are refused, also through a symlink.
     std::fs::write(dir.path().join("outside.csv"), "id1\n1\n").unwrap();
     #[cfg(unix)]
-    std::os::unix::fs::symlink(dir.path().join("outside.csv"), alice.data_dir.join("data/link.csv")).unwrap();
-    for uri in ["../outside.csv", "../../outside.csv", "a/../../outside.csv", "/etc/passwd", "link.csv"] {
+    std::os::unix::fs::symlink(
+        dir.path().join("outside.csv"),
+        alice.data_dir.join("data/link.csv"),
+    )
+    .unwrap();
+    for uri in [
+        "../outside.csv",
+        "../../outside.csv",
+        "a/../../outside.csv",
+        "/etc/passwd",
+        "link.csv",
+    ] {
         let body = json!({"type": "table", "relative_uri": uri, "columns": [{"name": "id1", "type": "str"}]});
         let (s, v) = alice.api("/api/v1/domaindata/create", &body.to_string());
         assert_eq!(s, 400, "{uri}: {v}");
-        assert!(v["status"]["message"].as_str().unwrap().starts_with("relative_uri"), "{uri}: {v}");
+        assert!(
+            v["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("relative_uri"),
+            "{uri}: {v}"
+        );
     }
 
     // Upload through the CLI; list paginates.
@@ -512,7 +727,10 @@ fn two_nodes_on_loopback() {
     assert_eq!(page["domaindata_list"].as_array().unwrap().len(), 1);
     let next = page["next_page_token"].as_str().unwrap().to_owned();
     assert!(!next.is_empty());
-    let page2 = alice.api_ok("/api/v1/domaindata/list", &json!({"page_size": 1, "page_token": next}).to_string());
+    let page2 = alice.api_ok(
+        "/api/v1/domaindata/list",
+        &json!({"page_size": 1, "page_token": next}).to_string(),
+    );
     assert_eq!(page2["domaindata_list"][0]["domaindata_id"], "up-table");
     assert_eq!(page2["next_page_token"], "");
     let doc = http(alice.api, "GET", "/api/v1/openapi.json", &[], "").unwrap();
@@ -521,7 +739,14 @@ fn two_nodes_on_loopback() {
     // Token rotation takes effect without a restart.
     let old = alice.token();
     alice.cli_ok(&["token", "rotate"]);
-    let (s, _) = http(alice.api, "POST", "/api/v1/route/list", &[("Token", &old)], "{}").unwrap();
+    let (s, _) = http(
+        alice.api,
+        "POST",
+        "/api/v1/route/list",
+        &[("Token", &old)],
+        "{}",
+    )
+    .unwrap();
     assert_eq!(s, 401);
     alice.api_ok("/api/v1/route/list", "{}");
 
@@ -548,7 +773,15 @@ fn file_based_onboarding() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("carol"));
     // one direction only: alice → carol is not authorised by carol yet
-    alice.cli_ok(&["peer", "add", "carol", "--cert", c_file.to_str().unwrap(), "--endpoint", &format!("https://{}", carol.gateway)]);
+    alice.cli_ok(&[
+        "peer",
+        "add",
+        "carol",
+        "--cert",
+        c_file.to_str().unwrap(),
+        "--endpoint",
+        &format!("https://{}", carol.gateway),
+    ]);
     let r = alice.wait_route("alice-carol", false);
     let t0 = Instant::now();
     let mut r = r;
@@ -562,7 +795,10 @@ fn file_based_onboarding() {
     alice.wait_route("alice-carol", true);
     carol.wait_route("carol-alice", true);
     let peers = alice.cli_ok(&["peer", "list"]);
-    assert!(peers.contains("carol") && peers.contains("partner"), "{peers}");
+    assert!(
+        peers.contains("carol") && peers.contains("partner"),
+        "{peers}"
+    );
 }
 
 /// Two nodes in separate network namespaces joined by a veth pair; only the gateway port
@@ -574,7 +810,10 @@ fn two_nodes_in_network_namespaces() {
         .unwrap_or_default()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    let ip_ok = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    let ip_ok = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !is_root || !ip_ok {
         println!("SKIPPED two_nodes_in_network_namespaces: needs root and the `ip` command");
         return;
@@ -590,14 +829,21 @@ fn two_nodes_in_network_namespaces() {
             }
         }
     }
-    let ip = |args: &[&str]| Command::new("ip").args(args).output().is_ok_and(|o| o.status.success());
+    let ip = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if !ip(&["netns", "add", &na]) {
         println!("SKIPPED two_nodes_in_network_namespaces: `ip netns add` is not permitted here");
         return;
     }
     let _cleanup = Cleanup(vec![na.clone(), nb.clone()]);
     assert!(ip(&["netns", "add", &nb]));
-    assert!(ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]));
+    assert!(ip(&[
+        "link", "add", &va, "type", "veth", "peer", "name", &vb
+    ]));
     assert!(ip(&["link", "set", &va, "netns", &na]));
     assert!(ip(&["link", "set", &vb, "netns", &nb]));
     for (ns, dev, addr) in [(&na, &va, "10.231.0.1/24"), (&nb, &vb, "10.231.0.2/24")] {
@@ -609,9 +855,15 @@ fn two_nodes_in_network_namespaces() {
     let mk = |name: &str, addr: &str| {
         let config = dir.path().join(format!("{name}.yaml"));
         let yaml = run_ok(venn().args([
-            "init", "--domain", name, "--endpoint", &format!("https://{addr}:1080"),
-            "--data-dir", dir.path().join(format!("{name}-data")).to_str().unwrap(),
-            "--heartbeat-seconds", "1",
+            "init",
+            "--domain",
+            name,
+            "--endpoint",
+            &format!("https://{addr}:1080"),
+            "--data-dir",
+            dir.path().join(format!("{name}-data")).to_str().unwrap(),
+            "--heartbeat-seconds",
+            "1",
         ]));
         std::fs::write(&config, yaml).unwrap();
         config
@@ -621,7 +873,15 @@ fn two_nodes_in_network_namespaces() {
     let start = |ns: &str, config: &Path, name: &str| {
         let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
         Command::new("ip")
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_venn"), "start", "-c", config.to_str().unwrap()])
+            .args([
+                "netns",
+                "exec",
+                ns,
+                env!("CARGO_BIN_EXE_venn"),
+                "start",
+                "-c",
+                config.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -638,7 +898,9 @@ fn two_nodes_in_network_namespaces() {
     let _b = Kill(start(&nb, &cb, "bob"));
     let in_ns = |ns: &str, config: &Path, args: &[&str]| -> Output {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_venn")]).args(args).args(["-c", config.to_str().unwrap()]);
+        cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_venn")])
+            .args(args)
+            .args(["-c", config.to_str().unwrap()]);
         cmd.output().unwrap()
     };
     // wait for both APIs
@@ -649,18 +911,31 @@ fn two_nodes_in_network_namespaces() {
         if a && b {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "nodes did not start in their namespaces");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "nodes did not start in their namespaces"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let inv = in_ns(&na, &ca, &["peer", "invite", "bob"]);
-    assert!(inv.status.success(), "{}", String::from_utf8_lossy(&inv.stderr));
+    assert!(
+        inv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inv.stderr)
+    );
     let inv = String::from_utf8_lossy(&inv.stdout).trim().to_owned();
     let join = in_ns(&nb, &cb, &["peer", "join", &inv]);
-    assert!(join.status.success(), "{}", String::from_utf8_lossy(&join.stderr));
+    assert!(
+        join.status.success(),
+        "{}",
+        String::from_utf8_lossy(&join.stderr)
+    );
     let t0 = Instant::now();
     loop {
-        let a = String::from_utf8_lossy(&in_ns(&na, &ca, &["route", "list", "-o", "json"]).stdout).into_owned();
-        let b = String::from_utf8_lossy(&in_ns(&nb, &cb, &["route", "list", "-o", "json"]).stdout).into_owned();
+        let a = String::from_utf8_lossy(&in_ns(&na, &ca, &["route", "list", "-o", "json"]).stdout)
+            .into_owned();
+        let b = String::from_utf8_lossy(&in_ns(&nb, &cb, &["route", "list", "-o", "json"]).stdout)
+            .into_owned();
         let ready = |s: &str| {
             serde_json::from_str::<Value>(s)
                 .ok()
@@ -670,14 +945,27 @@ fn two_nodes_in_network_namespaces() {
         if ready(&a) && ready(&b) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "routes not ready:\n{a}\n{b}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "routes not ready:\n{a}\n{b}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // only the gateway port answers across the veth: the API port is closed there
     let api_across = Command::new("ip")
-        .args(["netns", "exec", &nb, "bash", "-c", "exec 3<>/dev/tcp/10.231.0.1/8082"])
+        .args([
+            "netns",
+            "exec",
+            &nb,
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/10.231.0.1/8082",
+        ])
         .output()
         .unwrap();
-    assert!(!api_across.status.success(), "alice's API is reachable from bob's namespace");
+    assert!(
+        !api_across.status.success(),
+        "alice's API is reachable from bob's namespace"
+    );
     println!("netns: alice and bob onboarded and Ready across the veth pair");
 }

@@ -40,7 +40,10 @@ pub fn resolve_localfs_root(path: &str, data_dir: &Path) -> Result<PathBuf> {
         data_dir.join(p)
     };
     let canon = candidate.canonicalize().map_err(|e| {
-        NodeError::Invalid(format!("{field}: {} is not usable: {e}", candidate.display()))
+        NodeError::Invalid(format!(
+            "{field}: {} is not usable: {e}",
+            candidate.display()
+        ))
     })?;
     if !canon.is_dir() {
         return Err(NodeError::Invalid(format!(
@@ -78,7 +81,9 @@ pub fn check_relative(uri: &str) -> Result<PathBuf> {
         }
     }
     if out.as_os_str().is_empty() {
-        return Err(NodeError::Invalid(format!("{field}: {uri:?} names no file")));
+        return Err(NodeError::Invalid(format!(
+            "{field}: {uri:?} names no file"
+        )));
     }
     Ok(out)
 }
@@ -87,9 +92,12 @@ pub fn check_relative(uri: &str) -> Result<PathBuf> {
 /// The file must exist.
 pub fn confined_existing(root: &Path, uri: &str) -> Result<PathBuf> {
     let rel = check_relative(uri)?;
-    let root = root
-        .canonicalize()
-        .map_err(|e| NodeError::Invalid(format!("datasource: root {} is not usable: {e}", root.display())))?;
+    let root = root.canonicalize().map_err(|e| {
+        NodeError::Invalid(format!(
+            "datasource: root {} is not usable: {e}",
+            root.display()
+        ))
+    })?;
     let joined = root.join(&rel);
     let canon = joined.canonicalize().map_err(|_| {
         NodeError::Invalid(format!(
@@ -103,7 +111,9 @@ pub fn confined_existing(root: &Path, uri: &str) -> Result<PathBuf> {
         )));
     }
     if !canon.is_file() {
-        return Err(NodeError::Invalid(format!("relative_uri: {uri:?} is not a file")));
+        return Err(NodeError::Invalid(format!(
+            "relative_uri: {uri:?} is not a file"
+        )));
     }
     Ok(canon)
 }
@@ -114,10 +124,15 @@ pub fn csv_header(path: &Path) -> Result<Vec<String>> {
         .has_headers(true)
         .flexible(true)
         .from_path(path)
-        .map_err(|e| NodeError::Invalid(format!("relative_uri: cannot read {}: {e}", path.display())))?;
-    let headers = rdr
-        .headers()
-        .map_err(|e| NodeError::Invalid(format!("relative_uri: {} has no CSV header: {e}", path.display())))?;
+        .map_err(|e| {
+            NodeError::Invalid(format!("relative_uri: cannot read {}: {e}", path.display()))
+        })?;
+    let headers = rdr.headers().map_err(|e| {
+        NodeError::Invalid(format!(
+            "relative_uri: {} has no CSV header: {e}",
+            path.display()
+        ))
+    })?;
     Ok(headers
         .iter()
         .enumerate()
@@ -144,7 +159,9 @@ pub fn check_header(path: &Path, declared: &[String]) -> Result<()> {
     } else {
         Err(NodeError::Invalid(format!(
             "columns: not in the header of {}: {} (header: {})",
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             missing.join(", "),
             header.join(",")
         )))
@@ -182,7 +199,9 @@ mod tests {
         let p = root.join("a.csv");
         assert_eq!(csv_header(&p).unwrap(), vec!["id", "x y"]);
         check_header(&p, &["x y".into()]).unwrap();
-        let e = check_header(&p, &["id".into(), "age".into()]).unwrap_err().to_string();
+        let e = check_header(&p, &["id".into(), "age".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("age"), "{e}");
     }
 

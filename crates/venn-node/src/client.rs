@@ -51,12 +51,14 @@ impl LocalClient {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| {
-            NodeError::Net(format!(
-                "cannot reach the node's API at {} ({e}); is `venn start` running?",
-                self.addr
-            ))
-        })?;
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| {
+                NodeError::Net(format!(
+                    "cannot reach the node's API at {} ({e}); is `venn start` running?",
+                    self.addr
+                ))
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| NodeError::Net(format!("API: {e}")))?;
@@ -75,7 +77,10 @@ impl LocalClient {
             .to_bytes();
         let v: Value = serde_json::from_slice(&body)
             .map_err(|_| NodeError::Net(format!("API answered HTTP {status} without JSON")))?;
-        let code = v.pointer("/status/code").and_then(Value::as_i64).unwrap_or(-1);
+        let code = v
+            .pointer("/status/code")
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
         if code != 0 {
             let msg = v
                 .pointer("/status/message")
@@ -98,7 +103,10 @@ impl LocalClient {
         Request::post(path_and_query)
             .header(hyper::header::HOST, self.addr.to_string())
             .header(hyper::header::CONTENT_TYPE, content_type)
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
     }
 
     /// POSTs a JSON body and returns the envelope's `data`.

@@ -173,7 +173,9 @@ pub fn check_domain_id(id: &str) -> std::result::Result<(), String> {
         return Err("must not be empty".into());
     }
     if id.len() > 63 {
-        return Err(format!("{id:?} is longer than 63 characters (RFC 1123 label)"));
+        return Err(format!(
+            "{id:?} is longer than 63 characters (RFC 1123 label)"
+        ));
     }
     if !id
         .bytes()
@@ -320,13 +322,17 @@ impl Config {
 
     /// The gateway endpoint, parsed (call after `validate`).
     pub fn endpoint(&self) -> Result<Endpoint> {
-        Endpoint::parse(&self.endpoint).map_err(|e| NodeError::Config(vec![format!("endpoint: {e}")]))
+        Endpoint::parse(&self.endpoint)
+            .map_err(|e| NodeError::Config(vec![format!("endpoint: {e}")]))
     }
 
     /// The SQLite URL of the store.
     pub fn datastore_url(&self) -> String {
         if self.datastore.is_empty() {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("venn.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("venn.db").display()
+            )
         } else {
             self.datastore.clone()
         }
@@ -346,7 +352,17 @@ mod tests {
     fn domain_ids() {
         assert!(check_domain_id("alice").is_ok());
         assert!(check_domain_id("alice-2").is_ok());
-        for bad in ["", "Alice", "-a", "a-", "a_b", "a.b", "master", "default", "kube-system"] {
+        for bad in [
+            "",
+            "Alice",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            "master",
+            "default",
+            "kube-system",
+        ] {
             assert!(check_domain_id(bad).is_err(), "{bad}");
         }
         assert!(check_domain_id(&"a".repeat(64)).is_err());
@@ -369,8 +385,13 @@ mod tests {
 
     #[test]
     fn validate_lists_every_bad_field() {
-        let yaml = "mode: autonomy\ndomain_id: Master\nendpoint: http://x\ngateway:\n  listen: nope\n";
-        let err = Config::from_yaml(yaml).unwrap().validate().unwrap_err().to_string();
+        let yaml =
+            "mode: autonomy\ndomain_id: Master\nendpoint: http://x\ngateway:\n  listen: nope\n";
+        let err = Config::from_yaml(yaml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("domain_id:"), "{err}");
         assert!(err.contains("endpoint:"), "{err}");
         assert!(err.contains("gateway.listen:"), "{err}");
@@ -378,9 +399,10 @@ mod tests {
 
     #[test]
     fn unknown_key_refused() {
-        let err = Config::from_yaml("mode: autonomy\ndomain_id: a\nendpoint: https://a:1\nport: 3\n")
-            .unwrap_err()
-            .to_string();
+        let err =
+            Config::from_yaml("mode: autonomy\ndomain_id: a\nendpoint: https://a:1\nport: 3\n")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("port"), "{err}");
     }
 

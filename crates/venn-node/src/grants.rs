@@ -103,7 +103,10 @@ pub async fn save_and_deliver(state: &NodeState, payload: GrantPayload) -> Resul
     state.store.upsert_grant(&row).await?;
     match deliver(state, &row).await {
         Ok(()) => {
-            state.store.mark_grant_delivered(&row.domaindatagrant_id).await?;
+            state
+                .store
+                .mark_grant_delivered(&row.domaindatagrant_id)
+                .await?;
             tracing::info!(grant = %row.domaindatagrant_id, to = %row.grant_domain, "grant delivered");
         }
         Err(step) => tracing::warn!(
@@ -118,7 +121,12 @@ pub async fn save_and_deliver(state: &NodeState, payload: GrantPayload) -> Resul
         .unwrap_or(row))
 }
 
-async fn call_partner(state: &NodeState, partner: &str, path: &str, body: &Value) -> std::result::Result<(u16, Value), Step> {
+async fn call_partner(
+    state: &NodeState,
+    partner: &str,
+    path: &str,
+    body: &Value,
+) -> std::result::Result<(u16, Value), Step> {
     let p = state
         .peers
         .get(partner)
@@ -154,8 +162,12 @@ pub async fn deliver_revocation(state: &NodeState, row: &GrantRow) {
     let body = json!({ "domaindatagrant_id": row.domaindatagrant_id });
     match call_partner(state, &row.grant_domain, "/venn/v1/grant/revoke", &body).await {
         Ok((200, _)) => {}
-        Ok((status, _)) => tracing::warn!(grant = %row.domaindatagrant_id, "revocation answered HTTP {status}"),
-        Err(step) => tracing::warn!(grant = %row.domaindatagrant_id, "revocation not delivered: {step}"),
+        Ok((status, _)) => {
+            tracing::warn!(grant = %row.domaindatagrant_id, "revocation answered HTTP {status}")
+        }
+        Err(step) => {
+            tracing::warn!(grant = %row.domaindatagrant_id, "revocation not delivered: {step}")
+        }
     }
 }
 
@@ -166,14 +178,22 @@ pub async fn redeliver(state: &NodeState, partner: &str) {
     };
     for row in rows.iter().filter(|r| r.grant_domain == partner) {
         if deliver(state, row).await.is_ok() {
-            let _ = state.store.mark_grant_delivered(&row.domaindatagrant_id).await;
+            let _ = state
+                .store
+                .mark_grant_delivered(&row.domaindatagrant_id)
+                .await;
             tracing::info!(grant = %row.domaindatagrant_id, to = partner, "grant delivered");
         }
     }
 }
 
 /// Stores a grant received from `caller` (authenticated by `leaf`, its TLS certificate).
-pub async fn receive(state: &NodeState, caller: &str, leaf: &[u8], signed: SignedGrant) -> Result<()> {
+pub async fn receive(
+    state: &NodeState,
+    caller: &str,
+    leaf: &[u8],
+    signed: SignedGrant,
+) -> Result<()> {
     let g = &signed.grant;
     if g.domain_id != caller {
         return Err(NodeError::Invalid(format!(
@@ -188,10 +208,12 @@ pub async fn receive(state: &NodeState, caller: &str, leaf: &[u8], signed: Signe
         )));
     }
     verify_signature(leaf, &g.canonical(), &signed.signature)?;
-    if let Some(existing) = state.store.grant(&g.domaindatagrant_id).await? {
-        if existing.domain_id != caller {
-            return Err(NodeError::Conflict("grant: id taken by another grantor".into()));
-        }
+    if let Some(existing) = state.store.grant(&g.domaindatagrant_id).await?
+        && existing.domain_id != caller
+    {
+        return Err(NodeError::Conflict(
+            "grant: id taken by another grantor".into(),
+        ));
     }
     let row = GrantRow {
         domaindatagrant_id: g.domaindatagrant_id.clone(),

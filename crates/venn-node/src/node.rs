@@ -110,12 +110,16 @@ impl Node {
 
     /// The bound API address.
     pub fn api_addr(&self) -> Result<SocketAddr> {
-        self.api.local_addr().map_err(|e| NodeError::Net(e.to_string()))
+        self.api
+            .local_addr()
+            .map_err(|e| NodeError::Net(e.to_string()))
     }
 
     /// The bound gateway address.
     pub fn gateway_addr(&self) -> Result<SocketAddr> {
-        self.gateway.local_addr().map_err(|e| NodeError::Net(e.to_string()))
+        self.gateway
+            .local_addr()
+            .map_err(|e| NodeError::Net(e.to_string()))
     }
 
     /// Serves until `shutdown` resolves, then drains for at most 5 seconds.
@@ -132,7 +136,11 @@ impl Node {
             "node ready in {} ms",
             self.started.elapsed().as_millis()
         );
-        let gateway = tokio::spawn(crate::gateway::serve(self.gateway, state.clone(), rx.clone()));
+        let gateway = tokio::spawn(crate::gateway::serve(
+            self.gateway,
+            state.clone(),
+            rx.clone(),
+        ));
         let heartbeat = tokio::spawn(crate::gateway::heartbeat::run(state.clone(), rx.clone()));
         let mut api_rx = rx.clone();
         let api = tokio::spawn(
@@ -150,7 +158,10 @@ impl Node {
             let _ = heartbeat.await;
             let _ = api.await;
         };
-        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("drain took longer than 5 s; stopping anyway");
         }
         Ok(())

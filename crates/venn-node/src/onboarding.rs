@@ -70,10 +70,14 @@ pub struct JoinRequest {
 pub async fn invite(state: &NodeState, peer: &str, ttl: Duration) -> Result<Invitation> {
     check_domain_id(peer).map_err(|e| NodeError::Invalid(format!("peer: {e}")))?;
     if peer == state.domain_id() {
-        return Err(NodeError::Invalid("peer: cannot invite this node's own domain".into()));
+        return Err(NodeError::Invalid(
+            "peer: cannot invite this node's own domain".into(),
+        ));
     }
     if ttl.as_secs() == 0 || ttl.as_secs() > 30 * 24 * 3600 {
-        return Err(NodeError::Invalid("ttl_seconds: must be between 1 and 2592000 (30 days)".into()));
+        return Err(NodeError::Invalid(
+            "ttl_seconds: must be between 1 and 2592000 (30 days)".into(),
+        ));
     }
     let id = random_id(12)?;
     let secret = random_id(32)?;
@@ -106,10 +110,17 @@ pub fn export(state: &NodeState) -> PeerExport {
 }
 
 /// Pins partner `domain_id`'s CA and creates the routes (outbound only with an endpoint).
-pub async fn add_partner(state: &NodeState, domain_id: &str, ca_pem: &str, endpoint: &str) -> Result<DomainRow> {
+pub async fn add_partner(
+    state: &NodeState,
+    domain_id: &str,
+    ca_pem: &str,
+    endpoint: &str,
+) -> Result<DomainRow> {
     check_domain_id(domain_id).map_err(|e| NodeError::Invalid(format!("domain_id: {e}")))?;
     if domain_id == state.domain_id() {
-        return Err(NodeError::Invalid("domain_id: that is this node's own domain".into()));
+        return Err(NodeError::Invalid(
+            "domain_id: that is this node's own domain".into(),
+        ));
     }
     let der = cert_from_pem(ca_pem).map_err(|e| NodeError::Invalid(format!("ca_cert: {e}")))?;
     match ca_domain(&der) {
@@ -121,7 +132,8 @@ pub async fn add_partner(state: &NodeState, domain_id: &str, ca_pem: &str, endpo
         }
         None => {
             return Err(NodeError::Invalid(
-                "ca_cert: not a venn node CA certificate (use the file from `venn peer export`)".into(),
+                "ca_cert: not a venn node CA certificate (use the file from `venn peer export`)"
+                    .into(),
             ));
         }
     }
@@ -160,9 +172,12 @@ pub async fn join(state: &NodeState, invitation: &str) -> Result<DomainRow> {
         )));
     }
     if inv.expires <= now_unix() {
-        return Err(NodeError::Invalid("invitation: expired; ask for a new one".into()));
+        return Err(NodeError::Invalid(
+            "invitation: expired; ask for a new one".into(),
+        ));
     }
-    let endpoint = Endpoint::parse(&inv.endpoint).map_err(|e| NodeError::Invalid(format!("invitation: endpoint {e}")))?;
+    let endpoint = Endpoint::parse(&inv.endpoint)
+        .map_err(|e| NodeError::Invalid(format!("invitation: endpoint {e}")))?;
     let tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -191,15 +206,23 @@ pub async fn join(state: &NodeState, invitation: &str) -> Result<DomainRow> {
             inv.domain,
             state.domain_id()
         )),
-        other => NodeError::Peer(format!("contacting {} at {}: {other}", inv.domain, inv.endpoint)),
+        other => NodeError::Peer(format!(
+            "contacting {} at {}: {other}",
+            inv.domain, inv.endpoint
+        )),
     })?;
     if status != 200 {
-        return Err(NodeError::Peer(format!("{} answered HTTP {status}", inv.domain)));
+        return Err(NodeError::Peer(format!(
+            "{} answered HTTP {status}",
+            inv.domain
+        )));
     }
     let exported: PeerExport = serde_json::from_value(answer)
         .map_err(|e| NodeError::Peer(format!("{} answered an unexpected body: {e}", inv.domain)))?;
     let der = cert_from_pem(&exported.ca_cert)?;
-    if !ct_eq_str(&fingerprint(&der), &inv.ca_sha256.to_ascii_lowercase()) || exported.domain_id != inv.domain {
+    if !ct_eq_str(&fingerprint(&der), &inv.ca_sha256.to_ascii_lowercase())
+        || exported.domain_id != inv.domain
+    {
         return Err(NodeError::Peer(format!(
             "{} answered with a CA that does not match the invitation",
             inv.domain
@@ -235,7 +258,9 @@ pub async fn accept_join(
         return Err(refuse("ca_cert is not the CA of the invited domain"));
     }
     if !chain_names_domain(certs, &ca, &peer) {
-        return Err(refuse("client certificate not issued by the sent CA for the invited domain"));
+        return Err(refuse(
+            "client certificate not issued by the sent CA for the invited domain",
+        ));
     }
     if !req.endpoint.is_empty() && Endpoint::parse(&req.endpoint).is_err() {
         return Err(refuse("bad endpoint"));

@@ -238,19 +238,22 @@ impl Store {
     /// A page of domains.
     pub async fn list_domains(&self, after: &str, size: Option<i64>) -> Result<Page<DomainRow>> {
         let limit = page_size(size);
-        let rows = sqlx::query_as("SELECT * FROM domains WHERE domain_id > ? ORDER BY domain_id LIMIT ?")
-            .bind(after)
-            .bind(limit + 1)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query_as("SELECT * FROM domains WHERE domain_id > ? ORDER BY domain_id LIMIT ?")
+                .bind(after)
+                .bind(limit + 1)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(paged(rows, limit, |r: &DomainRow| r.domain_id.clone()))
     }
 
     /// All partners.
     pub async fn partners(&self) -> Result<Vec<DomainRow>> {
-        Ok(sqlx::query_as("SELECT * FROM domains WHERE role = 'partner' ORDER BY domain_id")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM domains WHERE role = 'partner' ORDER BY domain_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     // === routes ===
@@ -274,7 +277,13 @@ impl Store {
     }
 
     /// Records the outcome of a heartbeat on a route.
-    pub async fn set_route_status(&self, name: &str, ready: bool, reason: &str, message: &str) -> Result<()> {
+    pub async fn set_route_status(
+        &self,
+        name: &str,
+        ready: bool,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
         let now = now_unix();
         sqlx::query(
             "UPDATE routes SET ready = ?, reason = ?, message = ?, updated_at = ?, \
@@ -321,7 +330,13 @@ impl Store {
     // === invitations ===
 
     /// Stores a new invitation.
-    pub async fn insert_invitation(&self, id: &str, peer: &str, secret_sha256: &str, expires_at: i64) -> Result<()> {
+    pub async fn insert_invitation(
+        &self,
+        id: &str,
+        peer: &str,
+        secret_sha256: &str,
+        expires_at: i64,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO invitations (id, peer, secret_sha256, expires_at, used_at, created_at) VALUES (?, ?, ?, ?, 0, ?)",
         )
@@ -397,14 +412,20 @@ impl Store {
 
     /// One data source.
     pub async fn datasource(&self, id: &str) -> Result<Option<DataSourceRow>> {
-        Ok(sqlx::query_as("SELECT * FROM datasources WHERE datasource_id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM datasources WHERE datasource_id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// A page of data sources.
-    pub async fn list_datasources(&self, after: &str, size: Option<i64>) -> Result<Page<DataSourceRow>> {
+    pub async fn list_datasources(
+        &self,
+        after: &str,
+        size: Option<i64>,
+    ) -> Result<Page<DataSourceRow>> {
         let limit = page_size(size);
         let rows = sqlx::query_as(
             "SELECT * FROM datasources WHERE datasource_id > ? ORDER BY datasource_id LIMIT ?",
@@ -413,15 +434,18 @@ impl Store {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        Ok(paged(rows, limit, |r: &DataSourceRow| r.datasource_id.clone()))
+        Ok(paged(rows, limit, |r: &DataSourceRow| {
+            r.datasource_id.clone()
+        }))
     }
 
     /// Deletes a data source; refused while DomainData use it.
     pub async fn delete_datasource(&self, id: &str) -> Result<()> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM domaindata WHERE datasource_id = ?")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM domaindata WHERE datasource_id = ?")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
         if n > 0 {
             return Err(NodeError::Conflict(format!(
                 "datasource_id: {id} is used by {n} domaindata; delete them first"
@@ -484,14 +508,21 @@ impl Store {
 
     /// One DomainData.
     pub async fn domaindata(&self, id: &str) -> Result<Option<DomainDataRow>> {
-        Ok(sqlx::query_as("SELECT * FROM domaindata WHERE domaindata_id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM domaindata WHERE domaindata_id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// A page of DomainData, optionally of one data source.
-    pub async fn list_domaindata(&self, datasource: &str, after: &str, size: Option<i64>) -> Result<Page<DomainDataRow>> {
+    pub async fn list_domaindata(
+        &self,
+        datasource: &str,
+        after: &str,
+        size: Option<i64>,
+    ) -> Result<Page<DomainDataRow>> {
         let limit = page_size(size);
         let rows = sqlx::query_as(
             "SELECT * FROM domaindata WHERE domaindata_id > ? AND (? = '' OR datasource_id = ?) \
@@ -503,7 +534,9 @@ impl Store {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        Ok(paged(rows, limit, |r: &DomainDataRow| r.domaindata_id.clone()))
+        Ok(paged(rows, limit, |r: &DomainDataRow| {
+            r.domaindata_id.clone()
+        }))
     }
 
     /// Deletes a DomainData (not the file).
@@ -560,14 +593,22 @@ impl Store {
 
     /// One grant.
     pub async fn grant(&self, id: &str) -> Result<Option<GrantRow>> {
-        Ok(sqlx::query_as("SELECT * FROM domaindatagrants WHERE domaindatagrant_id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM domaindatagrants WHERE domaindatagrant_id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// A page of grants, filtered by grantor and/or grantee (empty = any).
-    pub async fn list_grants(&self, grantor: &str, grantee: &str, after: &str, size: Option<i64>) -> Result<Page<GrantRow>> {
+    pub async fn list_grants(
+        &self,
+        grantor: &str,
+        grantee: &str,
+        after: &str,
+        size: Option<i64>,
+    ) -> Result<Page<GrantRow>> {
         let limit = page_size(size);
         let rows = sqlx::query_as(
             "SELECT * FROM domaindatagrants WHERE domaindatagrant_id > ? AND (? = '' OR domain_id = ?) \
@@ -581,7 +622,9 @@ impl Store {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        Ok(paged(rows, limit, |r: &GrantRow| r.domaindatagrant_id.clone()))
+        Ok(paged(rows, limit, |r: &GrantRow| {
+            r.domaindatagrant_id.clone()
+        }))
     }
 
     /// Grants made by `grantor` not yet acknowledged by their grantee.

@@ -103,7 +103,9 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 
 /// The domain a venn CA certificate belongs to (CN `venn CA <domain>`), if it is one.
 pub fn ca_domain(der: &[u8]) -> Option<String> {
-    common_name(der)?.strip_prefix("venn CA ").map(str::to_owned)
+    common_name(der)?
+        .strip_prefix("venn CA ")
+        .map(str::to_owned)
 }
 
 // === Node identity ===
@@ -183,7 +185,9 @@ impl Identity {
 
         let gw_key = read_or_create_key(&dir.join("gateway.key"))?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, domain_id);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, domain_id);
         let mut sans = vec![SanType::DnsName(domain_id.try_into()?)];
         match endpoint.host.parse::<std::net::IpAddr>() {
             Ok(ip) => sans.push(SanType::IpAddress(ip)),
@@ -306,10 +310,10 @@ impl TokenCheck {
     fn current(&self) -> Option<[u8; 32]> {
         let meta = std::fs::metadata(&self.path).ok()?;
         let stamp = (meta.modified().ok()?, meta.len());
-        if let Some((m, l, d)) = *self.cache.read().ok()? {
-            if (m, l) == stamp {
-                return Some(d);
-            }
+        if let Some((m, l, d)) = *self.cache.read().ok()?
+            && (m, l) == stamp
+        {
+            return Some(d);
         }
         let token = read_token(&self.path).ok()?;
         if token.is_empty() {
@@ -382,7 +386,8 @@ pub fn chain_names_domain(
     let Ok(v) = client_verifier_for(ca) else {
         return false;
     };
-    v.verify_client_cert(leaf, &certs[1..], UnixTime::now()).is_ok()
+    v.verify_client_cert(leaf, &certs[1..], UnixTime::now())
+        .is_ok()
 }
 
 /// The pinned partners, shared by the gateway server and client; replaced on onboarding.
@@ -393,7 +398,12 @@ pub struct PeerSet {
 
 impl PeerSet {
     /// Adds or replaces a partner.
-    pub fn insert(&self, identity: &Identity, domain_id: &str, ca_der: CertificateDer<'static>) -> Result<()> {
+    pub fn insert(
+        &self,
+        identity: &Identity,
+        domain_id: &str,
+        ca_der: CertificateDer<'static>,
+    ) -> Result<()> {
         let client_verifier = client_verifier_for(&ca_der)?;
         let client_config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -545,13 +555,11 @@ impl ServerCertVerifier for PinnedCaVerifier {
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         let ca = intermediates
             .iter()
-            .find(|c| {
-                bool::from(
-                    fingerprint(c).as_bytes().ct_eq(self.fingerprint.as_bytes()),
-                )
-            })
+            .find(|c| bool::from(fingerprint(c).as_bytes().ct_eq(self.fingerprint.as_bytes())))
             .ok_or_else(|| {
-                rustls::Error::General("the partner's CA does not match the invitation's fingerprint".into())
+                rustls::Error::General(
+                    "the partner's CA does not match the invitation's fingerprint".into(),
+                )
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
@@ -631,10 +639,9 @@ impl Invitation {
 
     /// Parses [`Invitation::encode`] output.
     pub fn decode(s: &str) -> Result<Self> {
-        let body = s
-            .trim()
-            .strip_prefix(INVITATION_PREFIX)
-            .ok_or_else(|| NodeError::Invalid(format!("invitation: must start with {INVITATION_PREFIX}")))?;
+        let body = s.trim().strip_prefix(INVITATION_PREFIX).ok_or_else(|| {
+            NodeError::Invalid(format!("invitation: must start with {INVITATION_PREFIX}"))
+        })?;
         let json = B64
             .decode(body)
             .map_err(|_| NodeError::Invalid("invitation: damaged (not base64url)".into()))?;

@@ -12,9 +12,9 @@
 
 use std::collections::BTreeMap;
 
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::post;
-use axum::Router;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -50,10 +50,12 @@ pub(super) fn routes() -> Router<SharedState> {
 
 fn check_own_domain(state: &NodeState, domain_id: &Option<String>) -> Result<(), ApiError> {
     match domain_id {
-        Some(d) if !d.is_empty() && d != state.domain_id() => Err(ApiError(NodeError::Invalid(format!(
-            "domain_id: {d:?} is not this node's domain {:?}",
-            state.domain_id()
-        )))),
+        Some(d) if !d.is_empty() && d != state.domain_id() => {
+            Err(ApiError(NodeError::Invalid(format!(
+                "domain_id: {d:?} is not this node's domain {:?}",
+                state.domain_id()
+            ))))
+        }
         _ => Ok(()),
     }
 }
@@ -114,7 +116,11 @@ struct DataSourceReq {
     access_directly: bool,
 }
 
-fn datasource_row(state: &NodeState, req: DataSourceReq, id: String) -> Result<DataSourceRow, ApiError> {
+fn datasource_row(
+    state: &NodeState,
+    req: DataSourceReq,
+    id: String,
+) -> Result<DataSourceRow, ApiError> {
     check_own_domain(state, &req.domain_id)?;
     check_id("datasource_id", &id)?;
     if req.info_key.as_deref().is_some_and(|k| !k.is_empty()) {
@@ -137,12 +143,15 @@ fn datasource_row(state: &NodeState, req: DataSourceReq, id: String) -> Result<D
         }
     }
     if req.info.oss.is_some() || req.info.database.is_some() || req.info.odps.is_some() {
-        return Err(ApiError(NodeError::Invalid("info: a localfs source takes only info.localfs".into())));
+        return Err(ApiError(NodeError::Invalid(
+            "info: a localfs source takes only info.localfs".into(),
+        )));
     }
-    let local = req
-        .info
-        .localfs
-        .ok_or_else(|| ApiError(NodeError::Invalid("info.localfs: missing (give info.localfs.path)".into())))?;
+    let local = req.info.localfs.ok_or_else(|| {
+        ApiError(NodeError::Invalid(
+            "info.localfs: missing (give info.localfs.path)".into(),
+        ))
+    })?;
     let root = catalog::resolve_localfs_root(&local.path, &state.data_dir())?;
     Ok(DataSourceRow {
         datasource_id: id,
@@ -156,7 +165,10 @@ fn datasource_row(state: &NodeState, req: DataSourceReq, id: String) -> Result<D
     })
 }
 
-async fn ds_create(State(state): State<SharedState>, ApiJson(req): ApiJson<DataSourceReq>) -> ApiResult {
+async fn ds_create(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DataSourceReq>,
+) -> ApiResult {
     let id = match req.datasource_id.clone().filter(|s| !s.is_empty()) {
         Some(id) => id,
         None => generated_id("datasource")?,
@@ -176,7 +188,10 @@ async fn ds_create(State(state): State<SharedState>, ApiJson(req): ApiJson<DataS
     ok(json!({ "datasource_id": id }))
 }
 
-async fn ds_update(State(state): State<SharedState>, ApiJson(req): ApiJson<DataSourceReq>) -> ApiResult {
+async fn ds_update(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DataSourceReq>,
+) -> ApiResult {
     let id = req
         .datasource_id
         .clone()
@@ -209,7 +224,10 @@ fn datasource_json(r: &DataSourceRow) -> Value {
     })
 }
 
-async fn ds_query(State(state): State<SharedState>, ApiJson(req): ApiJson<DataSourceIdReq>) -> ApiResult {
+async fn ds_query(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DataSourceIdReq>,
+) -> ApiResult {
     check_own_domain(&state, &req.domain_id)?;
     let r = state
         .store
@@ -219,7 +237,10 @@ async fn ds_query(State(state): State<SharedState>, ApiJson(req): ApiJson<DataSo
     ok(datasource_json(&r))
 }
 
-async fn ds_delete(State(state): State<SharedState>, ApiJson(req): ApiJson<DataSourceIdReq>) -> ApiResult {
+async fn ds_delete(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DataSourceIdReq>,
+) -> ApiResult {
     check_own_domain(&state, &req.domain_id)?;
     if req.datasource_id == DEFAULT_DATASOURCE {
         return Err(ApiError(NodeError::Invalid(format!(
@@ -245,7 +266,10 @@ struct ListReq {
 
 async fn ds_list(State(state): State<SharedState>, ApiJson(req): ApiJson<ListReq>) -> ApiResult {
     check_own_domain(&state, &req.domain_id)?;
-    let page = state.store.list_datasources(&req.page_token, req.page_size).await?;
+    let page = state
+        .store
+        .list_datasources(&req.page_token, req.page_size)
+        .await?;
     ok(json!({
         "datasource_list": page.items.iter().map(datasource_json).collect::<Vec<_>>(),
         "next_page_token": page.next_page_token,
@@ -294,7 +318,11 @@ struct DomainDataReq {
 
 const DATA_TYPES: &[&str] = &["table", "model", "rule", "report", "unknown"];
 
-async fn domaindata_row(state: &NodeState, req: DomainDataReq, id: String) -> Result<DomainDataRow, ApiError> {
+async fn domaindata_row(
+    state: &NodeState,
+    req: DomainDataReq,
+    id: String,
+) -> Result<DomainDataRow, ApiError> {
     check_own_domain(state, &req.domain_id)?;
     check_id("domaindata_id", &id)?;
     if !DATA_TYPES.contains(&req.kind.as_str()) {
@@ -304,28 +332,31 @@ async fn domaindata_row(state: &NodeState, req: DomainDataReq, id: String) -> Re
             DATA_TYPES.join(", ")
         ))));
     }
-    if let Some(f) = req.file_format.as_deref() {
-        if !f.is_empty() && !f.eq_ignore_ascii_case("csv") && !f.eq_ignore_ascii_case("unknown") {
-            return Err(ApiError(NodeError::Invalid(format!(
-                "file_format: {f:?} is not supported yet (csv)"
-            ))));
-        }
+    if let Some(f) = req.file_format.as_deref()
+        && !f.is_empty()
+        && !f.eq_ignore_ascii_case("csv")
+        && !f.eq_ignore_ascii_case("unknown")
+    {
+        return Err(ApiError(NodeError::Invalid(format!(
+            "file_format: {f:?} is not supported yet (csv)"
+        ))));
     }
     let ds_id = req
         .datasource_id
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| DEFAULT_DATASOURCE.to_owned());
-    let ds = state
-        .store
-        .datasource(&ds_id)
-        .await?
-        .ok_or_else(|| NodeError::Invalid(format!("datasource_id: no data source {ds_id:?}")))?;
+    let ds =
+        state.store.datasource(&ds_id).await?.ok_or_else(|| {
+            NodeError::Invalid(format!("datasource_id: no data source {ds_id:?}"))
+        })?;
     let file = catalog::confined_existing(std::path::Path::new(&ds.path), &req.relative_uri)?;
     let mut seen = std::collections::HashSet::new();
     for (i, c) in req.columns.iter().enumerate() {
         if c.name.is_empty() {
-            return Err(ApiError(NodeError::Invalid(format!("columns[{i}].name: must not be empty"))));
+            return Err(ApiError(NodeError::Invalid(format!(
+                "columns[{i}].name: must not be empty"
+            ))));
         }
         if !seen.insert(c.name.as_str()) {
             return Err(ApiError(NodeError::Invalid(format!(
@@ -336,7 +367,9 @@ async fn domaindata_row(state: &NodeState, req: DomainDataReq, id: String) -> Re
     }
     if req.kind == "table" {
         if req.columns.is_empty() {
-            return Err(ApiError(NodeError::Invalid("columns: a table needs its columns".into())));
+            return Err(ApiError(NodeError::Invalid(
+                "columns: a table needs its columns".into(),
+            )));
         }
         let names: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
         catalog::check_header(&file, &names)?;
@@ -357,7 +390,10 @@ async fn domaindata_row(state: &NodeState, req: DomainDataReq, id: String) -> Re
     })
 }
 
-async fn dd_create(State(state): State<SharedState>, ApiJson(req): ApiJson<DomainDataReq>) -> ApiResult {
+async fn dd_create(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DomainDataReq>,
+) -> ApiResult {
     let id = match req.domaindata_id.clone().filter(|s| !s.is_empty()) {
         Some(id) => id,
         None => generated_id("domaindata")?,
@@ -367,7 +403,10 @@ async fn dd_create(State(state): State<SharedState>, ApiJson(req): ApiJson<Domai
     ok(json!({ "domaindata_id": id }))
 }
 
-async fn dd_update(State(state): State<SharedState>, ApiJson(req): ApiJson<DomainDataReq>) -> ApiResult {
+async fn dd_update(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DomainDataReq>,
+) -> ApiResult {
     let id = req
         .domaindata_id
         .clone()
@@ -426,7 +465,10 @@ fn domaindata_json(r: &DomainDataRow) -> Value {
     })
 }
 
-async fn dd_query(State(state): State<SharedState>, ApiJson(req): ApiJson<DomainDataIdReq>) -> ApiResult {
+async fn dd_query(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DomainDataIdReq>,
+) -> ApiResult {
     let (domain, id) = req.resolve()?;
     check_own_domain(&state, &domain)?;
     let r = state
@@ -437,7 +479,10 @@ async fn dd_query(State(state): State<SharedState>, ApiJson(req): ApiJson<Domain
     ok(domaindata_json(&r))
 }
 
-async fn dd_delete(State(state): State<SharedState>, ApiJson(req): ApiJson<DomainDataIdReq>) -> ApiResult {
+async fn dd_delete(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DomainDataIdReq>,
+) -> ApiResult {
     let (domain, id) = req.resolve()?;
     check_own_domain(&state, &domain)?;
     state.store.delete_domaindata(&id).await?;
@@ -467,11 +512,17 @@ struct DomainDataListReq {
     page_token: String,
 }
 
-async fn dd_list(State(state): State<SharedState>, ApiJson(req): ApiJson<DomainDataListReq>) -> ApiResult {
+async fn dd_list(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DomainDataListReq>,
+) -> ApiResult {
     let data = req.data.unwrap_or_default();
     check_own_domain(&state, &req.domain_id.or(data.domain_id))?;
     let ds = req.datasource_id.or(data.datasource_id).unwrap_or_default();
-    let page = state.store.list_domaindata(&ds, &req.page_token, req.page_size).await?;
+    let page = state
+        .store
+        .list_domaindata(&ds, &req.page_token, req.page_size)
+        .await?;
     ok(json!({
         "domaindata_list": page.items.iter().map(domaindata_json).collect::<Vec<_>>(),
         "next_page_token": page.next_page_token,
@@ -502,7 +553,8 @@ async fn dd_upload(
         ))));
     }
     let name = q.name.unwrap_or_else(|| format!("{}.csv", q.domaindata_id));
-    let rel = catalog::check_relative(&name).map_err(|e| NodeError::Invalid(e.to_string().replace("relative_uri", "name")))?;
+    let rel = catalog::check_relative(&name)
+        .map_err(|e| NodeError::Invalid(e.to_string().replace("relative_uri", "name")))?;
     let ds = state
         .store
         .datasource(DEFAULT_DATASOURCE)
@@ -516,7 +568,9 @@ async fn dd_upload(
         ))));
     }
     let dir = target.parent().unwrap_or(&root).to_path_buf();
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| NodeError::io(&dir, e))?;
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| NodeError::io(&dir, e))?;
     let tmp = dir.join(format!(".upload-{}", hex::encode(random_bytes(8)?)));
     let write = async {
         let mut f = tokio::fs::File::create(&tmp).await?;
@@ -536,10 +590,14 @@ async fn dd_upload(
         Ok(h) if !h.is_empty() && h.iter().all(|c| !c.is_empty()) => h,
         _ => {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(ApiError(NodeError::Invalid("body: not a CSV file with a header".into())));
+            return Err(ApiError(NodeError::Invalid(
+                "body: not a CSV file with a header".into(),
+            )));
         }
     };
-    tokio::fs::rename(&tmp, &target).await.map_err(|e| NodeError::io(&target, e))?;
+    tokio::fs::rename(&tmp, &target)
+        .await
+        .map_err(|e| NodeError::io(&target, e))?;
     let columns: Vec<Column> = header
         .into_iter()
         .map(|name| Column {
@@ -568,7 +626,9 @@ async fn dd_upload(
         return Err(ApiError(e));
     }
     tracing::info!(domaindata = %q.domaindata_id, file = %name, "uploaded");
-    ok(json!({ "domaindata_id": q.domaindata_id, "relative_uri": row.relative_uri, "columns": columns }))
+    ok(
+        json!({ "domaindata_id": q.domaindata_id, "relative_uri": row.relative_uri, "columns": columns }),
+    )
 }
 
 // === DomainDataGrant ===
@@ -611,7 +671,11 @@ struct GrantReq {
     signature: String,
 }
 
-async fn grant_payload(state: &NodeState, req: GrantReq, id: String) -> Result<GrantPayload, ApiError> {
+async fn grant_payload(
+    state: &NodeState,
+    req: GrantReq,
+    id: String,
+) -> Result<GrantPayload, ApiError> {
     check_own_domain(state, &req.domain_id)?;
     check_id("domaindatagrant_id", &id)?;
     if !req.signature.is_empty() {
@@ -626,7 +690,9 @@ async fn grant_payload(state: &NodeState, req: GrantReq, id: String) -> Result<G
         ))));
     }
     if req.grant_domain == state.domain_id() {
-        return Err(ApiError(NodeError::Invalid("grant_domain: cannot grant to this node's own domain".into())));
+        return Err(ApiError(NodeError::Invalid(
+            "grant_domain: cannot grant to this node's own domain".into(),
+        )));
     }
     match state.store.domain(&req.grant_domain).await? {
         Some(d) if d.role == "partner" => {}
@@ -638,13 +704,17 @@ async fn grant_payload(state: &NodeState, req: GrantReq, id: String) -> Result<G
         }
     }
     let limit = req.limit.unwrap_or_default();
-    if limit.expiration_time < 0 || (limit.expiration_time > 0 && limit.expiration_time <= now_unix()) {
+    if limit.expiration_time < 0
+        || (limit.expiration_time > 0 && limit.expiration_time <= now_unix())
+    {
         return Err(ApiError(NodeError::Invalid(
             "limit.expiration_time: must be in the future (Unix seconds) or 0 for none".into(),
         )));
     }
     if limit.use_count < 0 {
-        return Err(ApiError(NodeError::Invalid("limit.use_count: must be >= 0 (0 = unlimited)".into())));
+        return Err(ApiError(NodeError::Invalid(
+            "limit.use_count: must be >= 0 (0 = unlimited)".into(),
+        )));
     }
     Ok(GrantPayload {
         domaindatagrant_id: id,
@@ -664,20 +734,28 @@ async fn grant_payload(state: &NodeState, req: GrantReq, id: String) -> Result<G
     })
 }
 
-async fn grant_create(State(state): State<SharedState>, ApiJson(req): ApiJson<GrantReq>) -> ApiResult {
+async fn grant_create(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<GrantReq>,
+) -> ApiResult {
     let id = match req.domaindatagrant_id.clone().filter(|s| !s.is_empty()) {
         Some(id) => id,
         None => generated_id("domaindatagrant")?,
     };
     if state.store.grant(&id).await?.is_some() {
-        return Err(ApiError(NodeError::Conflict(format!("domaindatagrant_id: {id} already exists"))));
+        return Err(ApiError(NodeError::Conflict(format!(
+            "domaindatagrant_id: {id} already exists"
+        ))));
     }
     let payload = grant_payload(&state, req, id.clone()).await?;
     let row = grants::save_and_deliver(&state, payload).await?;
     ok(json!({ "domaindatagrant_id": id, "delivered": row.delivered == 1 }))
 }
 
-async fn grant_update(State(state): State<SharedState>, ApiJson(req): ApiJson<GrantReq>) -> ApiResult {
+async fn grant_update(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<GrantReq>,
+) -> ApiResult {
     let id = req
         .domaindatagrant_id
         .clone()
@@ -690,7 +768,11 @@ async fn grant_update(State(state): State<SharedState>, ApiJson(req): ApiJson<Gr
                 "domaindatagrant_id: a grant received from a partner can only be changed by its grantor".into(),
             )));
         }
-        None => return Err(ApiError(NodeError::NotFound(format!("domaindatagrant {id}")))),
+        None => {
+            return Err(ApiError(NodeError::NotFound(format!(
+                "domaindatagrant {id}"
+            ))));
+        }
     }
     let payload = grant_payload(&state, req, id.clone()).await?;
     let row = grants::save_and_deliver(&state, payload).await?;
@@ -732,21 +814,31 @@ fn grant_json(g: &GrantRow) -> Value {
     })
 }
 
-async fn grant_query(State(state): State<SharedState>, ApiJson(req): ApiJson<GrantIdReq>) -> ApiResult {
+async fn grant_query(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<GrantIdReq>,
+) -> ApiResult {
     let g = state
         .store
         .grant(&req.domaindatagrant_id)
         .await?
-        .ok_or_else(|| NodeError::NotFound(format!("domaindatagrant {}", req.domaindatagrant_id)))?;
+        .ok_or_else(|| {
+            NodeError::NotFound(format!("domaindatagrant {}", req.domaindatagrant_id))
+        })?;
     ok(grant_json(&g))
 }
 
-async fn grant_delete(State(state): State<SharedState>, ApiJson(req): ApiJson<GrantIdReq>) -> ApiResult {
+async fn grant_delete(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<GrantIdReq>,
+) -> ApiResult {
     let g = state
         .store
         .grant(&req.domaindatagrant_id)
         .await?
-        .ok_or_else(|| NodeError::NotFound(format!("domaindatagrant {}", req.domaindatagrant_id)))?;
+        .ok_or_else(|| {
+            NodeError::NotFound(format!("domaindatagrant {}", req.domaindatagrant_id))
+        })?;
     if g.domain_id != state.domain_id() {
         return Err(ApiError(NodeError::Invalid(
             "domaindatagrant_id: a grant received from a partner can only be deleted by its grantor".into(),
@@ -775,10 +867,18 @@ struct GrantListReq {
     page_token: String,
 }
 
-async fn grant_list(State(state): State<SharedState>, ApiJson(req): ApiJson<GrantListReq>) -> ApiResult {
+async fn grant_list(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<GrantListReq>,
+) -> ApiResult {
     let page = state
         .store
-        .list_grants(&req.domain_id, &req.grant_domain, &req.page_token, req.page_size)
+        .list_grants(
+            &req.domain_id,
+            &req.grant_domain,
+            &req.page_token,
+            req.page_size,
+        )
         .await?;
     ok(json!({
         "domaindatagrant_list": page.items.iter().map(grant_json).collect::<Vec<_>>(),

@@ -45,7 +45,8 @@ pub struct Envelope(pub Value);
 
 impl IntoResponse for Envelope {
     fn into_response(self) -> Response {
-        Json(json!({"status": {"code": 0, "message": "success", "details": []}, "data": self.0})).into_response()
+        Json(json!({"status": {"code": 0, "message": "success", "details": []}, "data": self.0}))
+            .into_response()
     }
 }
 
@@ -69,7 +70,10 @@ impl IntoResponse for ApiError {
             NodeError::Peer(m) => (StatusCode::BAD_GATEWAY, m.clone()),
             other => {
                 tracing::error!("api: {other}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
+                )
             }
         };
         (
@@ -93,7 +97,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError(NodeError::Invalid(format!("body: {e}"))))?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
         parse_json(text).map(ApiJson).map_err(ApiError)
     }
 }
@@ -117,9 +125,14 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get("token") {
         return v.to_str().ok().map(str::to_owned);
     }
-    let auth = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, rest) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim().to_owned())
 }
 
 async fn require_token(State(state): State<SharedState>, req: Request, next: Next) -> Response {
@@ -146,7 +159,10 @@ pub fn router(state: SharedState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthZ", get(health).post(health))
-        .route("/api/v1/openapi.json", get(openapi::document).post(openapi::document))
+        .route(
+            "/api/v1/openapi.json",
+            get(openapi::document).post(openapi::document),
+        )
         .merge(protected)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(state)
@@ -154,6 +170,7 @@ pub fn router(state: SharedState) -> Router {
 
 /// Helper for handlers: serialise into the envelope.
 pub(crate) fn ok(v: impl Serialize) -> ApiResult {
-    Ok(Envelope(serde_json::to_value(v).map_err(|e| NodeError::Invalid(e.to_string()))?))
+    Ok(Envelope(
+        serde_json::to_value(v).map_err(|e| NodeError::Invalid(e.to_string()))?,
+    ))
 }
-

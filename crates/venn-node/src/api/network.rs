@@ -52,7 +52,10 @@ struct DomainIdReq {
     domain_id: String,
 }
 
-async fn domain_query(State(state): State<SharedState>, ApiJson(req): ApiJson<DomainIdReq>) -> ApiResult {
+async fn domain_query(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DomainIdReq>,
+) -> ApiResult {
     let d = state
         .store
         .domain(&req.domain_id)
@@ -73,8 +76,14 @@ struct PageReq {
     page_token: String,
 }
 
-async fn domain_list(State(state): State<SharedState>, ApiJson(req): ApiJson<PageReq>) -> ApiResult {
-    let page = state.store.list_domains(&req.page_token, req.page_size).await?;
+async fn domain_list(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<PageReq>,
+) -> ApiResult {
+    let page = state
+        .store
+        .list_domains(&req.page_token, req.page_size)
+        .await?;
     ok(json!({
         "domains": page.items.iter().map(domain_json).collect::<Vec<_>>(),
         "next_page_token": page.next_page_token,
@@ -112,7 +121,10 @@ struct RouteReq {
     destination: String,
 }
 
-async fn route_query(State(state): State<SharedState>, ApiJson(req): ApiJson<RouteReq>) -> ApiResult {
+async fn route_query(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<RouteReq>,
+) -> ApiResult {
     let name = if !req.name.is_empty() {
         req.name
     } else if !req.source.is_empty() && !req.destination.is_empty() {
@@ -131,7 +143,10 @@ async fn route_query(State(state): State<SharedState>, ApiJson(req): ApiJson<Rou
 }
 
 async fn route_list(State(state): State<SharedState>, ApiJson(req): ApiJson<PageReq>) -> ApiResult {
-    let page = state.store.list_routes(&req.page_token, req.page_size).await?;
+    let page = state
+        .store
+        .list_routes(&req.page_token, req.page_size)
+        .await?;
     ok(json!({
         "routes": page.items.iter().map(route_json).collect::<Vec<_>>(),
         "next_page_token": page.next_page_token,
@@ -146,8 +161,14 @@ struct InviteReq {
     ttl_seconds: Option<u64>,
 }
 
-async fn peer_invite(State(state): State<SharedState>, ApiJson(req): ApiJson<InviteReq>) -> ApiResult {
-    let ttl = req.ttl_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_INVITATION_TTL);
+async fn peer_invite(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<InviteReq>,
+) -> ApiResult {
+    let ttl = req
+        .ttl_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_INVITATION_TTL);
     let inv = onboarding::invite(&state, &req.peer, ttl).await?;
     ok(onboarding::invitation_json(&inv))
 }

@@ -10,36 +10,118 @@ use serde_json::{Map, Value, json};
 
 /// `(path, summary, request schema)`.
 pub(super) const OPERATIONS: &[(&str, &str, &str)] = &[
-    ("/api/v1/domaindatasource/create", "Create a data source (localfs)", "DataSource"),
-    ("/api/v1/domaindatasource/update", "Update a data source", "DataSource"),
-    ("/api/v1/domaindatasource/query", "Query a data source", "DataSourceId"),
-    ("/api/v1/domaindatasource/list", "List data sources (paginated)", "Page"),
-    ("/api/v1/domaindatasource/delete", "Delete a data source", "DataSourceId"),
-    ("/api/v1/domaindata/create", "Register a DomainData (file must exist; header checked)", "DomainData"),
-    ("/api/v1/domaindata/update", "Update a DomainData", "DomainData"),
-    ("/api/v1/domaindata/query", "Query a DomainData", "DomainDataId"),
-    ("/api/v1/domaindata/list", "List DomainData (paginated)", "Page"),
-    ("/api/v1/domaindata/delete", "Delete a DomainData (not the file)", "DomainDataId"),
-    ("/api/v1/domaindata/upload", "Upload a CSV (raw body; query domaindata_id, name) and register it", "Upload"),
-    ("/api/v1/domaindatagrant/create", "Grant a DomainData to a partner (signed, delivered to the partner)", "Grant"),
-    ("/api/v1/domaindatagrant/update", "Update a grant (re-signed, re-delivered)", "Grant"),
+    (
+        "/api/v1/domaindatasource/create",
+        "Create a data source (localfs)",
+        "DataSource",
+    ),
+    (
+        "/api/v1/domaindatasource/update",
+        "Update a data source",
+        "DataSource",
+    ),
+    (
+        "/api/v1/domaindatasource/query",
+        "Query a data source",
+        "DataSourceId",
+    ),
+    (
+        "/api/v1/domaindatasource/list",
+        "List data sources (paginated)",
+        "Page",
+    ),
+    (
+        "/api/v1/domaindatasource/delete",
+        "Delete a data source",
+        "DataSourceId",
+    ),
+    (
+        "/api/v1/domaindata/create",
+        "Register a DomainData (file must exist; header checked)",
+        "DomainData",
+    ),
+    (
+        "/api/v1/domaindata/update",
+        "Update a DomainData",
+        "DomainData",
+    ),
+    (
+        "/api/v1/domaindata/query",
+        "Query a DomainData",
+        "DomainDataId",
+    ),
+    (
+        "/api/v1/domaindata/list",
+        "List DomainData (paginated)",
+        "Page",
+    ),
+    (
+        "/api/v1/domaindata/delete",
+        "Delete a DomainData (not the file)",
+        "DomainDataId",
+    ),
+    (
+        "/api/v1/domaindata/upload",
+        "Upload a CSV (raw body; query domaindata_id, name) and register it",
+        "Upload",
+    ),
+    (
+        "/api/v1/domaindatagrant/create",
+        "Grant a DomainData to a partner (signed, delivered to the partner)",
+        "Grant",
+    ),
+    (
+        "/api/v1/domaindatagrant/update",
+        "Update a grant (re-signed, re-delivered)",
+        "Grant",
+    ),
     ("/api/v1/domaindatagrant/query", "Query a grant", "GrantId"),
-    ("/api/v1/domaindatagrant/list", "List grants made (domain_id) or received (grant_domain)", "GrantList"),
-    ("/api/v1/domaindatagrant/delete", "Delete a grant made by this node (revocation delivered)", "GrantId"),
-    ("/api/v1/domain/query", "Query a domain (this node or a partner)", "DomainId"),
+    (
+        "/api/v1/domaindatagrant/list",
+        "List grants made (domain_id) or received (grant_domain)",
+        "GrantList",
+    ),
+    (
+        "/api/v1/domaindatagrant/delete",
+        "Delete a grant made by this node (revocation delivered)",
+        "GrantId",
+    ),
+    (
+        "/api/v1/domain/query",
+        "Query a domain (this node or a partner)",
+        "DomainId",
+    ),
     ("/api/v1/domain/list", "List domains (paginated)", "Page"),
-    ("/api/v1/route/query", "Query a route with its explained status", "Route"),
+    (
+        "/api/v1/route/query",
+        "Query a route with its explained status",
+        "Route",
+    ),
     ("/api/v1/route/list", "List routes (paginated)", "Page"),
-    ("/api/v1/peer/invite", "Create a one-time invitation for a partner", "Invite"),
-    ("/api/v1/peer/join", "Join a partner with its invitation", "Join"),
-    ("/api/v1/peer/export", "This node's CA certificate and endpoint", "Empty"),
-    ("/api/v1/peer/add", "Pin a partner's CA from a file and create the routes", "PeerAdd"),
+    (
+        "/api/v1/peer/invite",
+        "Create a one-time invitation for a partner",
+        "Invite",
+    ),
+    (
+        "/api/v1/peer/join",
+        "Join a partner with its invitation",
+        "Join",
+    ),
+    (
+        "/api/v1/peer/export",
+        "This node's CA certificate and endpoint",
+        "Empty",
+    ),
+    (
+        "/api/v1/peer/add",
+        "Pin a partner's CA from a file and create the routes",
+        "PeerAdd",
+    ),
 ];
 
 fn schemas() -> Value {
-    let s = |props: Value, required: &[&str]| {
-        json!({"type": "object", "additionalProperties": false, "properties": props, "required": required})
-    };
+    let s = |props: Value, required: &[&str]| json!({"type": "object", "additionalProperties": false, "properties": props, "required": required});
     let str_map = json!({"type": "object", "additionalProperties": {"type": "string"}});
     json!({
         "Envelope": {"type": "object", "properties": {
@@ -100,7 +182,11 @@ fn schemas() -> Value {
 pub(super) fn build() -> Value {
     let mut paths = Map::new();
     for (path, summary, schema) in OPERATIONS {
-        let content_type = if *schema == "Upload" { "text/csv" } else { "application/json" };
+        let content_type = if *schema == "Upload" {
+            "text/csv"
+        } else {
+            "application/json"
+        };
         paths.insert(
             (*path).to_owned(),
             json!({"post": {

@@ -41,7 +41,9 @@ pub enum Step {
     #[error("TLS: {0}")]
     Tls(String),
     /// The partner answered 401: it does not (or no longer) trust this node.
-    #[error("NotAuthorized: the partner refused this node's certificate (is this node added there?)")]
+    #[error(
+        "NotAuthorized: the partner refused this node's certificate (is this node added there?)"
+    )]
     NotAuthorized,
     /// HTTP-level failure or an unexpected answer.
     #[error("PeerError: {0}")]
@@ -94,7 +96,12 @@ pub async fn post_json(
     }
     let tcp = timeout(STEP_TIMEOUT, TcpStream::connect(&addrs[..]))
         .await
-        .map_err(|_| Step::Tcp(format!("connecting to {}:{} timed out", endpoint.host, endpoint.port)))?
+        .map_err(|_| {
+            Step::Tcp(format!(
+                "connecting to {}:{} timed out",
+                endpoint.host, endpoint.port
+            ))
+        })?
         .map_err(|e| Step::Tcp(format!("{}:{}: {e}", endpoint.host, endpoint.port)))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(server_name.to_owned())
@@ -124,11 +131,14 @@ pub async fn post_json(
         .map_err(|_| Step::Peer("no answer in time".into()))?
         .map_err(|e| Step::Peer(format!("HTTP: {e}")))?;
     let status = resp.status().as_u16();
-    let body = timeout(STEP_TIMEOUT, Limited::new(resp.into_body(), MAX_RESPONSE).collect())
-        .await
-        .map_err(|_| Step::Peer("answer body timed out".into()))?
-        .map_err(|e| Step::Peer(format!("answer body: {e}")))?
-        .to_bytes();
+    let body = timeout(
+        STEP_TIMEOUT,
+        Limited::new(resp.into_body(), MAX_RESPONSE).collect(),
+    )
+    .await
+    .map_err(|_| Step::Peer("answer body timed out".into()))?
+    .map_err(|e| Step::Peer(format!("answer body: {e}")))?
+    .to_bytes();
     if status == 401 {
         return Err(Step::NotAuthorized);
     }

@@ -61,7 +61,11 @@ pub async fn round(state: &SharedState) {
     for r in routes.iter().filter(|r| r.destination == me) {
         if r.ready == 1 && now_unix() - r.last_heartbeat > lost_after {
             let msg = format!("no heartbeat from {} for {lost_after} s", r.source);
-            if let Err(e) = state.store.set_route_status(&r.name, false, "HeartbeatLost", &msg).await {
+            if let Err(e) = state
+                .store
+                .set_route_status(&r.name, false, "HeartbeatLost", &msg)
+                .await
+            {
                 tracing::error!("heartbeat: {e}");
             }
             tracing::warn!(route = %r.name, "{msg}");
@@ -81,7 +85,11 @@ async fn beat_route(state: &SharedState, route: &RouteRow) {
             tracing::warn!(route = %route.name, reason = %reason, "route not ready: {message}");
         }
     }
-    if let Err(e) = state.store.set_route_status(&route.name, ready, &reason, &message).await {
+    if let Err(e) = state
+        .store
+        .set_route_status(&route.name, ready, &reason, &message)
+        .await
+    {
         tracing::error!("heartbeat: {e}");
     }
     if ready {
@@ -107,7 +115,10 @@ async fn beat(state: &SharedState, peer: &str, host: &str) -> Result<(), (String
     .await
     .map_err(|s: Step| (s.reason().to_owned(), s.detail()))?;
     if status != 200 {
-        return Err(("PeerError".into(), format!("heartbeat answered HTTP {status}")));
+        return Err((
+            "PeerError".into(),
+            format!("heartbeat answered HTTP {status}"),
+        ));
     }
     let their = body.get("time").and_then(Value::as_i64).unwrap_or(0);
     let skew = (their - now_unix()).abs();

@@ -25,8 +25,8 @@ use std::time::Duration;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
 use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use http_body_util::BodyExt;
@@ -61,21 +61,28 @@ pub struct Unauthorized;
 
 impl IntoResponse for Unauthorized {
     fn into_response(self) -> Response {
-        (StatusCode::UNAUTHORIZED, Json(json!({"reason": "unauthorized"}))).into_response()
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"reason": "unauthorized"})),
+        )
+            .into_response()
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Partner {
     type Rejection = Unauthorized;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> std::result::Result<Self, Unauthorized> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> std::result::Result<Self, Unauthorized> {
         let caller = parts.extensions.get::<Caller>().ok_or(Unauthorized)?;
         let domain = caller.domain.clone().ok_or(Unauthorized)?;
         // A `venn-source` header, if sent, must name the authenticated domain.
-        if let Some(claimed) = parts.headers.get("venn-source") {
-            if claimed.as_bytes() != domain.as_bytes() {
-                return Err(Unauthorized);
-            }
+        if let Some(claimed) = parts.headers.get("venn-source")
+            && claimed.as_bytes() != domain.as_bytes()
+        {
+            return Err(Unauthorized);
         }
         Ok(Partner(domain, caller.certs.clone()))
     }
@@ -92,7 +99,10 @@ impl IntoResponse for GatewayError {
             NodeError::NotFound(m) => (StatusCode::NOT_FOUND, format!("{m} not found")),
             other => {
                 tracing::error!("gateway: {other}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
+                )
             }
         };
         (code, Json(json!({ "reason": reason }))).into_response()
@@ -133,8 +143,8 @@ async fn grant(
     Partner(domain, certs): Partner,
     body: axum::body::Bytes,
 ) -> std::result::Result<Json<Value>, GatewayError> {
-    let signed: SignedGrant = serde_json::from_slice(&body)
-        .map_err(|e| NodeError::Invalid(format!("grant: {e}")))?;
+    let signed: SignedGrant =
+        serde_json::from_slice(&body).map_err(|e| NodeError::Invalid(format!("grant: {e}")))?;
     let leaf = certs.first().ok_or(NodeError::Unauthorized)?;
     grants::receive(&state, &domain, leaf, signed).await?;
     Ok(Json(json!({ "accepted": true })))
@@ -162,7 +172,11 @@ async fn drain(req: Request) {
 
 /// Whether the caller is an authenticated partner whose `venn-source` header (if any) agrees.
 fn authenticated(req: &Request) -> bool {
-    let Some(domain) = req.extensions().get::<Caller>().and_then(|c| c.domain.as_deref()) else {
+    let Some(domain) = req
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.domain.as_deref())
+    else {
         return false;
     };
     req.headers()
@@ -207,7 +221,11 @@ pub fn server_config(state: &SharedState) -> Result<Arc<rustls::ServerConfig>> {
 }
 
 /// Serves the gateway on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: SharedState, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: SharedState,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&state)?);
     let app = router(state.clone());
     loop {
