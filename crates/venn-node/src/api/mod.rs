@@ -174,3 +174,99 @@ pub(crate) fn ok(v: impl Serialize) -> ApiResult {
         serde_json::to_value(v).map_err(|e| NodeError::Invalid(e.to_string()))?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::state::NodeState;
+    use crate::store::Store;
+    use crate::trust::{Identity, PeerSet, TokenCheck, ensure_token, read_token};
+
+    async fn state(dir: &std::path::Path) -> SharedState {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            domain_id: "alice".into(),
+            ..Config::default()
+        };
+        let identity = Identity::load_or_create(dir, "alice", &config.endpoint().unwrap()).unwrap();
+        ensure_token(&config.token_path()).unwrap();
+        Arc::new(NodeState {
+            token: TokenCheck::new(config.token_path()),
+            peers: PeerSet::default(),
+            store: Store::open(&config.datastore_url()).await.unwrap(),
+            identity,
+            heartbeat_now: tokio::sync::Notify::new(),
+            config,
+        })
+    }
+
+    async fn call(app: &Router, path: &str, token: Option<&str>, body: &str) -> StatusCode {
+        let mut req = Request::post(path);
+        if let Some(t) = token {
+            req = req.header("Token", t);
+        }
+        app.clone()
+            .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn every_route_is_documented_and_protected() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path()).await;
+        let token = read_token(&st.config.token_path()).unwrap();
+        let app = router(st);
+        for (path, _, _) in openapi::OPERATIONS {
+            assert_eq!(
+                call(&app, path, None, "{}").await,
+                StatusCode::UNAUTHORIZED,
+                "{path}"
+            );
+            let with = call(&app, path, Some(&token), "{}").await;
+            assert_ne!(
+                with,
+                StatusCode::NOT_FOUND,
+                "{path} is documented but not routed"
+            );
+            assert_ne!(with, StatusCode::UNAUTHORIZED, "{path}");
+        }
+        assert_eq!(
+            call(&app, "/api/v1/nope", Some(&token), "{}").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(call(&app, "/healthZ", None, "").await, StatusCode::OK);
+    }
+
+    #[test]
+    fn field_named_in_errors() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            n: u32,
+        }
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outer {
+            inner: Vec<Inner>,
+        }
+        let e = parse_json::<Outer>(br#"{"inner":[{"n":"x"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("inner[0].n:"), "{e}");
+        let e = parse_json::<Outer>(br#"{"inner":[],"extra":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("extra"), "{e}");
+    }
+}
