@@ -76,6 +76,9 @@ pub(crate) struct InitArgs {
     /// Seconds between heartbeats to partners.
     #[arg(long, default_value_t = 15)]
     pub(crate) heartbeat_seconds: u64,
+    /// HTTP CONNECT proxy for outbound connections to partners (http://host:port).
+    #[arg(long, default_value = "")]
+    pub(crate) proxy: String,
 }
 
 /// `--mode` values.
@@ -315,6 +318,7 @@ fn init(a: InitArgs) -> Result<()> {
     };
     cfg.gateway.listen = a.gateway_listen;
     cfg.gateway.heartbeat_seconds = a.heartbeat_seconds;
+    cfg.gateway.proxy = a.proxy;
     cfg.api.listen = a.api_listen;
     cfg.validate()?;
     print!("{}", cfg.to_yaml());

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -65,26 +66,36 @@ impl Drop for Node {
 impl Node {
     /// `venn init` + `venn start` on loopback with free ports.
     fn start(dir: &Path, name: &str) -> Node {
-        let gw = free_port();
+        Self::start_with(dir, name, free_port(), None, &[])
+    }
+
+    /// Like [`Node::start`] with a gateway port, an endpoint other than the gateway's own
+    /// address (a relay in front of it), and extra `venn init` arguments.
+    fn start_with(dir: &Path, name: &str, gw: u16, endpoint: Option<&str>, extra: &[&str]) -> Node {
         let api = free_port();
         let config = dir.join(format!("{name}.yaml"));
-        let yaml = run_ok(venn().args([
-            "init",
-            "--mode",
-            "autonomy",
-            "--domain",
-            name,
-            "--endpoint",
-            &format!("https://127.0.0.1:{gw}"),
-            "--data-dir",
-            dir.join(format!("{name}-data")).to_str().unwrap(),
-            "--gateway-listen",
-            &format!("127.0.0.1:{gw}"),
-            "--api-listen",
-            &format!("127.0.0.1:{api}"),
-            "--heartbeat-seconds",
-            "1",
-        ]));
+        let endpoint = endpoint.map_or_else(|| format!("https://127.0.0.1:{gw}"), str::to_owned);
+        let yaml = run_ok(
+            venn()
+                .args([
+                    "init",
+                    "--mode",
+                    "autonomy",
+                    "--domain",
+                    name,
+                    "--endpoint",
+                    &endpoint,
+                    "--data-dir",
+                    dir.join(format!("{name}-data")).to_str().unwrap(),
+                    "--gateway-listen",
+                    &format!("127.0.0.1:{gw}"),
+                    "--api-listen",
+                    &format!("127.0.0.1:{api}"),
+                    "--heartbeat-seconds",
+                    "1",
+                ])
+                .args(extra),
+        );
         std::fs::write(&config, yaml).unwrap();
         let mut node = Node {
             name: name.into(),
@@ -968,4 +979,139 @@ fn two_nodes_in_network_namespaces() {
         "alice's API is reachable from bob's namespace"
     );
     println!("netns: alice and bob onboarded and Ready across the veth pair");
+}
+
+// === proxies ===
+
+fn pipe(a: TcpStream, b: TcpStream) {
+    let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+    let (mut a, mut b) = (a, b);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut a, &mut b2);
+        let _ = b2.shutdown(std::net::Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut b, &mut a2);
+        let _ = a2.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+/// A plain TCP relay to `target` (a port forward / load balancer in front of a gateway).
+fn tcp_relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            c.fetch_add(1, Ordering::SeqCst);
+            if let Ok(up) = TcpStream::connect(target) {
+                pipe(s, up);
+            }
+        }
+    });
+    (addr, count)
+}
+
+/// A minimal HTTP CONNECT proxy.
+fn connect_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let mut words = text.split_whitespace();
+            if words.next() != Some("CONNECT") {
+                let _ = s.write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n");
+                continue;
+            }
+            let target = words.next().unwrap_or("").to_owned();
+            match TcpStream::connect(&target) {
+                Ok(up) => {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                    pipe(s, up);
+                }
+                Err(_) => {
+                    let _ = s.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+                }
+            }
+        }
+    });
+    (addr, count)
+}
+
+/// alice is reached through a plain TCP relay (her endpoint is the relay); bob reaches
+/// partners only through an HTTP CONNECT proxy. Onboarding, heartbeats and grants still work.
+#[test]
+fn through_tcp_relay_and_http_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice_gw = free_port();
+    let (relay, relayed) = tcp_relay(format!("127.0.0.1:{alice_gw}").parse().unwrap());
+    let (proxy, proxied) = connect_proxy();
+    let alice = Node::start_with(
+        dir.path(),
+        "alice",
+        alice_gw,
+        Some(&format!("https://{relay}")),
+        &[],
+    );
+    let proxy_url = format!("http://{proxy}");
+    let mut bob = Node::start_with(
+        dir.path(),
+        "bob",
+        free_port(),
+        None,
+        &["--proxy", &proxy_url],
+    );
+
+    let invitation = alice.cli_ok(&["peer", "invite", "bob"]).trim().to_owned();
+    bob.cli_ok(&["peer", "join", &invitation]);
+    bob.wait_route("bob-alice", true);
+    alice.wait_route("alice-bob", true);
+    alice.wait_route("bob-alice", true);
+    assert!(
+        proxied.load(Ordering::SeqCst) >= 1,
+        "bob did not use the proxy"
+    );
+    assert!(
+        relayed.load(Ordering::SeqCst) >= 1,
+        "nothing went through the relay"
+    );
+
+    // a proxy that refuses: the route says so
+    let refusing = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing_addr = refusing.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in refusing.incoming().flatten() {
+            let _ = s.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
+        }
+    });
+    let yaml = std::fs::read_to_string(&bob.config).unwrap();
+    std::fs::write(
+        &bob.config,
+        yaml.replace(&proxy.to_string(), &refusing_addr.to_string()),
+    )
+    .unwrap();
+    bob.stop();
+    bob.launch();
+    let r = bob.wait_route("bob-alice", false);
+    let mut r = r;
+    let t0 = Instant::now();
+    while r["status"]["reason"] != "Proxy" && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        r = bob.route("bob-alice");
+    }
+    assert_eq!(r["status"]["reason"], "Proxy", "{r}");
+    assert!(
+        r["status"]["message"].as_str().unwrap().contains("407"),
+        "{r}"
+    );
 }

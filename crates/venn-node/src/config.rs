@@ -71,6 +71,10 @@ pub struct GatewayConfig {
     /// Largest tolerated clock difference with a partner, default 300 s.
     #[serde(default = "default_skew")]
     pub max_clock_skew_seconds: u64,
+    /// HTTP proxy for outbound connections to partners (`http://host:port`, HTTP CONNECT);
+    /// empty for direct connections. Only set explicitly: no `HTTPS_PROXY` guessing.
+    #[serde(default)]
+    pub proxy: String,
 }
 
 /// The API section: Kuscia-compatible HTTP/JSON.
@@ -137,6 +141,7 @@ impl Default for GatewayConfig {
             listen: default_gateway_listen(),
             heartbeat_seconds: default_heartbeat(),
             max_clock_skew_seconds: default_skew(),
+            proxy: String::new(),
         }
     }
 }
@@ -230,7 +235,43 @@ impl Endpoint {
     }
 }
 
+/// An HTTP proxy address, `http://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyAddr {
+    /// Proxy host.
+    pub host: String,
+    /// Proxy port (default 3128).
+    pub port: u16,
+}
+
+impl ProxyAddr {
+    /// Parses `http://host[:port]`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        if url.scheme() != "http" {
+            return Err(format!(
+                "{s:?} must be http://host:port (an HTTP CONNECT proxy)"
+            ));
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(format!("{s:?} has no host")),
+        };
+        Ok(Self {
+            host,
+            port: url.port().unwrap_or(3128),
+        })
+    }
+}
+
 impl Config {
+    /// The outbound proxy, if configured (call after `validate`).
+    pub fn proxy(&self) -> Option<ProxyAddr> {
+        ProxyAddr::parse(&self.gateway.proxy).ok()
+    }
+
     /// Parses YAML text; field names and types are checked here, values in [`Config::validate`].
     pub fn from_yaml(text: &str) -> Result<Self> {
         serde_yaml_ng::from_str(text).map_err(|e| NodeError::Config(vec![e.to_string()]))
@@ -299,6 +340,11 @@ impl Config {
         }
         if !(1..=86_400).contains(&self.gateway.max_clock_skew_seconds) {
             bad.push("gateway.max_clock_skew_seconds: must be between 1 and 86400".into());
+        }
+        if !self.gateway.proxy.is_empty()
+            && let Err(e) = ProxyAddr::parse(&self.gateway.proxy)
+        {
+            bad.push(format!("gateway.proxy: {e}"));
         }
         match self.api.listen.parse::<SocketAddr>() {
             Err(e) => bad.push(format!(

@@ -139,7 +139,16 @@ async fn call_partner(
         .ok_or_else(|| Step::Peer(format!("{partner} is not a partner")))?;
     let ep = Endpoint::parse(&row.endpoint)
         .map_err(|_| Step::Peer(format!("{partner} has no endpoint this node can reach")))?;
-    post_json(p.client_config, &ep, partner, state.domain_id(), path, body).await
+    post_json(
+        p.client_config,
+        &ep,
+        state.config.proxy().as_ref(),
+        partner,
+        state.domain_id(),
+        path,
+        body,
+    )
+    .await
 }
 
 /// Sends a stored grant to its grantee.

@@ -194,6 +194,7 @@ pub async fn join(state: &NodeState, invitation: &str) -> Result<DomainRow> {
     let (status, answer) = post_json(
         Arc::new(tls),
         &endpoint,
+        state.config.proxy().as_ref(),
         &inv.domain,
         state.domain_id(),
         "/venn/v1/join",

@@ -22,7 +22,9 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::Endpoint;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::{Endpoint, ProxyAddr};
 
 /// Largest response body accepted from a partner.
 const MAX_RESPONSE: usize = 4 << 20;
@@ -48,13 +50,18 @@ pub enum Step {
     /// HTTP-level failure or an unexpected answer.
     #[error("PeerError: {0}")]
     Peer(String),
+    /// The configured HTTP proxy failed or refused the CONNECT.
+    #[error("Proxy: {0}")]
+    Proxy(String),
 }
 
 impl Step {
     /// The details without the step name.
     pub fn detail(&self) -> String {
         match self {
-            Step::Dns(m) | Step::Tcp(m) | Step::Tls(m) | Step::Peer(m) => m.clone(),
+            Step::Dns(m) | Step::Tcp(m) | Step::Tls(m) | Step::Peer(m) | Step::Proxy(m) => {
+                m.clone()
+            }
             Step::NotAuthorized => {
                 "the partner refused this node's certificate (is this node added there?)".into()
             }
@@ -69,41 +76,87 @@ impl Step {
             Step::Tls(_) => "TLS",
             Step::NotAuthorized => "NotAuthorized",
             Step::Peer(_) => "PeerError",
+            Step::Proxy(_) => "Proxy",
         }
     }
 }
 
-/// POSTs `body` as JSON to `path` on the gateway at `endpoint`, verifying the server as
-/// `server_name` with `tls`; returns the HTTP status and the parsed JSON answer.
+/// Opens a TCP connection to `endpoint`, directly or through an HTTP CONNECT `proxy`.
+pub async fn connect(endpoint: &Endpoint, proxy: Option<&ProxyAddr>) -> Result<TcpStream, Step> {
+    let Some(proxy) = proxy else {
+        return dial(&endpoint.host, endpoint.port, Step::Dns, Step::Tcp).await;
+    };
+    let mut tcp = dial(&proxy.host, proxy.port, Step::Proxy, Step::Proxy).await?;
+    let target = if endpoint.host.contains(':') {
+        format!("[{}]:{}", endpoint.host, endpoint.port)
+    } else {
+        format!("{}:{}", endpoint.host, endpoint.port)
+    };
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    let head = timeout(STEP_TIMEOUT, async {
+        tcp.write_all(req.as_bytes()).await?;
+        // Read byte by byte up to the end of the head: nothing after it may be consumed,
+        // it belongs to the TLS stream.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+            if tcp.read(&mut b).await? == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+        Ok::<_, std::io::Error>(head)
+    })
+    .await
+    .map_err(|_| Step::Proxy("CONNECT timed out".into()))?
+    .map_err(|e| Step::Proxy(format!("CONNECT: {e}")))?;
+    let line = String::from_utf8_lossy(&head);
+    let status = line.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        let first = line.lines().next().unwrap_or("no answer");
+        return Err(Step::Proxy(format!(
+            "{}:{} refused CONNECT {target}: {first}",
+            proxy.host, proxy.port
+        )));
+    }
+    Ok(tcp)
+}
+
+async fn dial(
+    host: &str,
+    port: u16,
+    dns: fn(String) -> Step,
+    tcp: fn(String) -> Step,
+) -> Result<TcpStream, Step> {
+    let addrs: Vec<_> = timeout(STEP_TIMEOUT, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| dns(format!("resolving {host} timed out")))?
+        .map_err(|e| dns(format!("{host}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(dns(format!("{host} has no address")));
+    }
+    let stream = timeout(STEP_TIMEOUT, TcpStream::connect(&addrs[..]))
+        .await
+        .map_err(|_| tcp(format!("connecting to {host}:{port} timed out")))?
+        .map_err(|e| tcp(format!("{host}:{port}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// POSTs `body` as JSON to `path` on the gateway at `endpoint` (through `proxy` if given),
+/// verifying the server as `server_name` with `tls`; returns the HTTP status and the JSON answer.
+#[allow(clippy::too_many_arguments)] // one call shape, each argument a different concern
 pub async fn post_json(
     tls: Arc<rustls::ClientConfig>,
     endpoint: &Endpoint,
+    proxy: Option<&ProxyAddr>,
     server_name: &str,
     self_domain: &str,
     path: &str,
     body: &Value,
 ) -> Result<(u16, Value), Step> {
-    let addrs: Vec<_> = timeout(
-        STEP_TIMEOUT,
-        tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)),
-    )
-    .await
-    .map_err(|_| Step::Dns(format!("resolving {} timed out", endpoint.host)))?
-    .map_err(|e| Step::Dns(format!("{}: {e}", endpoint.host)))?
-    .collect();
-    if addrs.is_empty() {
-        return Err(Step::Dns(format!("{} has no address", endpoint.host)));
-    }
-    let tcp = timeout(STEP_TIMEOUT, TcpStream::connect(&addrs[..]))
-        .await
-        .map_err(|_| {
-            Step::Tcp(format!(
-                "connecting to {}:{} timed out",
-                endpoint.host, endpoint.port
-            ))
-        })?
-        .map_err(|e| Step::Tcp(format!("{}:{}: {e}", endpoint.host, endpoint.port)))?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect(endpoint, proxy).await?;
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|e| Step::Tls(format!("bad server name {server_name:?}: {e}")))?;
     let stream = timeout(

@@ -107,6 +107,7 @@ async fn beat(state: &SharedState, peer: &str, host: &str) -> Result<(), (String
     let (status, body) = post_json(
         partner.client_config,
         &ep,
+        state.config.proxy().as_ref(),
         peer,
         state.domain_id(),
         "/venn/v1/heartbeat",
