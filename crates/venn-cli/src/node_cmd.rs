@@ -257,30 +257,43 @@ pub(crate) enum GrantCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum NodeCommand {
     /// Write a node configuration (YAML) to stdout.
+    #[command(
+        after_help = "Example:\n  venn init --mode autonomy --domain alice --endpoint https://alice.example:1080 > alice.yaml"
+    )]
     Init(InitArgs),
     /// Start the node (gateway, API, heartbeats) in the foreground.
+    #[command(
+        after_help = "Examples:\n  venn start -c alice.yaml\n  venn start            # embedded defaults, data in ./venn-data"
+    )]
     Start(StartArgs),
     /// Manage the API token.
+    #[command(after_help = "Example:\n  venn token rotate -c alice.yaml")]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
     /// Onboard partners.
+    #[command(
+        after_help = "Examples:\n  alice$ venn peer invite bob -c alice.yaml\n  bob$   venn peer join venn-invite-... -c bob.yaml\n  venn peer add bob --cert bob.crt --endpoint https://bob.example:1080"
+    )]
     Peer {
         #[command(subcommand)]
         command: PeerCommand,
     },
     /// Routes to and from partners.
+    #[command(after_help = "Example:\n  venn route list -c alice.yaml")]
     Route {
         #[command(subcommand)]
         command: RouteCommand,
     },
     /// The data catalogue.
+    #[command(after_help = "Example:\n  venn data upload alice.csv --id alice-table -c alice.yaml")]
     Data {
         #[command(subcommand)]
         command: DataCommand,
     },
     /// Grants of data to partners.
+    #[command(after_help = "Example:\n  venn grant create alice-table --to bob -c alice.yaml")]
     Grant {
         #[command(subcommand)]
         command: GrantCommand,

@@ -419,6 +419,39 @@ fn init_validates_every_field() {
 }
 
 #[test]
+fn every_node_command_has_help_with_an_example() {
+    let commands: &[&[&str]] = &[
+        &["init"],
+        &["start"],
+        &["token"],
+        &["token", "rotate"],
+        &["token", "path"],
+        &["peer"],
+        &["peer", "invite"],
+        &["peer", "join"],
+        &["peer", "export"],
+        &["peer", "add"],
+        &["peer", "list"],
+        &["route"],
+        &["route", "list"],
+        &["data"],
+        &["data", "upload"],
+        &["data", "list"],
+        &["grant"],
+        &["grant", "create"],
+        &["grant", "list"],
+    ];
+    for c in commands {
+        let help = run_ok(venn().args(*c).arg("--help"));
+        assert!(
+            help.contains("Example"),
+            "venn {} --help has no example:\n{help}",
+            c.join(" ")
+        );
+    }
+}
+
+#[test]
 fn start_refuses_bad_config_files() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
