@@ -843,6 +843,50 @@ fn file_based_onboarding() {
         peers.contains("carol") && peers.contains("partner"),
         "{peers}"
     );
+
+    // Explained failures: a host that does not resolve, and an endpoint that is another node.
+    let ep = venn_node::config::Endpoint::parse("https://127.0.0.1:1").unwrap();
+    let dave =
+        venn_node::trust::Identity::load_or_create(&dir.path().join("dave"), "dave", &ep).unwrap();
+    let dave_file = dir.path().join("dave.crt");
+    std::fs::write(&dave_file, dave.ca_pem()).unwrap();
+    alice.cli_ok(&[
+        "peer",
+        "add",
+        "dave",
+        "--cert",
+        dave_file.to_str().unwrap(),
+        "--endpoint",
+        "https://dave.invalid:1080",
+    ]);
+    wait_reason(&alice, "alice-dave", "DNS");
+    // carol's gateway answering for dave: its certificate is not from dave's pinned CA
+    alice.cli_ok(&[
+        "peer",
+        "add",
+        "dave",
+        "--cert",
+        dave_file.to_str().unwrap(),
+        "--endpoint",
+        &format!("https://{}", carol.gateway),
+    ]);
+    wait_reason(&alice, "alice-dave", "TLS");
+}
+
+fn wait_reason(node: &Node, route: &str, reason: &str) {
+    let t0 = Instant::now();
+    loop {
+        let r = node.route(route);
+        if r["status"]["reason"] == reason {
+            assert_eq!(r["status"]["ready"], false);
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "route {route}: want {reason}: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Two nodes in separate network namespaces joined by a veth pair; only the gateway port

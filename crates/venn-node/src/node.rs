@@ -99,6 +99,12 @@ impl Node {
         });
         state.load_partners().await?;
         let api = bind("api.listen", &state.config.api.listen).await?;
+        if !api.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+            tracing::warn!(
+                "api.listen {} is not a loopback address: the API is reachable from the network",
+                state.config.api.listen
+            );
+        }
         let gateway = bind("gateway.listen", &state.config.gateway.listen).await?;
         Ok(Self {
             state,

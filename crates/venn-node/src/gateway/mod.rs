@@ -10,6 +10,8 @@
 //!   only exception is `POST /venn/v1/join`, which authenticates by invitation secret instead
 //!   and answers 401 the same way on any failure.
 //! - An authenticated caller that names a missing path gets 404 `{"reason":"not found"}`.
+//! - Bounded: at most 4096 connections, TLS handshakes and HTTP/1 request heads must complete
+//!   within 10 s, HTTP/2 connections are kept alive with pings.
 //! - Handlers are small; the partner-facing API is narrow and versioned (`/venn/v1/...`): a
 //!   partner never gets a credential to this node's control API.
 //!
@@ -30,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::CertificateDer;
@@ -43,6 +45,9 @@ use crate::grants::{self, SignedGrant};
 use crate::onboarding::{self, JoinRequest};
 use crate::state::SharedState;
 use crate::trust::{DeferredClientVerifier, now_unix, provider};
+
+/// Most connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 4096;
 
 /// Who is calling, as established by the connection's TLS handshake.
 #[derive(Clone, Debug)]
@@ -228,6 +233,7 @@ pub async fn serve(
 ) -> Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&state)?);
     let app = router(state.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -240,10 +246,18 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return Ok(()),
         };
+        // Over the limit, new connections are closed at once instead of queuing unbounded.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, "gateway: {MAX_CONNECTIONS} connections open; refusing");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         let state = state.clone();
-        tokio::spawn(async move { connection(acceptor, tcp, addr, app, state).await });
+        tokio::spawn(async move {
+            connection(acceptor, tcp, addr, app, state).await;
+            drop(slot);
+        });
     }
 }
 
@@ -279,10 +293,16 @@ async fn connection(
         certs: Arc::new(certs),
     };
     let svc = TowerToHyperService::new(app.layer(Extension(caller)));
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), svc)
-        .await
-    {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
+    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
         tracing::debug!(%addr, "gateway connection closed: {e}");
     }
 }
