@@ -347,7 +347,9 @@ fn start(a: StartArgs) -> Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        // `try_init`: if `main` installed a subscriber already, keep it.
+        .try_init()
+        .ok();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
