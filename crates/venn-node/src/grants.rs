@@ -48,11 +48,15 @@ pub struct GrantPayload {
 }
 
 impl GrantPayload {
-    /// The bytes that are signed.
+    /// The bytes that are signed: the tag, then the payload as JSON with every object's keys
+    /// sorted and no whitespace. Sorting is done here, not left to `serde_json`'s map type,
+    /// because a build with serde_json's `preserve_order` feature would otherwise sign a
+    /// different byte string for the same grant.
     pub fn canonical(&self) -> Vec<u8> {
-        let mut v = SIGNATURE_TAG.to_vec();
-        v.extend(serde_json::to_vec(self).unwrap_or_default());
-        v
+        let mut out = SIGNATURE_TAG.to_vec();
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        write_canonical(&value, &mut out);
+        out
     }
 
     /// The payload of a stored grant.
@@ -67,6 +71,37 @@ impl GrantPayload {
             use_count: g.use_count,
             limit_extra: serde_json::from_str(&g.limit_extra).unwrap_or(Value::Null),
         }
+    }
+}
+
+/// Writes `v` as JSON with object keys in byte order.
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(k).unwrap_or_default());
+                out.push(b':');
+                write_canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(serde_json::to_vec(scalar).unwrap_or_default()),
     }
 }
 
@@ -251,5 +286,34 @@ pub async fn receive_revocation(state: &NodeState, caller: &str, id: &str) -> Re
         Some(g) if g.domain_id == caller => state.store.delete_grant(id).await,
         Some(_) => Err(NodeError::Unauthorized),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_form_ignores_key_order() {
+        let mut a = GrantPayload {
+            domaindatagrant_id: "g".into(),
+            domain_id: "alice".into(),
+            domaindata_id: "t".into(),
+            grant_domain: "bob".into(),
+            description: BTreeMap::from([("k".into(), "v".into())]),
+            expiration_time: 0,
+            use_count: 3,
+            limit_extra: serde_json::from_str(r#"{"z":1,"a":[{"y":2,"b":3}]}"#).unwrap(),
+        };
+        let first = a.canonical();
+        a.limit_extra = serde_json::from_str(r#"{"a":[{"b":3,"y":2}],"z":1}"#).unwrap();
+        assert_eq!(first, a.canonical());
+        let text = String::from_utf8(first).unwrap();
+        assert!(
+            text.ends_with(r#""limit_extra":{"a":[{"b":3,"y":2}],"z":1},"use_count":3}"#),
+            "{text}"
+        );
+        a.use_count = 4;
+        assert_ne!(text.as_bytes(), a.canonical());
     }
 }
