@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod gen_cmd;
+mod node_cmd;
 mod psi_cmd;
 
 use std::process::ExitCode;
@@ -29,24 +30,32 @@ enum Command {
     /// Benchmarks: whole PSI runs between two local processes.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    #[command(flatten)]
+    Node(node_cmd::NodeCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VENN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .compact()
-        .init();
+    // `venn start` sets up logging from its config file; every other
+    // command logs to stderr at VENN_LOG (default info).
+    if !matches!(cli.command, Command::Node(node_cmd::NodeCommand::Start(_))) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("VENN_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .compact()
+            .init();
+    }
     let res = match cli.command {
         Command::Psi(a) => psi_cmd::run(*a),
         Command::Gen(a) => gen_cmd::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(b) => bench::run(b),
+        Command::Node(c) => node_cmd::run(c),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,773 @@
+//! `venn` node commands: init, start, token, peer, route, domain, data, grant.
+//!
+//! Thin by design: parse arguments, load the configuration, call `venn_node`, print. Commands
+//! other than `init` and `start` talk to the running node through its loopback API with the
+//! token from the data dir (`venn_node::client`), so they need the same `-c` file as `start`
+//! (or none, for a node started with the embedded defaults). Machine-readable output: `-o json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use venn_node::client::LocalClient;
+use venn_node::config::{Config, Endpoint, Mode};
+
+/// Where the node's configuration comes from.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ConfigArg {
+    /// Node configuration file written by `venn init` (default: embedded defaults, data in ./venn-data).
+    #[arg(short = 'c', long = "config", env = "VENN_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config> {
+        let cfg = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn client(&self) -> Result<LocalClient> {
+        Ok(LocalClient::new(&self.load()?)?)
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Human-readable table.
+    #[default]
+    Table,
+    /// JSON (for scripts).
+    Json,
+}
+
+/// `venn init` arguments.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  venn init --mode autonomy --domain alice --endpoint https://alice.example:1080 > alice.yaml\n  venn start -c alice.yaml"
+)]
+pub(crate) struct InitArgs {
+    /// Network mode (only autonomy, peer-to-peer, is implemented).
+    #[arg(long, value_enum, default_value = "autonomy")]
+    pub(crate) mode: InitMode,
+    /// This node's domain ID (RFC 1123 label, e.g. alice).
+    #[arg(short = 'd', long)]
+    pub(crate) domain: String,
+    /// URL partners use to reach this node's gateway, e.g. https://alice.example:1080.
+    #[arg(short = 'e', long)]
+    pub(crate) endpoint: String,
+    /// Data dir (keys, database, default data source).
+    #[arg(long, default_value = "./venn-data")]
+    pub(crate) data_dir: PathBuf,
+    /// Gateway listen address (the only port partners need).
+    #[arg(long, default_value = "0.0.0.0:1080")]
+    pub(crate) gateway_listen: String,
+    /// API listen address (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    pub(crate) api_listen: String,
+    /// Database URL (empty: SQLite in the data dir).
+    #[arg(long, default_value = "")]
+    pub(crate) datastore: String,
+    /// Seconds between heartbeats to partners.
+    #[arg(long, default_value_t = 15)]
+    pub(crate) heartbeat_seconds: u64,
+    /// HTTP CONNECT proxy for outbound connections to partners (http://host:port).
+    #[arg(long, default_value = "")]
+    pub(crate) proxy: String,
+}
+
+/// `--mode` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum InitMode {
+    /// Peer-to-peer node.
+    Autonomy,
+    /// Centralized master (not implemented yet).
+    Master,
+    /// Centralized lite (not implemented yet).
+    Lite,
+}
+
+/// `venn start` arguments.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  venn start -c alice.yaml\n  venn start            # embedded defaults, data in ./venn-data"
+)]
+pub(crate) struct StartArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+}
+
+/// `venn token ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Replace the API token (the old one stops working at once).
+    #[command(after_help = "Example:\n  venn token rotate -c alice.yaml")]
+    Rotate(ConfigArg),
+    /// Print the path of the token file (the token itself is never printed).
+    #[command(
+        after_help = "Example:\n  curl -H \"Token: $(cat $(venn token path -c alice.yaml))\" -X POST http://127.0.0.1:8082/api/v1/route/list"
+    )]
+    Path(ConfigArg),
+}
+
+/// `venn peer ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PeerCommand {
+    /// Print a one-time invitation for a partner (expires after --ttl-hours, single use).
+    #[command(
+        after_help = "Example:\n  alice$ venn peer invite bob -c alice.yaml\n  bob$   venn peer join venn-invite-... -c bob.yaml"
+    )]
+    Invite {
+        /// The partner's domain ID.
+        peer: String,
+        /// Hours until the invitation expires.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: u64,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Join a partner with the invitation it printed.
+    #[command(after_help = "Example:\n  venn peer join venn-invite-eyJ2Ijox... -c bob.yaml")]
+    Join {
+        /// The invitation (venn-invite-...).
+        invitation: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Write this node's CA certificate and endpoint to a file, for `venn peer add` at a partner.
+    #[command(
+        after_help = "Example:\n  venn peer export -c alice.yaml            # writes alice.crt\n  bob$ venn peer add alice --cert alice.crt --endpoint https://alice.example:1080"
+    )]
+    Export {
+        /// Output file (default: <domain>.crt).
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Add a partner from its exported CA certificate (file path, no network needed).
+    #[command(
+        after_help = "Example:\n  venn peer add bob --cert bob.crt --endpoint https://bob.example:1080 -c alice.yaml"
+    )]
+    Add {
+        /// The partner's domain ID.
+        peer: String,
+        /// The partner's CA certificate (from `venn peer export`).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The partner's gateway URL (omit if this node cannot reach it; it then only accepts).
+        #[arg(long, default_value = "")]
+        endpoint: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List this node and its partners.
+    #[command(after_help = "Example:\n  venn peer list -c alice.yaml")]
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// `venn route ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RouteCommand {
+    /// List routes with their status (NAME SOURCE DESTINATION HOST AUTHENTICATION READY REASON).
+    #[command(after_help = "Example:\n  venn route list -c alice.yaml\n  venn route list -o json")]
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// `venn data ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum DataCommand {
+    /// Copy a CSV file into the default data source and register it as a DomainData table.
+    #[command(after_help = "Example:\n  venn data upload alice.csv --id alice-table -c alice.yaml")]
+    Upload {
+        /// The CSV file (with a header row).
+        file: PathBuf,
+        /// DomainData ID to register.
+        #[arg(long)]
+        id: String,
+        /// File name inside the data source (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List DomainData.
+    #[command(after_help = "Example:\n  venn data list -c alice.yaml")]
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// `venn grant ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum GrantCommand {
+    /// Grant a DomainData to a partner (signed and delivered to the partner's node).
+    #[command(
+        after_help = "Example:\n  venn grant create alice-table --to bob --use-count 10 -c alice.yaml"
+    )]
+    Create {
+        /// The DomainData ID.
+        domaindata: String,
+        /// The partner's domain ID.
+        #[arg(long)]
+        to: String,
+        /// Expiry in hours from now (default: none).
+        #[arg(long)]
+        expires_hours: Option<u64>,
+        /// Allowed uses (default: unlimited).
+        #[arg(long, default_value_t = 0)]
+        use_count: i64,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List grants this node made, or (--received) those partners made to it.
+    #[command(
+        after_help = "Examples:\n  venn grant list -c alice.yaml\n  venn grant list --received -c bob.yaml"
+    )]
+    List {
+        /// Only grants made to this node.
+        #[arg(long)]
+        received: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// The node commands, flattened into `venn`'s top-level commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Write a node configuration (YAML) to stdout.
+    #[command(
+        after_help = "Example:\n  venn init --mode autonomy --domain alice --endpoint https://alice.example:1080 > alice.yaml"
+    )]
+    Init(InitArgs),
+    /// Start the node (gateway, API, heartbeats) in the foreground.
+    #[command(
+        after_help = "Examples:\n  venn start -c alice.yaml\n  venn start            # embedded defaults, data in ./venn-data"
+    )]
+    Start(StartArgs),
+    /// Manage the API token.
+    #[command(after_help = "Example:\n  venn token rotate -c alice.yaml")]
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Onboard partners.
+    #[command(
+        after_help = "Examples:\n  alice$ venn peer invite bob -c alice.yaml\n  bob$   venn peer join venn-invite-... -c bob.yaml\n  venn peer add bob --cert bob.crt --endpoint https://bob.example:1080"
+    )]
+    Peer {
+        #[command(subcommand)]
+        command: PeerCommand,
+    },
+    /// Routes to and from partners.
+    #[command(after_help = "Example:\n  venn route list -c alice.yaml")]
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+    /// The data catalogue.
+    #[command(after_help = "Example:\n  venn data upload alice.csv --id alice-table -c alice.yaml")]
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Grants of data to partners.
+    #[command(after_help = "Example:\n  venn grant create alice-table --to bob -c alice.yaml")]
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
+}
+
+/// Runs a node command.
+pub(crate) fn run(cmd: NodeCommand) -> Result<()> {
+    match cmd {
+        NodeCommand::Init(a) => init(a),
+        NodeCommand::Start(a) => start(a),
+        NodeCommand::Token { command } => token(command),
+        other => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(online(other))
+        }
+    }
+}
+
+fn init(a: InitArgs) -> Result<()> {
+    let mode = match a.mode {
+        InitMode::Autonomy => Mode::Autonomy,
+        InitMode::Master => Mode::Master,
+        InitMode::Lite => Mode::Lite,
+    };
+    let mut cfg = Config {
+        mode,
+        domain_id: a.domain,
+        endpoint: a.endpoint,
+        data_dir: a.data_dir,
+        datastore: a.datastore,
+        ..Config::default()
+    };
+    cfg.gateway.listen = a.gateway_listen;
+    cfg.gateway.heartbeat_seconds = a.heartbeat_seconds;
+    cfg.gateway.proxy = a.proxy;
+    cfg.api.listen = a.api_listen;
+    cfg.validate()?;
+    print!("{}", cfg.to_yaml());
+    Ok(())
+}
+
+fn start(a: StartArgs) -> Result<()> {
+    let cfg = a.config.load()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
+        .context("log_level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // `try_init`: if `main` installed a subscriber already, keep it.
+        .try_init()
+        .ok();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let node = venn_node::node::Node::build(cfg).await?;
+        node.run(venn_node::node::shutdown_signal()).await
+    })?;
+    Ok(())
+}
+
+fn token(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Rotate(c) => {
+            let cfg = c.load()?;
+            let path = cfg.token_path();
+            if !cfg.data_dir.exists() {
+                bail!(
+                    "data dir {} does not exist; run `venn start` once first",
+                    cfg.data_dir.display()
+                );
+            }
+            venn_node::trust::rotate_token(&path)?;
+            println!("token rotated; new token in {}", path.display());
+        }
+        TokenCommand::Path(c) => println!("{}", c.load()?.token_path().display()),
+    }
+    Ok(())
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Prints rows as a left-aligned table (the `kubectl get` look).
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", s.join("   ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn s(v: &Value, ptr: &str) -> String {
+    match v.pointer(ptr) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Fetches every page of a list call.
+async fn list_all(
+    client: &LocalClient,
+    path: &str,
+    mut body: Value,
+    key: &str,
+) -> Result<Vec<Value>> {
+    let mut all = Vec::new();
+    loop {
+        let data = client.post(path, &body).await?;
+        if let Some(items) = data.get(key).and_then(Value::as_array) {
+            all.extend(items.iter().cloned());
+        }
+        let next = s(&data, "/next_page_token");
+        if next.is_empty() {
+            return Ok(all);
+        }
+        body["page_token"] = json!(next);
+    }
+}
+
+async fn online(cmd: NodeCommand) -> Result<()> {
+    match cmd {
+        NodeCommand::Peer { command } => peer(command).await,
+        NodeCommand::Route {
+            command: RouteCommand::List { output, config },
+        } => {
+            let routes =
+                list_all(&config.client()?, "/api/v1/route/list", json!({}), "routes").await?;
+            if output == Output::Json {
+                return print_json(&json!(routes));
+            }
+            let rows: Vec<Vec<String>> = routes
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(r, "/name"),
+                        s(r, "/source"),
+                        s(r, "/destination"),
+                        s(r, "/host"),
+                        s(r, "/authentication_type"),
+                        if r.pointer("/status/ready") == Some(&json!(true)) {
+                            "True"
+                        } else {
+                            "False"
+                        }
+                        .into(),
+                        reason_text(r),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "NAME",
+                    "SOURCE",
+                    "DESTINATION",
+                    "HOST",
+                    "AUTHENTICATION",
+                    "READY",
+                    "REASON",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        NodeCommand::Data { command } => data(command).await,
+        NodeCommand::Grant { command } => grant(command).await,
+        NodeCommand::Init(_) | NodeCommand::Start(_) | NodeCommand::Token { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
+    }
+}
+
+fn reason_text(r: &Value) -> String {
+    let reason = s(r, "/status/reason");
+    let msg = s(r, "/status/message");
+    if msg.is_empty() {
+        reason
+    } else {
+        format!("{reason}: {msg}")
+    }
+}
+
+async fn peer(cmd: PeerCommand) -> Result<()> {
+    match cmd {
+        PeerCommand::Invite {
+            peer,
+            ttl_hours,
+            config,
+        } => {
+            let d = config
+                .client()?
+                .post(
+                    "/api/v1/peer/invite",
+                    &json!({"peer": peer, "ttl_seconds": ttl_hours * 3600}),
+                )
+                .await?;
+            eprintln!(
+                "One-time invitation for {peer} (single use, expires in {ttl_hours} h). On {peer}'s node run:\n"
+            );
+            println!("{}", s(&d, "/invitation"));
+            Ok(())
+        }
+        PeerCommand::Join { invitation, config } => {
+            let d = config
+                .client()?
+                .post("/api/v1/peer/join", &json!({"invitation": invitation}))
+                .await?;
+            println!(
+                "joined {} (CA sha256 {}); routes are being checked: venn route list",
+                s(&d, "/domain_id"),
+                s(&d, "/ca_sha256")
+            );
+            Ok(())
+        }
+        PeerCommand::Export { file, config } => {
+            let d = config
+                .client()?
+                .post("/api/v1/peer/export", &json!({}))
+                .await?;
+            let domain = s(&d, "/domain_id");
+            let path = file.unwrap_or_else(|| PathBuf::from(format!("{domain}.crt")));
+            let text = format!(
+                "# venn partner file: domain {domain}\n# endpoint: {}\n# ca_sha256: {}\n{}",
+                s(&d, "/endpoint"),
+                s(&d, "/ca_sha256"),
+                s(&d, "/ca_cert")
+            );
+            venn_node::atomic::write_file(&path, text.as_bytes(), false)?;
+            println!(
+                "wrote {}; at the partner run:\n  venn peer add {domain} --cert {} --endpoint {}",
+                path.display(),
+                path.display(),
+                s(&d, "/endpoint")
+            );
+            Ok(())
+        }
+        PeerCommand::Add {
+            peer,
+            cert,
+            endpoint,
+            config,
+        } => {
+            let pem = std::fs::read_to_string(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?;
+            let endpoint = if endpoint.is_empty() {
+                endpoint_from_file(&pem).unwrap_or_default()
+            } else {
+                endpoint
+            };
+            if !endpoint.is_empty() {
+                Endpoint::parse(&endpoint).map_err(|e| anyhow::anyhow!("--endpoint: {e}"))?;
+            }
+            let d = config
+                .client()?
+                .post(
+                    "/api/v1/peer/add",
+                    &json!({"domain_id": peer, "ca_cert": pem, "endpoint": endpoint}),
+                )
+                .await?;
+            println!(
+                "added partner {} (CA sha256 {})",
+                s(&d, "/domain_id"),
+                s(&d, "/ca_sha256")
+            );
+            Ok(())
+        }
+        PeerCommand::List { output, config } => {
+            let domains = list_all(
+                &config.client()?,
+                "/api/v1/domain/list",
+                json!({}),
+                "domains",
+            )
+            .await?;
+            if output == Output::Json {
+                return print_json(&json!(domains));
+            }
+            let rows: Vec<Vec<String>> = domains
+                .iter()
+                .map(|d| {
+                    vec![
+                        s(d, "/domain_id"),
+                        if d.get("is_self") == Some(&json!(true)) {
+                            "self".into()
+                        } else {
+                            "partner".into()
+                        },
+                        s(d, "/endpoint"),
+                        s(d, "/ca_sha256"),
+                    ]
+                })
+                .collect();
+            print_table(&["DOMAIN", "ROLE", "ENDPOINT", "CA SHA256"], &rows);
+            Ok(())
+        }
+    }
+}
+
+/// The `# endpoint:` line of a file written by `venn peer export`.
+fn endpoint_from_file(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("# endpoint:"))
+        .map(|e| e.trim().to_owned())
+}
+
+async fn data(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Upload {
+            file,
+            id,
+            name,
+            config,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => file_name(&file)?,
+            };
+            let d = config.client()?.upload(&file, &id, &name).await?;
+            let cols: Vec<String> = d
+                .get("columns")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|c| s(c, "/name")).collect())
+                .unwrap_or_default();
+            println!(
+                "registered {id} ({} in default-data-source, columns: {})",
+                s(&d, "/relative_uri"),
+                cols.join(",")
+            );
+            Ok(())
+        }
+        DataCommand::List { output, config } => {
+            let items = list_all(
+                &config.client()?,
+                "/api/v1/domaindata/list",
+                json!({}),
+                "domaindata_list",
+            )
+            .await?;
+            if output == Output::Json {
+                return print_json(&json!(items));
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|d| {
+                    let ncol = d
+                        .get("columns")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len);
+                    vec![
+                        s(d, "/domaindata_id"),
+                        s(d, "/type"),
+                        s(d, "/datasource_id"),
+                        s(d, "/relative_uri"),
+                        ncol.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "DOMAINDATA",
+                    "TYPE",
+                    "DATASOURCE",
+                    "RELATIVE_URI",
+                    "COLUMNS",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+    }
+}
+
+fn file_name(p: &Path) -> Result<String> {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("the file has no name")
+}
+
+async fn grant(cmd: GrantCommand) -> Result<()> {
+    match cmd {
+        GrantCommand::Create {
+            domaindata,
+            to,
+            expires_hours,
+            use_count,
+            config,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let expiration = expires_hours.map_or(0, |h| now + h * 3600);
+            let d = config
+                .client()?
+                .post(
+                    "/api/v1/domaindatagrant/create",
+                    &json!({"domaindata_id": domaindata, "grant_domain": to,
+                            "limit": {"expiration_time": expiration, "use_count": use_count}}),
+                )
+                .await?;
+            let delivered = d.get("delivered") == Some(&json!(true));
+            println!(
+                "grant {} created{}",
+                s(&d, "/domaindatagrant_id"),
+                if delivered {
+                    format!(" and delivered to {to}")
+                } else {
+                    format!("; {to} is not reachable now, delivery will be retried")
+                }
+            );
+            Ok(())
+        }
+        GrantCommand::List {
+            received,
+            output,
+            config,
+        } => {
+            let cfg = config.load()?;
+            let client = LocalClient::new(&cfg)?;
+            let filter = if received {
+                json!({"grant_domain": cfg.domain_id})
+            } else {
+                json!({"domain_id": cfg.domain_id})
+            };
+            let items = list_all(
+                &client,
+                "/api/v1/domaindatagrant/list",
+                filter,
+                "domaindatagrant_list",
+            )
+            .await?;
+            if output == Output::Json {
+                return print_json(&json!(items));
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|g| {
+                    vec![
+                        s(g, "/domaindatagrant_id"),
+                        s(g, "/domain_id"),
+                        s(g, "/grant_domain"),
+                        s(g, "/domaindata_id"),
+                        s(g, "/status/phase"),
+                        s(g, "/status/delivered"),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["GRANT", "FROM", "TO", "DOMAINDATA", "PHASE", "DELIVERED"],
+                &rows,
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! API handlers for the network: domains, routes and partner onboarding.
+//!
+//! `domain/query|list` and `route/query|list` follow Kuscia's names; a route is reported with
+//! an explained status (`ready`, `reason`, `message`, `last_heartbeat`) instead of Kuscia's
+//! token statuses. `peer/invite|join|export|add` are venn's onboarding calls (Kuscia has none:
+//! it copies files by hand); the CLI's `venn peer ...` commands use them.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiJson, ApiResult, RequestHeader, ok};
+use crate::error::NodeError;
+use crate::onboarding::{self, DEFAULT_INVITATION_TTL};
+use crate::state::SharedState;
+use crate::store::{DomainRow, RouteRow};
+
+pub(super) fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/domain/query", post(domain_query))
+        .route("/api/v1/domain/list", post(domain_list))
+        .route("/api/v1/route/query", post(route_query))
+        .route("/api/v1/route/list", post(route_list))
+        .route("/api/v1/peer/invite", post(peer_invite))
+        .route("/api/v1/peer/join", post(peer_join))
+        .route("/api/v1/peer/export", post(peer_export))
+        .route("/api/v1/peer/add", post(peer_add))
+}
+
+fn domain_json(d: &DomainRow) -> Value {
+    json!({
+        "domain_id": d.domain_id,
+        "role": if d.role == "self" { "" } else { "partner" },
+        "is_self": d.role == "self",
+        "cert": d.ca_cert,
+        "ca_sha256": d.ca_sha256,
+        "endpoint": d.endpoint,
+        "auth_center": { "authentication_type": "MTLS" },
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainIdReq {
+    #[serde(default)]
+    #[allow(dead_code)]
+    header: Option<RequestHeader>,
+    domain_id: String,
+}
+
+async fn domain_query(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DomainIdReq>,
+) -> ApiResult {
+    let d = state
+        .store
+        .domain(&req.domain_id)
+        .await?
+        .ok_or_else(|| NodeError::NotFound(format!("domain {}", req.domain_id)))?;
+    ok(domain_json(&d))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageReq {
+    #[serde(default)]
+    #[allow(dead_code)]
+    header: Option<RequestHeader>,
+    #[serde(default)]
+    page_size: Option<i64>,
+    #[serde(default)]
+    page_token: String,
+}
+
+async fn domain_list(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<PageReq>,
+) -> ApiResult {
+    let page = state
+        .store
+        .list_domains(&req.page_token, req.page_size)
+        .await?;
+    ok(json!({
+        "domains": page.items.iter().map(domain_json).collect::<Vec<_>>(),
+        "next_page_token": page.next_page_token,
+    }))
+}
+
+/// The JSON of a route (also used by `venn route list`).
+fn route_json(r: &RouteRow) -> Value {
+    json!({
+        "name": r.name,
+        "source": r.source,
+        "destination": r.destination,
+        "host": r.host,
+        "authentication_type": r.authentication,
+        "status": {
+            "ready": r.ready == 1,
+            "reason": r.reason,
+            "message": r.message,
+            "last_heartbeat": r.last_heartbeat,
+        },
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteReq {
+    #[serde(default)]
+    #[allow(dead_code)]
+    header: Option<RequestHeader>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    destination: String,
+}
+
+async fn route_query(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<RouteReq>,
+) -> ApiResult {
+    let name = if !req.name.is_empty() {
+        req.name
+    } else if !req.source.is_empty() && !req.destination.is_empty() {
+        format!("{}-{}", req.source, req.destination)
+    } else {
+        return Err(ApiError(NodeError::Invalid(
+            "source: give source and destination (or name)".into(),
+        )));
+    };
+    let r = state
+        .store
+        .route(&name)
+        .await?
+        .ok_or_else(|| NodeError::NotFound(format!("route {name}")))?;
+    ok(route_json(&r))
+}
+
+async fn route_list(State(state): State<SharedState>, ApiJson(req): ApiJson<PageReq>) -> ApiResult {
+    let page = state
+        .store
+        .list_routes(&req.page_token, req.page_size)
+        .await?;
+    ok(json!({
+        "routes": page.items.iter().map(route_json).collect::<Vec<_>>(),
+        "next_page_token": page.next_page_token,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteReq {
+    peer: String,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+async fn peer_invite(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<InviteReq>,
+) -> ApiResult {
+    let ttl = req
+        .ttl_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_INVITATION_TTL);
+    let inv = onboarding::invite(&state, &req.peer, ttl).await?;
+    ok(onboarding::invitation_json(&inv))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinReq {
+    invitation: String,
+}
+
+async fn peer_join(State(state): State<SharedState>, ApiJson(req): ApiJson<JoinReq>) -> ApiResult {
+    let d = onboarding::join(&state, &req.invitation).await?;
+    ok(domain_json(&d))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+async fn peer_export(State(state): State<SharedState>, ApiJson(_): ApiJson<Empty>) -> ApiResult {
+    ok(onboarding::export(&state))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddReq {
+    domain_id: String,
+    ca_cert: String,
+    #[serde(default)]
+    endpoint: String,
+}
+
+async fn peer_add(State(state): State<SharedState>, ApiJson(req): ApiJson<AddReq>) -> ApiResult {
+    let d = onboarding::add_partner(&state, &req.domain_id, &req.ca_cert, &req.endpoint).await?;
+    ok(domain_json(&d))
+}

@@ -1,0 +1,462 @@
+//! The node's configuration: one YAML file written by `venn init`.
+//!
+//! Design decisions:
+//! - **A tree of typed sections** (`gateway`, `api`, `store`), `deny_unknown_fields` everywhere, so
+//!   a typo in a key is an error instead of a silently ignored setting.
+//! - **Parse, then validate.** `Config::from_yaml` only parses; [`Config::validate`] checks every
+//!   field and reports *all* bad fields at once, one line each, before anything binds or writes.
+//! - **No secrets in the file.** Unlike Kuscia's `domainKeyData`, keys and the API token are
+//!   generated into the data dir on first start; the YAML can be shared and committed.
+//! - **Relative paths** (data dir) are taken from the working directory `venn` runs in, as for
+//!   every other command-line tool; `venn init` writes what it was given.
+//! - Domain IDs follow RFC 1123 labels (as Kubernetes namespaces, which Kuscia uses), and names
+//!   that Kuscia or Kubernetes reserve are refused so a venn domain can later live next to them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{NodeError, Result};
+
+/// Domain IDs that are refused because Kuscia, Kubernetes or venn use them for themselves.
+pub const RESERVED_DOMAIN_IDS: &[&str] = &[
+    "master",
+    "default",
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "cross-domain",
+    "kuscia",
+    "kuscia-system",
+    "kuscia-master",
+    "venn",
+    "venn-system",
+    "localhost",
+];
+
+/// How the node takes part in a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Peer-to-peer node (Kuscia "autonomy"): its own catalogue, partners by mutual TLS.
+    Autonomy,
+    /// Centralized master (not implemented yet: refused by `validate`).
+    Master,
+    /// Centralized lite node (not implemented yet: refused by `validate`).
+    Lite,
+}
+
+/// How task parties are launched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// A child `venn task run` process (default).
+    #[default]
+    Process,
+    /// A pod per task party.
+    Kubernetes,
+}
+
+/// The gateway section: the one port partners reach.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listen address, default `0.0.0.0:1080`.
+    #[serde(default = "default_gateway_listen")]
+    pub listen: String,
+    /// Seconds between heartbeats to each partner, default 15.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_seconds: u64,
+    /// Largest tolerated clock difference with a partner, default 300 s.
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_seconds: u64,
+    /// HTTP proxy for outbound connections to partners (`http://host:port`, HTTP CONNECT);
+    /// empty for direct connections. Only set explicitly: no `HTTPS_PROXY` guessing.
+    #[serde(default)]
+    pub proxy: String,
+}
+
+/// The API section: Kuscia-compatible HTTP/JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address, default `127.0.0.1:8082` (loopback only).
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `autonomy` (peer-to-peer); `master` and `lite` come later.
+    pub mode: Mode,
+    /// This node's domain ID, an RFC 1123 label.
+    pub domain_id: String,
+    /// The URL partners use to reach this node's gateway, `https://host:port`.
+    pub endpoint: String,
+    /// Where keys, the database and the default data source live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Database URL; empty means SQLite in the data dir (`<data dir>/venn.db`).
+    #[serde(default)]
+    pub datastore: String,
+    /// How task parties are launched.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// The gateway.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// The API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Log filter (`error|warn|info|debug|trace` or a tracing filter), default `info`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+fn default_gateway_listen() -> String {
+    "0.0.0.0:1080".into()
+}
+fn default_api_listen() -> String {
+    "127.0.0.1:8082".into()
+}
+fn default_heartbeat() -> u64 {
+    15
+}
+fn default_skew() -> u64 {
+    300
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./venn-data")
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_gateway_listen(),
+            heartbeat_seconds: default_heartbeat(),
+            max_clock_skew_seconds: default_skew(),
+            proxy: String::new(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_api_listen(),
+        }
+    }
+}
+
+/// The embedded defaults used by `venn start` without `-c`: an autonomy node `venn-node`
+/// reachable at `https://localhost:1080`, SQLite in `./venn-data`.
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Autonomy,
+            domain_id: "venn-node".into(),
+            endpoint: "https://localhost:1080".into(),
+            data_dir: default_data_dir(),
+            datastore: String::new(),
+            runtime: Runtime::Process,
+            gateway: GatewayConfig::default(),
+            api: ApiConfig::default(),
+            log_level: default_log_level(),
+        }
+    }
+}
+
+/// Checks that `id` is an RFC 1123 label and not reserved. The message names the rule broken.
+pub fn check_domain_id(id: &str) -> std::result::Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.len() > 63 {
+        return Err(format!(
+            "{id:?} is longer than 63 characters (RFC 1123 label)"
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "{id:?} may contain only lower-case letters, digits and '-' (RFC 1123 label)"
+        ));
+    }
+    if id.starts_with('-') || id.ends_with('-') {
+        return Err(format!(
+            "{id:?} must start and end with a letter or digit (RFC 1123 label)"
+        ));
+    }
+    if RESERVED_DOMAIN_IDS.contains(&id) {
+        return Err(format!("{id:?} is a reserved name"));
+    }
+    Ok(())
+}
+
+/// A parsed `https://host:port[/]` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// TCP port (443 when the URL has none).
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses and checks an endpoint URL. Only `https` is accepted: nodes always speak mutual TLS.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        if url.scheme() != "https" {
+            return Err(format!(
+                "{s:?} must start with https:// (nodes always use mutual TLS)"
+            ));
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(format!("{s:?} has no host")),
+        };
+        if !(url.path().is_empty() || url.path() == "/") || url.query().is_some() {
+            return Err(format!("{s:?} must be only https://host:port"));
+        }
+        Ok(Self {
+            host,
+            port: url.port().unwrap_or(443),
+        })
+    }
+}
+
+/// An HTTP proxy address, `http://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyAddr {
+    /// Proxy host.
+    pub host: String,
+    /// Proxy port (default 3128).
+    pub port: u16,
+}
+
+impl ProxyAddr {
+    /// Parses `http://host[:port]`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        if url.scheme() != "http" {
+            return Err(format!(
+                "{s:?} must be http://host:port (an HTTP CONNECT proxy)"
+            ));
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(format!("{s:?} has no host")),
+        };
+        Ok(Self {
+            host,
+            port: url.port().unwrap_or(3128),
+        })
+    }
+}
+
+impl Config {
+    /// The outbound proxy, if configured (call after `validate`).
+    pub fn proxy(&self) -> Option<ProxyAddr> {
+        ProxyAddr::parse(&self.gateway.proxy).ok()
+    }
+
+    /// Parses YAML text; field names and types are checked here, values in [`Config::validate`].
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        serde_yaml_ng::from_str(text).map_err(|e| NodeError::Config(vec![e.to_string()]))
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
+        Self::from_yaml(&text).map_err(|e| match e {
+            NodeError::Config(v) => NodeError::Config(
+                v.into_iter()
+                    .map(|m| format!("{}: {m}", path.display()))
+                    .collect(),
+            ),
+            other => other,
+        })
+    }
+
+    /// Renders the configuration as YAML with a comment header (what `venn init` prints).
+    pub fn to_yaml(&self) -> String {
+        let body = serde_yaml_ng::to_string(self).unwrap_or_default();
+        format!(
+            "# venn node configuration (written by `venn init`).\n\
+             # Start with: venn start -c <this file>. Keys and the API token are created in\n\
+             # data_dir on first start; this file holds no secret.\n{body}"
+        )
+    }
+
+    /// Checks every field; the error lists each bad field with the reason.
+    pub fn validate(&self) -> Result<()> {
+        let mut bad = Vec::new();
+        match self.mode {
+            Mode::Autonomy => {}
+            Mode::Master | Mode::Lite => bad.push(format!(
+                "mode: {:?} is not implemented yet; use autonomy (peer-to-peer)",
+                self.mode
+            )),
+        }
+        if let Err(e) = check_domain_id(&self.domain_id) {
+            bad.push(format!("domain_id: {e}"));
+        }
+        if let Err(e) = Endpoint::parse(&self.endpoint) {
+            bad.push(format!("endpoint: {e}"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            bad.push("data_dir: must not be empty".into());
+        }
+        if !self.datastore.is_empty() && !self.datastore.starts_with("sqlite:") {
+            bad.push(format!(
+                "datastore: {:?}: only sqlite: URLs are supported in this version \
+                 (MySQL and PostgreSQL come next); leave empty for <data_dir>/venn.db",
+                self.datastore
+            ));
+        }
+        if self.runtime == Runtime::Kubernetes {
+            bad.push("runtime: kubernetes is not implemented yet; use process".into());
+        }
+        if let Err(e) = self.gateway.listen.parse::<SocketAddr>() {
+            bad.push(format!(
+                "gateway.listen: {:?} is not ip:port ({e})",
+                self.gateway.listen
+            ));
+        }
+        if !(1..=3600).contains(&self.gateway.heartbeat_seconds) {
+            bad.push("gateway.heartbeat_seconds: must be between 1 and 3600".into());
+        }
+        if !(1..=86_400).contains(&self.gateway.max_clock_skew_seconds) {
+            bad.push("gateway.max_clock_skew_seconds: must be between 1 and 86400".into());
+        }
+        if !self.gateway.proxy.is_empty()
+            && let Err(e) = ProxyAddr::parse(&self.gateway.proxy)
+        {
+            bad.push(format!("gateway.proxy: {e}"));
+        }
+        match self.api.listen.parse::<SocketAddr>() {
+            Err(e) => bad.push(format!(
+                "api.listen: {:?} is not ip:port ({e})",
+                self.api.listen
+            )),
+            Ok(a) if a == self.gateway.listen.parse().unwrap_or(a) && a.port() != 0 => {
+                bad.push("api.listen: must differ from gateway.listen".into())
+            }
+            Ok(_) => {}
+        }
+        if self.log_level.trim().is_empty() {
+            bad.push("log_level: must not be empty (use info)".into());
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(NodeError::Config(bad))
+        }
+    }
+
+    /// The gateway endpoint, parsed (call after `validate`).
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        Endpoint::parse(&self.endpoint)
+            .map_err(|e| NodeError::Config(vec![format!("endpoint: {e}")]))
+    }
+
+    /// The SQLite URL of the store.
+    pub fn datastore_url(&self) -> String {
+        if self.datastore.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("venn.db").display()
+            )
+        } else {
+            self.datastore.clone()
+        }
+    }
+
+    /// The token file.
+    pub fn token_path(&self) -> PathBuf {
+        self.data_dir.join("token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_ids() {
+        assert!(check_domain_id("alice").is_ok());
+        assert!(check_domain_id("alice-2").is_ok());
+        for bad in [
+            "",
+            "Alice",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            "master",
+            "default",
+            "kube-system",
+        ] {
+            assert!(check_domain_id(bad).is_err(), "{bad}");
+        }
+        assert!(check_domain_id(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            Endpoint::parse("https://alice.example:1080").unwrap(),
+            Endpoint {
+                host: "alice.example".into(),
+                port: 1080
+            }
+        );
+        assert_eq!(Endpoint::parse("https://10.0.0.1").unwrap().port, 443);
+        assert!(Endpoint::parse("http://a:1").is_err());
+        assert!(Endpoint::parse("https://a:1/x").is_err());
+        assert!(Endpoint::parse("a:1").is_err());
+    }
+
+    #[test]
+    fn validate_lists_every_bad_field() {
+        let yaml =
+            "mode: autonomy\ndomain_id: Master\nendpoint: http://x\ngateway:\n  listen: nope\n";
+        let err = Config::from_yaml(yaml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("domain_id:"), "{err}");
+        assert!(err.contains("endpoint:"), "{err}");
+        assert!(err.contains("gateway.listen:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_refused() {
+        let err =
+            Config::from_yaml("mode: autonomy\ndomain_id: a\nendpoint: https://a:1\nport: 3\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn roundtrip() {
+        let c = Config::default();
+        let back = Config::from_yaml(&c.to_yaml()).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.domain_id, c.domain_id);
+    }
+}
