@@ -395,6 +395,18 @@ async fn plain_greeting(tcp: TcpStream, role: Role) -> Result<(BoxStream, Vec<u8
     Ok((s, binding))
 }
 
+/// After a TLS handshake: the session's exporter value becomes the binding,
+/// then magic both ways.
+async fn tls_greeting<S: Stream + 'static>(
+    mut t: S,
+    binding: Result<Vec<u8>, rustls::Error>,
+) -> Result<(BoxStream, Vec<u8>), LinkError> {
+    let b = binding.map_err(|e| LinkError::Tls(e.to_string()))?;
+    write_or(&mut t, MAGIC).await?;
+    check_magic(&mut t, false).await?;
+    Ok((Box::new(t), b))
+}
+
 /// Listener side of the handshake.
 async fn accept_one(tcp: TcpStream, opts: &LinkOptions) -> Result<BoxStream, LinkError> {
     let _ = tcp.set_nodelay(true);
@@ -402,18 +414,15 @@ async fn accept_one(tcp: TcpStream, opts: &LinkOptions) -> Result<BoxStream, Lin
         plain_greeting(tcp, Role::Listener).await?
     } else {
         let cfg = tls::server_config().map_err(LinkError::Tls)?;
-        let mut t = tokio_rustls::TlsAcceptor::from(cfg)
+        let t = tokio_rustls::TlsAcceptor::from(cfg)
             .accept(tcp)
             .await
             .map_err(|e| tls_err(e, true))?;
-        let mut b = vec![0u8; 32];
-        t.get_ref()
+        let binding = t
+            .get_ref()
             .1
-            .export_keying_material(&mut b, EXPORTER_LABEL, None)
-            .map_err(|e| LinkError::Tls(e.to_string()))?;
-        write_or(&mut t, MAGIC).await?;
-        check_magic(&mut t, false).await?;
-        (Box::new(t), b)
+            .export_keying_material(vec![0u8; 32], EXPORTER_LABEL, None);
+        tls_greeting(t, binding).await?
     };
     write_or(&mut s, &auth::proof(&opts.token, Role::Listener, &binding)).await?;
     let mut p = [0u8; 32];
@@ -436,18 +445,15 @@ async fn connect_one(tcp: TcpStream, opts: &LinkOptions) -> Result<BoxStream, Li
     } else {
         let cfg = tls::client_config().map_err(LinkError::Tls)?;
         let name = rustls::pki_types::ServerName::try_from("venn-link").expect("static name");
-        let mut t = tokio_rustls::TlsConnector::from(cfg)
+        let t = tokio_rustls::TlsConnector::from(cfg)
             .connect(name, tcp)
             .await
             .map_err(|e| tls_err(e, true))?;
-        let mut b = vec![0u8; 32];
-        t.get_ref()
+        let binding = t
+            .get_ref()
             .1
-            .export_keying_material(&mut b, EXPORTER_LABEL, None)
-            .map_err(|e| LinkError::Tls(e.to_string()))?;
-        write_or(&mut t, MAGIC).await?;
-        check_magic(&mut t, false).await?;
-        (Box::new(t), b)
+            .export_keying_material(vec![0u8; 32], EXPORTER_LABEL, None);
+        tls_greeting(t, binding).await?
     };
     let mut p = [0u8; 32];
     read_exact_or(&mut s, &mut p, "the token proof").await?;

@@ -30,12 +30,17 @@ pub(crate) fn send_frame(chan: &dyn Channel, frame: Vec<u8>) -> Result<(), PsiEr
 
 /// Receives one frame, checks its tag and returns the payload (tag stripped).
 pub(crate) fn recv(chan: &dyn Channel, tag: u8, what: &str) -> Result<Vec<u8>, PsiError> {
-    let mut frame = chan.recv()?;
+    let mut frame = recv_frame(chan, tag, what)?;
+    frame.remove(0);
+    Ok(frame)
+}
+
+/// Receives one frame and checks its tag; returns it whole (tag at index 0),
+/// so that multi-megabyte payloads are not shifted.
+pub(crate) fn recv_frame(chan: &dyn Channel, tag: u8, what: &str) -> Result<Vec<u8>, PsiError> {
+    let frame = chan.recv()?;
     match frame.first().copied() {
-        Some(t) if t == tag => {
-            frame.remove(0);
-            Ok(frame)
-        }
+        Some(t) if t == tag => Ok(frame),
         Some(ABORT) => Err(PsiError::peer(format!(
             "the peer stopped: {}",
             String::from_utf8_lossy(&frame[1..])

@@ -101,25 +101,6 @@ const MAX_FRAME: usize = 4 << 20;
 /// 128-bit blocks per A' frame.
 const FRAME_BLOCKS: usize = (MAX_FRAME - 1) / 16;
 
-/// Receives one frame with tag `tag` and returns it whole (tag byte at index
-/// 0). Unlike `wire::recv` it does not shift multi-megabyte payloads.
-fn recv_tagged(chan: &dyn Channel, tag: u8, what: &str) -> Result<Vec<u8>, PsiError> {
-    let frame = chan.recv()?;
-    match frame.first().copied() {
-        Some(t) if t == tag => Ok(frame),
-        Some(wire::ABORT) => Err(PsiError::peer(format!(
-            "the peer stopped: {}",
-            String::from_utf8_lossy(&frame[1..])
-        ))),
-        Some(t) => Err(PsiError::peer(format!(
-            "protocol error: expected {what} (message {tag:#04x}), got message {t:#04x}"
-        ))),
-        None => Err(PsiError::peer(format!(
-            "protocol error: empty frame instead of {what}"
-        ))),
-    }
-}
-
 /// The RR22 core (see module docs); has the engine's `CoreFn` shape.
 pub(crate) fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
     intersect_with(chan, input, EncodeOptions { force_retry: false })
@@ -265,7 +246,7 @@ fn run_receiver(
     // the sender's tags, in its item order
     let mut theirs: Vec<u128> = Vec::with_capacity(n_y);
     while theirs.len() < n_y {
-        let frame = recv_tagged(chan, tags::TAGS, "RR22 tags")?;
+        let frame = wire::recv_frame(chan, tags::TAGS, "RR22 tags")?;
         let frame = &frame[1..];
         if frame.is_empty() || frame.len() % tb != 0 || theirs.len() + frame.len() / tb > n_y {
             return Err(PsiError::peer(format!(
@@ -313,7 +294,7 @@ fn run_sender(
     // K = B + A'·Δ, frame by frame, in place of B
     let mut got = 0usize;
     while got < m {
-        let frame = recv_tagged(chan, tags::OKVS_DATA, "OKVS data")?;
+        let frame = wire::recv_frame(chan, tags::OKVS_DATA, "OKVS data")?;
         let frame = &frame[1..];
         if frame.is_empty() || frame.len() % 16 != 0 || got + frame.len() / 16 > m {
             return Err(PsiError::peer(format!(
