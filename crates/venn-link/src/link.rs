@@ -215,7 +215,21 @@ impl Link {
         let received = Arc::new(AtomicU64::new(0));
         let s2 = sent.clone();
         let writer = rt.spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
+            loop {
+                // Flush whenever the queue runs dry: TLS keeps written bytes
+                // in its own buffer until flushed, and a peer waiting for
+                // our last frame would otherwise wait for ever.
+                let frame = match out_rx.try_recv() {
+                    Ok(f) => f,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        wr.flush().await?;
+                        match out_rx.recv().await {
+                            Some(f) => f,
+                            None => break,
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                };
                 wr.write_all(&(frame.len() as u32).to_le_bytes()).await?;
                 wr.write_all(&frame).await?;
                 s2.fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
@@ -520,6 +534,40 @@ mod tests {
         assert!(a.bytes_sent() >= 64 * (128 << 10));
         a.close().unwrap();
         assert!(matches!(b.recv(), Err(LinkError::Closed)));
+    }
+
+    /// Request/response with a reply awaited after every burst: the sender's
+    /// last frame must reach the peer without a later frame pushing it out.
+    #[test]
+    fn last_frame_arrives_while_the_sender_waits() {
+        let (a, b) = pair(false, "ping-pong-token", "ping-pong-token");
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (round, size) in [1usize, 100, 70_000, 1 << 20, (3 << 20) + 17]
+                .iter()
+                .cycle()
+                .take(40)
+                .enumerate()
+            {
+                // a burst the peer does not read at once: the socket fills up
+                for _ in 0..8 {
+                    a.send(vec![round as u8; *size]).unwrap();
+                }
+                if *size > 1 << 19 {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                for _ in 0..8 {
+                    assert_eq!(b.recv().unwrap().len(), *size);
+                }
+                b.send(vec![7]).unwrap();
+                assert_eq!(a.recv().unwrap(), vec![7]);
+            }
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a frame stayed buffered: the link hung");
     }
 
     #[test]
