@@ -60,6 +60,12 @@ fn check_own_domain(state: &NodeState, domain_id: &Option<String>) -> Result<(),
     }
 }
 
+/// A non-empty ID the request must carry, or a 400 naming the field.
+fn required(field: &str, id: Option<String>) -> Result<String, ApiError> {
+    id.filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError(NodeError::Invalid(format!("{field}: missing"))))
+}
+
 fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && id.len() <= 127
@@ -192,11 +198,7 @@ async fn ds_update(
     State(state): State<SharedState>,
     ApiJson(req): ApiJson<DataSourceReq>,
 ) -> ApiResult {
-    let id = req
-        .datasource_id
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError(NodeError::Invalid("datasource_id: missing".into())))?;
+    let id = required("datasource_id", req.datasource_id.clone())?;
     let row = datasource_row(&state, req, id.clone())?;
     state.store.update_datasource(&row).await?;
     ok(json!({ "datasource_id": id }))
@@ -407,11 +409,7 @@ async fn dd_update(
     State(state): State<SharedState>,
     ApiJson(req): ApiJson<DomainDataReq>,
 ) -> ApiResult {
-    let id = req
-        .domaindata_id
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError(NodeError::Invalid("domaindata_id: missing".into())))?;
+    let id = required("domaindata_id", req.domaindata_id.clone())?;
     let row = domaindata_row(&state, req, id.clone()).await?;
     state.store.update_domaindata(&row).await?;
     ok(json!({ "domaindata_id": id }))
@@ -440,11 +438,7 @@ struct DomainDataIdReq {
 impl DomainDataIdReq {
     fn resolve(self) -> Result<(Option<String>, String), ApiError> {
         let data = self.data.unwrap_or_default();
-        let id = self
-            .domaindata_id
-            .or(data.domaindata_id)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ApiError(NodeError::Invalid("domaindata_id: missing".into())))?;
+        let id = required("domaindata_id", self.domaindata_id.or(data.domaindata_id))?;
         Ok((self.domain_id.or(data.domain_id), id))
     }
 }
@@ -756,11 +750,7 @@ async fn grant_update(
     State(state): State<SharedState>,
     ApiJson(req): ApiJson<GrantReq>,
 ) -> ApiResult {
-    let id = req
-        .domaindatagrant_id
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError(NodeError::Invalid("domaindatagrant_id: missing".into())))?;
+    let id = required("domaindatagrant_id", req.domaindatagrant_id.clone())?;
     match state.store.grant(&id).await? {
         Some(g) if g.domain_id == state.domain_id() => {}
         Some(_) => {
