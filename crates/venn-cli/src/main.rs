@@ -1,6 +1,7 @@
 //! The `venn` binary: parses arguments and calls the crates. No protocol,
 //! file-format or network logic lives here.
 
+mod alloc;
 mod bench;
 mod demo;
 mod gen_cmd;
@@ -35,6 +36,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    alloc::tune();
     let cli = Cli::parse();
     // `venn start` sets up logging from its config file; every other
     // command logs to stderr at VENN_LOG (default info).

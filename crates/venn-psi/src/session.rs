@@ -222,6 +222,7 @@ fn normalize_into(out: &mut Vec<u8>, field: &[u8], cfg: &PsiConfig) {
 
 fn read_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
     let f = File::open(path).map_err(|e| PsiError::io(path, e))?;
+    let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut r = CsvReader::new(f, path);
     if !r.read()? {
         return Err(PsiError::Input {
@@ -252,6 +253,7 @@ fn read_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
     }
     let ncols = names.len();
     let mut store = Store::new(cfg.memory_budget, &cfg.tmp_dir);
+    store.reserve_for(file_len);
     let mut key = Vec::with_capacity(64);
     let mut skipped = 0u64;
     'rows: while r.read()? {

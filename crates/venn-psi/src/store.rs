@@ -121,6 +121,17 @@ impl Store {
         }
     }
 
+    /// Reserves the row arena for an input file of `file_len` bytes when it
+    /// will fit the budget: rows and their keys take at most twice the file,
+    /// and growing a multi-gigabyte arena by doubling would copy it each time.
+    /// Reserved but untouched capacity costs address space, not memory.
+    pub(crate) fn reserve_for(&mut self, file_len: u64) {
+        let want = file_len.saturating_mul(2);
+        if want < self.budget / 2 {
+            self.mem.arena.reserve(want as usize);
+        }
+    }
+
     pub(crate) fn push(&mut self, item: Item, raw: &[u8], key: &[u8]) -> Result<(), PsiError> {
         self.rows += 1;
         self.bytes += raw.len() as u64 + key.len() as u64 + 32 + PROTOCOL_BYTES_PER_ROW;
