@@ -28,6 +28,37 @@ use std::path::{Path, PathBuf};
 
 use crate::error::PsiError;
 
+/// Appends the output lines of one matched key to `buf`: this party's rows
+/// and the peer's row count, expanded as the module doc says (party 0
+/// repeats each row, party 1 repeats the block). Returns the line count.
+pub(crate) fn format_matched<'a>(
+    buf: &mut Vec<u8>,
+    party: u8,
+    own: impl Iterator<Item = &'a [u8]> + Clone,
+    peer_count: u32,
+) -> u64 {
+    let mut n = 0u64;
+    let mut line = |r: &[u8]| {
+        buf.extend_from_slice(r);
+        buf.push(b'\n');
+        n += 1;
+    };
+    if party == 0 {
+        for r in own {
+            for _ in 0..peer_count {
+                line(r);
+            }
+        }
+    } else {
+        for _ in 0..peer_count {
+            for r in own.clone() {
+                line(r);
+            }
+        }
+    }
+    n
+}
+
 /// The output file being written.
 pub(crate) struct OutWriter {
     w: Option<BufWriter<File>>,
@@ -94,20 +125,22 @@ impl OutWriter {
         own: impl Iterator<Item = &'a [u8]> + Clone,
         peer_count: u32,
     ) -> Result<(), PsiError> {
-        if self.party == 0 {
-            for r in own {
-                for _ in 0..peer_count {
-                    self.write_line(r)?;
-                }
-            }
-        } else {
-            for _ in 0..peer_count {
-                for r in own.clone() {
-                    self.write_line(r)?;
-                }
-            }
-        }
-        Ok(())
+        let w = self.w.as_mut().expect("writer open until commit");
+        let mut buf = Vec::new();
+        self.rows += format_matched(&mut buf, self.party, own, peer_count);
+        w.write_all(&buf).map_err(|e| PsiError::io(&self.tmp, e))
+    }
+
+    /// Lines formatted elsewhere (see [`format_matched`]), `rows` of them.
+    pub(crate) fn lines(&mut self, text: &[u8], rows: u64) -> Result<(), PsiError> {
+        let w = self.w.as_mut().expect("writer open until commit");
+        self.rows += rows;
+        w.write_all(text).map_err(|e| PsiError::io(&self.tmp, e))
+    }
+
+    /// This party's side of the output: 0 (listener) or 1 (connector).
+    pub(crate) fn party(&self) -> u8 {
+        self.party
     }
 
     /// One of this party's rows, as is.

@@ -34,10 +34,10 @@ use rayon::prelude::*;
 use crate::channel::Channel;
 use crate::config::{JoinType, PsiConfig, Receiver};
 use crate::core::{CoreFn, CoreInput, Item};
-use crate::csv::CsvReader;
+use crate::csv::{Block, Blocks, CsvReader, plain_records, split_lines};
 use crate::error::PsiError;
 use crate::item::{item_of, mix, push_column};
-use crate::output::{OutWriter, RunWriter, merge_runs};
+use crate::output::{OutWriter, RunWriter, format_matched, merge_runs};
 use crate::report::{
     InputStats, Intersection, OutputStats, PeerStats, Phases, Report, peak_rss_mb,
 };
@@ -220,6 +220,98 @@ fn normalize_into(out: &mut Vec<u8>, field: &[u8], cfg: &PsiConfig) {
     }
 }
 
+/// Matched keys formatted per parallel window of the output.
+const WRITE_WINDOW: usize = 1 << 18;
+
+/// Bytes of input parsed per block (see [`Blocks`]).
+const READ_BLOCK: usize = 32 << 20;
+
+/// Turns a record's fields into its canonical key.
+struct KeyCols<'a> {
+    cfg: &'a PsiConfig,
+    /// Key column positions, in `--keys` order.
+    cols: &'a [usize],
+    /// Fields in the header.
+    ncols: usize,
+}
+
+impl KeyCols<'_> {
+    /// Writes the key of a record with `nfields` fields into `key`.
+    /// `Ok(false)`: an empty key to skip (`--skip-empty-keys`). `Err`: the
+    /// index into `--keys` of the field at fault (if one) and what to do.
+    fn key<'f>(
+        &self,
+        nfields: usize,
+        field: impl Fn(usize) -> &'f [u8],
+        key: &mut Vec<u8>,
+    ) -> Result<bool, (Option<usize>, String)> {
+        let (cfg, ncols) = (self.cfg, self.ncols);
+        if nfields != ncols {
+            return Err((
+                None,
+                format!(
+                    "this row has {nfields} fields but the header has {ncols}; quote fields that contain commas"
+                ),
+            ));
+        }
+        key.clear();
+        for (ci, &c) in self.cols.iter().enumerate() {
+            let field = field(c);
+            if field.is_empty() || (cfg.normalize.trim && field.trim_ascii().is_empty()) {
+                if cfg.skip_empty_keys {
+                    return Ok(false);
+                }
+                return Err((
+                    Some(ci),
+                    "the key is empty; fill it in, or pass --skip-empty-keys to leave such rows out"
+                        .into(),
+                ));
+            }
+            if std::str::from_utf8(field).is_err() {
+                return Err((
+                    Some(ci),
+                    "the key is not valid UTF-8; convert the file to UTF-8 (e.g. iconv -f GBK -t UTF-8)"
+                        .into(),
+                ));
+            }
+            if self.cols.len() == 1 {
+                normalize_into(key, field, cfg);
+            } else {
+                let mut col = Vec::with_capacity(field.len());
+                normalize_into(&mut col, field, cfg);
+                push_column(key, &col);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Parses quote-free lines into rows: (rows, skipped rows, lines).
+    /// Errors carry line numbers counted from 1 at the start of `text`.
+    fn parse_plain(&self, text: &[u8], path: &Path) -> Result<(Rows, u64, u64), PsiError> {
+        let mut rows = Rows::default();
+        let mut key = Vec::with_capacity(64);
+        let mut skipped = 0u64;
+        plain_records(text, |line, raw, fields| {
+            let field = |i: usize| &raw[fields[i].clone()];
+            match self.key(fields.len(), field, &mut key) {
+                Ok(true) => rows.push(item_of(&key), raw, &key),
+                Ok(false) => skipped += 1,
+                Err((col, message)) => {
+                    return Err(PsiError::Input {
+                        path: path.to_path_buf(),
+                        line,
+                        column: col.map(|c| self.cfg.keys[c].clone()),
+                        message,
+                    });
+                }
+            }
+            Ok(())
+        })?;
+        let lines = memchr::memchr_iter(b'\n', text).count() as u64;
+        Ok((rows, skipped, lines))
+    }
+}
+
 fn read_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
     let f = File::open(path).map_err(|e| PsiError::io(path, e))?;
     let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -254,46 +346,55 @@ fn read_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
     let ncols = names.len();
     let mut store = Store::new(cfg.memory_budget, &cfg.tmp_dir);
     store.reserve_for(file_len);
-    let mut key = Vec::with_capacity(64);
+    let keys = KeyCols {
+        cfg,
+        cols: &cols,
+        ncols,
+    };
     let mut skipped = 0u64;
-    'rows: while r.read()? {
-        if r.len() != ncols {
-            return Err(r.error(
-                None,
-                format!(
-                    "this row has {} fields but the header has {ncols}; quote fields that contain commas",
-                    r.len()
-                ),
-            ));
-        }
-        key.clear();
-        for (ci, &c) in cols.iter().enumerate() {
-            let field = r.field(c);
-            if field.is_empty() || (cfg.normalize.trim && field.trim_ascii().is_empty()) {
-                if cfg.skip_empty_keys {
-                    skipped += 1;
-                    continue 'rows;
+    let threads = rayon::current_num_threads();
+    let mut blocks = Blocks::new(r.into_rest(), READ_BLOCK);
+    while let Some(block) = blocks.next_block()? {
+        match block {
+            Block::Plain { first_line, bytes } => {
+                // cut into pieces for every thread; each becomes a Rows chunk,
+                // appended in file order
+                let pieces = split_lines(&bytes, threads * 4);
+                let parsed: Vec<_> = pieces
+                    .par_iter()
+                    .map(|text| keys.parse_plain(text, path))
+                    .collect();
+                let mut line = first_line;
+                for res in parsed {
+                    match res {
+                        Ok((rows, skip, lines)) => {
+                            store.append(rows)?;
+                            skipped += skip;
+                            line += lines;
+                        }
+                        Err(mut e) => {
+                            if let PsiError::Input { line: l, .. } = &mut e {
+                                *l += line - 1;
+                            }
+                            return Err(e);
+                        }
+                    }
                 }
-                return Err(r.error(
-                    Some(&cfg.keys[ci]),
-                    "the key is empty; fill it in, or pass --skip-empty-keys to leave such rows out",
-                ));
             }
-            if std::str::from_utf8(field).is_err() {
-                return Err(r.error(
-                    Some(&cfg.keys[ci]),
-                    "the key is not valid UTF-8; convert the file to UTF-8 (e.g. iconv -f GBK -t UTF-8)",
-                ));
-            }
-            if cols.len() == 1 {
-                normalize_into(&mut key, field, cfg);
-            } else {
-                let mut col = Vec::with_capacity(field.len());
-                normalize_into(&mut col, field, cfg);
-                push_column(&mut key, &col);
+            Block::Quoted(mut r) => {
+                let mut key = Vec::with_capacity(64);
+                while r.read()? {
+                    let field = |i: usize| r.field(i);
+                    match keys.key(r.len(), field, &mut key) {
+                        Ok(true) => store.push(item_of(&key), r.raw(), &key)?,
+                        Ok(false) => skipped += 1,
+                        Err((col, msg)) => {
+                            return Err(r.error(col.map(|c| cfg.keys[c].as_str()), msg));
+                        }
+                    }
+                }
             }
         }
-        store.push(item_of(&key), r.raw(), &key)?;
     }
     Ok(Input {
         header,
@@ -733,8 +834,25 @@ fn run_inner(
             Sink::Direct => {
                 let w = out.as_mut().expect("receivers have an output");
                 if cfg.join != JoinType::Difference {
-                    for &(gi, c) in &matched {
-                        w.matched(row_iter(gi), c)?;
+                    // Each matched key's rows are scattered over the arena;
+                    // gathering them is random access, so threads format
+                    // windows of keys into buffers that are written in order.
+                    let party = w.party();
+                    for window in matched.chunks(WRITE_WINDOW) {
+                        let texts: Vec<(Vec<u8>, u64)> = window
+                            .par_chunks(WRITE_WINDOW / 64)
+                            .map(|keys| {
+                                let mut buf = Vec::with_capacity(keys.len() * 32);
+                                let mut n = 0;
+                                for &(gi, c) in keys {
+                                    n += format_matched(&mut buf, party, row_iter(gi), c);
+                                }
+                                (buf, n)
+                            })
+                            .collect();
+                        for (text, n) in texts {
+                            w.lines(&text, n)?;
+                        }
                     }
                 }
                 // sections 2/3 and difference are written after all buckets

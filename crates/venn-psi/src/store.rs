@@ -167,6 +167,30 @@ impl Store {
         Ok(())
     }
 
+    /// Adds rows parsed elsewhere, in order: one copy of their arena instead
+    /// of a push per row.
+    pub(crate) fn append(&mut self, rows: Rows) -> Result<(), PsiError> {
+        self.rows += rows.len() as u64;
+        self.bytes += rows.arena.len() as u64 + rows.len() as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
+        if let Some(sp) = &mut self.spill {
+            for i in 0..rows.len() {
+                sp.write(rows.items[i], rows.raw(i), rows.key(i))?;
+            }
+            return Ok(());
+        }
+        let base = self.mem.arena.len() as u64;
+        self.mem.arena.extend_from_slice(&rows.arena);
+        self.mem.items.extend_from_slice(&rows.items);
+        self.mem.recs.extend(rows.recs.iter().map(|r| Rec {
+            off: r.off + base,
+            ..*r
+        }));
+        if self.mem.footprint() > self.budget {
+            self.start_spill()?;
+        }
+        Ok(())
+    }
+
     /// Stops accepting rows; flushes spill files.
     pub(crate) fn finish(mut self) -> Result<Loaded, PsiError> {
         if let Some(sp) = &mut self.spill {

@@ -436,6 +436,17 @@ fn input_errors_name_file_line_and_column() {
         e.contains("a.csv:3: column 'id'") && e.contains("--skip-empty-keys"),
         "{e}"
     );
+    // deep in a file parsed in parallel pieces: the line is still exact
+    let mut big = String::from("id,x\n");
+    for i in 0..50_000 {
+        if i == 40_000 {
+            big.push_str(",b\n");
+        } else {
+            big.push_str(&format!("{i},a\r\n"));
+        }
+    }
+    let e = run_case(&c(&big)).unwrap_err().to_string();
+    assert!(e.contains("a.csv:40002: column 'id'"), "{e}");
     let e = run_case(&c("id,x\n1,a,extra\n")).unwrap_err().to_string();
     assert!(
         e.contains("a.csv:2") && e.contains("3 fields but the header has 2"),
