@@ -345,17 +345,13 @@ impl<R: Read> Blocks<R> {
         // read until the buffer holds `size` bytes and a newline, or the file ends
         while !r.eof && (buf.len() < self.size || memchr::memchr(b'\n', &buf).is_none()) {
             let want = self.size.max(buf.len() / 2).max(1 << 16);
-            let old = buf.len();
-            buf.resize(old + want, 0);
-            let n = loop {
-                match r.rdr.read(&mut buf[old..]) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(PsiError::io(&r.path, e)),
-                }
-            };
-            buf.truncate(old + n);
-            if n == 0 {
+            // read_to_end fills spare capacity without zeroing it first
+            buf.reserve(want);
+            let n = (&mut r.rdr)
+                .take(want as u64)
+                .read_to_end(&mut buf)
+                .map_err(|e| PsiError::io(&r.path, e))?;
+            if n < want {
                 r.eof = true;
             }
         }
