@@ -1,4 +1,4 @@
-//! `venn` node commands: init, start, token, peer, route, domain, data, grant.
+//! `venn` node commands: init, start, token, peer, route, domain, data, grant, health.
 //!
 //! Thin by design: parse arguments, load the configuration, call `venn_node`, print. Commands
 //! other than `init` and `start` talk to the running node through its loopback API with the
@@ -298,6 +298,22 @@ pub(crate) enum NodeCommand {
         #[command(subcommand)]
         command: GrantCommand,
     },
+    /// Check that the running node answers on its API (`GET /healthZ`, no token); exit 0 if so.
+    /// This is the container HEALTHCHECK and the Kubernetes probe command.
+    #[command(
+        after_help = "Examples:\n  venn health -c alice.yaml && echo up\n  docker exec alice venn health      # VENN_CONFIG is set in the image"
+    )]
+    Health(HealthArgs),
+}
+
+/// `venn health` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct HealthArgs {
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) timeout_seconds: u64,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
 }
 
 /// Runs a node command.
@@ -482,6 +498,16 @@ async fn online(cmd: NodeCommand) -> Result<()> {
         }
         NodeCommand::Data { command } => data(command).await,
         NodeCommand::Grant { command } => grant(command).await,
+        NodeCommand::Health(a) => {
+            let cfg = a.config.load()?;
+            venn_node::client::check_health(
+                &cfg,
+                std::time::Duration::from_secs(a.timeout_seconds.max(1)),
+            )
+            .await?;
+            println!("ok");
+            Ok(())
+        }
         NodeCommand::Init(_) | NodeCommand::Start(_) | NodeCommand::Token { .. } => {
             unreachable!("handled before the runtime starts")
         }

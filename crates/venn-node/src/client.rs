@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -21,6 +22,69 @@ use crate::config::Config;
 use crate::error::{NodeError, Result};
 use crate::trust::read_token;
 
+/// The address to dial for this node's API: `api.listen`, with an unspecified IP replaced by
+/// loopback.
+fn api_addr(config: &Config) -> Result<SocketAddr> {
+    let mut addr: SocketAddr = config
+        .api
+        .listen
+        .parse()
+        .map_err(|e| NodeError::Config(vec![format!("api.listen: {e}")]))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(addr)
+}
+
+/// Asks the running node's `GET /healthZ` (no token) and succeeds only on HTTP 200 with
+/// `data.ready == true`, within `timeout`.
+///
+/// This is `venn health`: the container image's `HEALTHCHECK` and the Kubernetes liveness and
+/// readiness probes run it inside the container (an `exec` probe), so the API can stay on
+/// loopback instead of being opened to the pod network just for the kubelet.
+pub async fn check_health(config: &Config, timeout: Duration) -> Result<()> {
+    let addr = api_addr(config)?;
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| NodeError::Net(format!("cannot reach the node's API at {addr} ({e})")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| NodeError::Net(format!("API: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::get("/healthZ")
+            .header(hyper::header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| NodeError::Net(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| NodeError::Net(format!("API: {e}")))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), 64 << 10)
+            .collect()
+            .await
+            .map_err(|e| NodeError::Net(format!("API answer: {e}")))?
+            .to_bytes();
+        let ready = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.pointer("/data/ready").and_then(Value::as_bool))
+            == Some(true);
+        if status.is_success() && ready {
+            Ok(())
+        } else {
+            Err(NodeError::Net(format!(
+                "{addr}/healthZ answered HTTP {status} without ready: true"
+            )))
+        }
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .map_err(|_| NodeError::Net(format!("{addr}/healthZ: no answer within {timeout:?}")))?
+}
+
 /// A client for this node's API.
 pub struct LocalClient {
     addr: SocketAddr,
@@ -30,14 +94,7 @@ pub struct LocalClient {
 impl LocalClient {
     /// A client for the node described by `config` (reads the token file).
     pub fn new(config: &Config) -> Result<Self> {
-        let mut addr: SocketAddr = config
-            .api
-            .listen
-            .parse()
-            .map_err(|e| NodeError::Config(vec![format!("api.listen: {e}")]))?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
+        let addr = api_addr(config)?;
         let token = read_token(&config.token_path()).map_err(|e| {
             NodeError::Invalid(format!(
                 "cannot read the API token ({e}); has `venn start` run with this configuration?"
