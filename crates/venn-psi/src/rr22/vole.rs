@@ -407,7 +407,8 @@ fn ggm_tree(
     let mut cur = vec![root];
     let mut next = Vec::with_capacity(p.leaves);
     for l in 1..p.depth {
-        next.clear();
+        // every entry is overwritten by ggm_expand: only grow (no zero fill
+        // of what is already there)
         next.resize(2 * cur.len(), 0);
         ggm_expand(&cur, &mut next);
         on_level(l, &next);
@@ -770,7 +771,7 @@ fn recv_replies(
                     let next: &mut [u128] = if l == p.depth {
                         &mut leaves[..]
                     } else {
-                        scratch.clear();
+                        // fully overwritten by ggm_expand below
                         scratch.resize(2 * cur.len(), 0);
                         &mut scratch[..]
                     };
