@@ -32,6 +32,12 @@ pub(crate) struct BenchPsiArgs {
     /// PSI protocol.
     #[arg(long, default_value = "ecdh", value_parser = ["ecdh", "rr22"])]
     protocol: String,
+    /// RR22's low-communication variant (passed to both parties).
+    #[arg(long)]
+    low_comm: bool,
+    /// RR22's malicious variant (passed to both parties).
+    #[arg(long, conflicts_with = "low_comm")]
+    malicious: bool,
     /// Fraction of shared IDs.
     #[arg(long, default_value_t = 0.5)]
     overlap: f64,
@@ -164,6 +170,12 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         "--keys".into(),
         "id".into(),
     ];
+    if a.low_comm {
+        common.push("--low-comm".into());
+    }
+    if a.malicious {
+        common.push("--malicious".into());
+    }
     if let Some(t) = a.threads {
         common.extend(["--threads".into(), t.to_string()]);
     }
@@ -187,6 +199,8 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let out = serde_json::json!({
         "rows": a.rows,
         "protocol": a.protocol,
+        "low_comm": a.low_comm,
+        "malicious": a.malicious,
         "wall_s": walls,
         "median_wall_s": median(&mut walls.clone()),
         "bytes_sent": [pick(0, "bytes_sent"), pick(1, "bytes_sent")],

@@ -312,10 +312,14 @@ fn exact_counts_at_odd_sizes() {
 #[test]
 #[ignore]
 fn exact_count_at_2_22() {
-    for (protocol, rows) in [
-        ("rr22", "4194304"),
-        ("rr22", "1000003"),
-        ("ecdh", "1000003"),
+    for (protocol, flag, rows) in [
+        ("rr22", None, "4194304"),
+        ("rr22", Some("--low-comm"), "4194304"),
+        ("rr22", Some("--malicious"), "4194304"),
+        ("rr22", None, "1000003"),
+        ("rr22", Some("--low-comm"), "1000003"),
+        ("rr22", Some("--malicious"), "1000003"),
+        ("ecdh", None, "1000003"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let o = Command::new(VENN)
@@ -329,9 +333,45 @@ fn exact_count_at_2_22() {
                 "--dir",
             ])
             .arg(dir.path())
+            .args(flag)
             .output()
             .unwrap();
-        assert!(o.status.success(), "{protocol} at {rows}: {}", text(&o));
+        assert!(
+            o.status.success(),
+            "{protocol} {flag:?} at {rows}: {}",
+            text(&o)
+        );
         println!("{}", String::from_utf8_lossy(&o.stdout));
+    }
+}
+
+/// Every RR22 variant end to end through two processes at odd sizes, with
+/// the exact count checked by `venn bench psi` (it fails otherwise).
+#[test]
+fn rr22_variants_exact_at_odd_sizes() {
+    for flag in [None, Some("--low-comm"), Some("--malicious")] {
+        for rows in ["1000", "65535"] {
+            let dir = tempfile::tempdir().unwrap();
+            let o = Command::new(VENN)
+                .args([
+                    "bench",
+                    "psi",
+                    "--rows",
+                    rows,
+                    "--protocol",
+                    "rr22",
+                    "--dir",
+                ])
+                .arg(dir.path())
+                .args(flag)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{flag:?} at {rows}: {}", text(&o));
+            let line = String::from_utf8_lossy(&o.stdout);
+            let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+            assert_eq!(v["correct"], true, "{line}");
+            assert_eq!(v["low_comm"], flag == Some("--low-comm"));
+            assert_eq!(v["malicious"], flag == Some("--malicious"));
+        }
     }
 }

@@ -36,6 +36,38 @@ fn main() {
         venn_psi::ecdh::bench::decompress(&comp)
     });
 
+    // RR22 OKVS: fast shape (GF(2^128) dense part, 2^14-key bins) and the
+    // low-communication shape (binary dense part, 2^18-key bins, 60-bit cells)
+    let n = 1 << 20;
+    use venn_psi::rr22::bench as rr;
+    for (label, low, vbits) in [("fast", false, 128), ("low-comm", true, 60)] {
+        let (keys, vals) = rr::data(n, vbits);
+        let e = best(&format!("rr22 okvs encode ({label})"), n, || {
+            rr::okvs_encode(&keys, &vals, low)
+        });
+        best(&format!("rr22 okvs decode ({label})"), n, || {
+            rr::okvs_decode(&e, &keys)
+        });
+        let m = rr::cells(&e);
+        let packed = best(&format!("rr22 pack {vbits}-bit cells"), m, || {
+            rr::pack(&e, vbits)
+        });
+        best(&format!("rr22 unpack {vbits}-bit cells"), m, || {
+            rr::unpack(&packed, m, vbits)
+        });
+    }
+    let (items, vs) = rr::data(n, 128);
+    best("rr22 output hash (fixed-key AES)", n, || {
+        let mut v = vs.clone();
+        rr::tags(&mut v);
+        v
+    });
+    best("rr22 output hash H_o(x, v) (malicious)", n, || {
+        let mut v = vs.clone();
+        rr::malicious_tags(&items, &mut v);
+        v
+    });
+
     let rows = 1 << 20;
     let mut csv = String::from("id,payload\n");
     for i in 0..rows {

@@ -97,6 +97,10 @@ pub struct PsiConfig {
     pub leader: bool,
     /// Statistical security parameter in bits.
     pub stat_sec: u32,
+    /// RR22's low-communication variant (subfield VOLE, short OKVS cells).
+    pub low_comm: bool,
+    /// RR22's malicious variant.
+    pub malicious: bool,
 }
 
 impl PsiConfig {
@@ -115,6 +119,8 @@ impl PsiConfig {
             normalize: Normalize::default(),
             leader,
             stat_sec: 40,
+            low_comm: false,
+            malicious: false,
         }
     }
 
@@ -156,6 +162,24 @@ impl PsiConfig {
             return Err(PsiError::Config {
                 field: "--memory-budget",
                 message: "must be at least 64KiB".into(),
+            });
+        }
+        if self.protocol != Protocol::Rr22 && (self.low_comm || self.malicious) {
+            return Err(PsiError::Config {
+                field: if self.low_comm {
+                    "--low-comm"
+                } else {
+                    "--malicious"
+                },
+                message: "is an option of --protocol rr22 only".into(),
+            });
+        }
+        if self.low_comm && self.malicious {
+            return Err(PsiError::Config {
+                field: "--low-comm",
+                message: "cannot be combined with --malicious: RR22's malicious variant needs \
+                          the OKVS over GF(2^128) (RR22 §6.2)"
+                    .into(),
             });
         }
         if !(40..=128).contains(&self.stat_sec) {

@@ -40,6 +40,12 @@ pub struct CoreInput<'a> {
     pub total_len: (u64, u64),
     /// Statistical security parameter λ in bits (40).
     pub stat_sec: u32,
+    /// RR22: the low-communication (subfield-VOLE) variant; other protocols
+    /// ignore it (the session refuses it for them).
+    pub low_comm: bool,
+    /// RR22: the malicious variant; other protocols ignore it (the session
+    /// refuses it for them).
+    pub malicious: bool,
 }
 
 /// A match: (position in my items, position in the peer's items).
@@ -96,6 +102,17 @@ pub(crate) mod testing {
         b: &[Item],
         learn: (bool, bool),
     ) -> (CoreOutput, CoreOutput) {
+        run_pair_mode(core, a, b, learn, (false, false))
+    }
+
+    /// [`run_pair`] with RR22's (low_comm, malicious) flags.
+    pub(crate) fn run_pair_mode(
+        core: CoreFn,
+        a: &[Item],
+        b: &[Item],
+        learn: (bool, bool),
+        mode: (bool, bool),
+    ) -> (CoreOutput, CoreOutput) {
         let (ca, cb) = memory_pair(64);
         let total = (a.len() as u64, b.len() as u64);
         std::thread::scope(|s| {
@@ -108,6 +125,8 @@ pub(crate) mod testing {
                     leader: true,
                     total_len: total,
                     stat_sec: 40,
+                    low_comm: mode.0,
+                    malicious: mode.1,
                 };
                 core(&ca, &input)
             });
@@ -120,6 +139,8 @@ pub(crate) mod testing {
                     leader: false,
                     total_len: (total.1, total.0),
                     stat_sec: 40,
+                    low_comm: mode.0,
+                    malicious: mode.1,
                 };
                 core(&cb, &input)
             });

@@ -13,6 +13,10 @@ pub struct Report {
     pub party: u8,
     /// The protocol that ran.
     pub protocol: Protocol,
+    /// RR22's low-communication variant ran.
+    pub low_comm: bool,
+    /// RR22's malicious variant ran.
+    pub malicious: bool,
     /// The join.
     pub join: JoinType,
     /// Whether this party received output.

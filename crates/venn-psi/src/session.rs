@@ -98,6 +98,8 @@ struct Hello {
     trim: bool,
     lowercase: bool,
     stat_sec: u32,
+    low_comm: bool,
+    malicious: bool,
 }
 
 fn hello_of(cfg: &PsiConfig) -> Hello {
@@ -115,6 +117,8 @@ fn hello_of(cfg: &PsiConfig) -> Hello {
         trim: cfg.normalize.trim,
         lowercase: cfg.normalize.lowercase,
         stat_sec: cfg.stat_sec,
+        low_comm: cfg.low_comm,
+        malicious: cfg.malicious,
     }
 }
 
@@ -188,6 +192,20 @@ fn handshake(cfg: &PsiConfig, chan: &dyn Channel) -> Result<(), PsiError> {
             "statistical security",
             ours.stat_sec.to_string(),
             theirs.stat_sec.to_string(),
+        );
+    }
+    if ours.low_comm != theirs.low_comm {
+        return mismatch(
+            "--low-comm",
+            ours.low_comm.to_string(),
+            theirs.low_comm.to_string(),
+        );
+    }
+    if ours.malicious != theirs.malicious {
+        return mismatch(
+            "--malicious",
+            ours.malicious.to_string(),
+            theirs.malicious.to_string(),
         );
     }
     if !ours.receivers.iter().any(|r| *r) {
@@ -535,6 +553,61 @@ fn u64s(buf: &[u8], n: usize, what: &str) -> Result<Vec<u64>, PsiError> {
         .collect())
 }
 
+/// The forwarded result's positions (sorted, in [0, n)): a bitmap of n bits
+/// when they are strictly increasing and that is shorter than 4 bytes per
+/// position (at 2^20 items and 50% overlap: 128 KiB instead of 2 MiB), else
+/// the plain list with its length. The first byte says which.
+fn encode_positions(pos: &[u32], n: usize) -> Vec<u8> {
+    let strictly = pos.windows(2).all(|w| w[0] < w[1]);
+    let mut msg = Vec::new();
+    if strictly && n.div_ceil(8) < 4 * pos.len() {
+        msg.push(1);
+        msg.resize(1 + n.div_ceil(8), 0);
+        for &j in pos {
+            msg[1 + j as usize / 8] |= 1 << (j % 8);
+        }
+    } else {
+        msg.push(0);
+        msg.extend_from_slice(&(pos.len() as u64).to_le_bytes());
+        wire::put_u32s(&mut msg, pos);
+    }
+    msg
+}
+
+/// Reads [`encode_positions`]'s output for `n` items; returns the positions
+/// and the rest of the message.
+fn decode_positions(msg: &[u8], n: usize) -> Result<(Vec<u32>, &[u8]), PsiError> {
+    let bad = || PsiError::peer("malformed forwarded result");
+    match msg.split_first() {
+        Some((1, rest)) => {
+            let len = n.div_ceil(8);
+            if rest.len() < len {
+                return Err(bad());
+            }
+            let (bits, rest) = rest.split_at(len);
+            let mut pos = Vec::new();
+            for (b, &byte) in bits.iter().enumerate() {
+                let mut x = byte;
+                while x != 0 {
+                    pos.push((b * 8) as u32 + x.trailing_zeros());
+                    x &= x - 1;
+                }
+            }
+            Ok((pos, rest))
+        }
+        Some((0, rest)) if rest.len() >= 8 => {
+            let k = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")) as usize;
+            let rest = &rest[8..];
+            if rest.len() / 4 < k {
+                return Err(bad());
+            }
+            let (list, rest) = rest.split_at(4 * k);
+            Ok((wire::get_u32s(list, "forwarded result")?, rest))
+        }
+        _ => Err(bad()),
+    }
+}
+
 /// Gives every receiver, for each matched key, the peer's row count.
 ///
 /// `native` is the protocol's own result at this party: (my position, peer
@@ -587,9 +660,8 @@ fn exchange_counts(
             if peer_learns && !peer_native {
                 // forward the result: peer positions, with our counts
                 m.sort_unstable_by_key(|&(_, j)| j);
-                let mut msg = Vec::with_capacity(m.len() * 8);
                 let pos: Vec<u32> = m.iter().map(|&(_, j)| j).collect();
-                wire::put_u32s(&mut msg, &pos);
+                let mut msg = encode_positions(&pos, peer_len);
                 if my_dups {
                     wire::put_u32s(&mut msg, &counts_of(&m));
                 }
@@ -617,18 +689,23 @@ fn exchange_counts(
                 return Err(PsiError::peer("neither party has the protocol's result"));
             }
             let msg = wire::recv(chan, FORWARD, "the forwarded result")?;
-            let v = wire::get_u32s(&msg, "forwarded result")?;
-            let n = if peer_dups { v.len() / 2 } else { v.len() };
-            if (peer_dups && v.len() % 2 != 0)
-                || v[..n].iter().any(|&i| i as usize >= my_counts.len())
+            let (pos, rest) = decode_positions(&msg, my_counts.len())?;
+            let counts = if peer_dups {
+                wire::get_u32s(rest, "forwarded result")?
+            } else {
+                Vec::new()
+            };
+            if (peer_dups && counts.len() != pos.len())
+                || (!peer_dups && !rest.is_empty())
+                || pos.iter().any(|&i| i as usize >= my_counts.len())
             {
                 return Err(PsiError::peer("malformed forwarded result"));
             }
-            let pos = &v[..n];
+            let pos = &pos[..];
             let out: Vec<(u32, u32)> = pos
                 .iter()
                 .enumerate()
-                .map(|(k, &i)| (i, if peer_dups { v[n + k] } else { 1 }))
+                .map(|(k, &i)| (i, if peer_dups { counts[k] } else { 1 }))
                 .collect();
             if my_dups {
                 let c: Vec<u32> = pos.iter().map(|&i| my_counts[i as usize]).collect();
@@ -772,6 +849,8 @@ fn run_inner(
             leader: cfg.leader,
             total_len,
             stat_sec: cfg.stat_sec,
+            low_comm: cfg.low_comm,
+            malicious: cfg.malicious,
         };
         tracing::debug!(
             bucket = b,
@@ -945,6 +1024,8 @@ fn run_inner(
         version: 1,
         party,
         protocol: cfg.protocol,
+        low_comm: cfg.low_comm,
+        malicious: cfg.malicious,
         join: cfg.join,
         receiver: self_learns,
         self_: InputStats {
@@ -1022,4 +1103,36 @@ pub fn receivers_of(receiver: Receiver, party: u8) -> [bool; 2] {
     r[p] = matches!(receiver, Receiver::SelfOnly | Receiver::Both);
     r[1 - p] = matches!(receiver, Receiver::Peer | Receiver::Both);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_positions_roundtrip() {
+        let cases: Vec<(Vec<u32>, usize)> = vec![
+            (vec![], 0),
+            (vec![], 100),
+            (vec![0], 1),
+            (vec![3], 1000),                        // sparse: list
+            ((0..1000).step_by(2).collect(), 1000), // dense: bitmap
+            ((0..1000).collect(), 1000),
+            (vec![1, 1, 5], 8), // repeated (a tag collision): list
+            (vec![7, 9, 63, 64], 65),
+        ];
+        for (pos, n) in cases {
+            let mut msg = encode_positions(&pos, n);
+            let dense = n.div_ceil(8) < 4 * pos.len() && pos.windows(2).all(|w| w[0] < w[1]);
+            assert_eq!(msg[0], dense as u8, "{pos:?}");
+            msg.extend_from_slice(&[9, 0, 0, 0]);
+            let (got, rest) = decode_positions(&msg, n).unwrap();
+            assert_eq!(got, pos);
+            assert_eq!(rest, &[9, 0, 0, 0]);
+        }
+        assert!(decode_positions(&[], 5).is_err());
+        assert!(decode_positions(&[1, 0], 100).is_err());
+        assert!(decode_positions(&[0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 2], 100).is_err());
+        assert!(decode_positions(&[2], 5).is_err());
+    }
 }

@@ -126,6 +126,8 @@ struct Case {
     left0: Side,
     budget: u64,
     protocol: Protocol,
+    /// RR22 variant: 0 fast, 1 low-communication, 2 malicious
+    mode: u8,
 }
 
 fn run_case(c: &Case) -> Outcome {
@@ -138,6 +140,8 @@ fn run_case(c: &Case) -> Outcome {
     let cfg = |keys: &Vec<String>, leader: bool| {
         let mut k = PsiConfig::new(keys.clone(), leader);
         k.protocol = c.protocol;
+        k.low_comm = c.mode == 1;
+        k.malicious = c.mode == 2;
         k.join = c.join;
         k.memory_budget = c.budget;
         k.tmp_dir = dir.path().to_path_buf();
@@ -284,13 +288,14 @@ proptest! {
             left0: if left_peer { Side::Peer } else { Side::SelfSide },
             budget: if small { 64 << 10 } else { 1 << 30 },
             protocol: Protocol::Ecdh,
+            mode: 0,
         });
     }
 
     #[test]
     fn rr22_equals_reference(a in arb_table(), b in arb_table(), join in arb_join(),
                              receiver0 in prop::sample::select(vec![Receiver::SelfOnly, Receiver::Peer, Receiver::Both]),
-                             left_peer in any::<bool>(), small in any::<bool>()) {
+                             left_peer in any::<bool>(), small in any::<bool>(), mode in 0u8..3) {
         check(&Case {
             a: csv_text("id,pa", &a, false, true),
             b: csv_text("key,pb", &b, true, false),
@@ -301,6 +306,7 @@ proptest! {
             left0: if left_peer { Side::Peer } else { Side::SelfSide },
             budget: if small { 64 << 10 } else { 1 << 30 },
             protocol: Protocol::Rr22,
+            mode,
         });
     }
 
@@ -321,6 +327,7 @@ proptest! {
             left0: Side::SelfSide,
             budget: 1 << 30,
             protocol: Protocol::Ecdh,
+            mode: 0,
         });
     }
 }
@@ -341,12 +348,14 @@ fn spilled_buckets_give_the_same_result() {
     // 6000 rows of ~40 B plus overhead exceed 256 KiB: several buckets.
     let a = numbered(6000, 0, "alpha-");
     let b = numbered(6000, 3000, "beta-");
-    for (join, budget, protocol) in [
-        (JoinType::Inner, 256 << 10, Protocol::Ecdh),
-        (JoinType::Full, 256 << 10, Protocol::Ecdh),
-        (JoinType::Inner, 1 << 30, Protocol::Ecdh),
-        (JoinType::Full, 256 << 10, Protocol::Rr22),
-        (JoinType::Inner, 1 << 30, Protocol::Rr22),
+    for (join, budget, protocol, mode) in [
+        (JoinType::Inner, 256 << 10, Protocol::Ecdh, 0),
+        (JoinType::Full, 256 << 10, Protocol::Ecdh, 0),
+        (JoinType::Inner, 1 << 30, Protocol::Ecdh, 0),
+        (JoinType::Full, 256 << 10, Protocol::Rr22, 0),
+        (JoinType::Inner, 1 << 30, Protocol::Rr22, 0),
+        (JoinType::Full, 256 << 10, Protocol::Rr22, 1),
+        (JoinType::Full, 256 << 10, Protocol::Rr22, 2),
     ] {
         let c = Case {
             a: a.clone(),
@@ -358,6 +367,7 @@ fn spilled_buckets_give_the_same_result() {
             left0: Side::SelfSide,
             budget,
             protocol,
+            mode,
         };
         let [(ra, _), (rb, _)] = run_case(&c).unwrap();
         if budget < (1 << 20) {
@@ -386,6 +396,7 @@ fn no_overlap_and_full_overlap() {
             left0: Side::SelfSide,
             budget: 1 << 30,
             protocol: Protocol::Ecdh,
+            mode: 0,
         };
         let [(ra, _), (rb, _)] = run_case(&c).unwrap();
         assert_eq!(ra.intersection.unwrap().keys, keys);
@@ -405,6 +416,7 @@ fn mismatch_case(join_b: JoinType, keys_b: Vec<String>) -> Outcome {
         left0: Side::SelfSide,
         budget: 1 << 30,
         protocol: Protocol::Ecdh,
+        mode: 0,
     };
     let _ = join_b;
     run_case(&c)
@@ -430,6 +442,7 @@ fn input_errors_name_file_line_and_column() {
         left0: Side::SelfSide,
         budget: 1 << 30,
         protocol: Protocol::Ecdh,
+        mode: 0,
     };
     let e = run_case(&c("id,x\n1,a\n,b\n")).unwrap_err().to_string();
     assert!(
@@ -560,4 +573,62 @@ fn options_must_agree() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn rr22_modes_must_agree_and_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let pa = dir.path().join("a.csv");
+    std::fs::write(&pa, "id\n1\n2\n").unwrap();
+    for (field, set) in [
+        (
+            "--low-comm",
+            (|c: &mut PsiConfig| c.low_comm = true) as fn(&mut PsiConfig),
+        ),
+        ("--malicious", |c: &mut PsiConfig| c.malicious = true),
+    ] {
+        let (ca, cb) = memory_pair(16);
+        let c0 = PsiConfig::new(vec!["id".into()], true);
+        let mut c1 = PsiConfig::new(vec!["id".into()], false);
+        set(&mut c1);
+        let (ra, rb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| run(&c0, &pa, Some(&dir.path().join("o1")), &ca));
+            let hb = s.spawn(|| run(&c1, &pa, Some(&dir.path().join("o2")), &cb));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        for e in [ra.unwrap_err().to_string(), rb.unwrap_err().to_string()] {
+            assert!(e.contains(field), "{e}");
+        }
+    }
+    // both agree: the report says which variant ran
+    for mode in [1u8, 2] {
+        let (ca, cb) = memory_pair(16);
+        let mk = |leader| {
+            let mut c = PsiConfig::new(vec!["id".into()], leader);
+            c.low_comm = mode == 1;
+            c.malicious = mode == 2;
+            c
+        };
+        let (c0, c1) = (mk(true), mk(false));
+        let (ra, rb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| run(&c0, &pa, Some(&dir.path().join("o1")), &ca));
+            let hb = s.spawn(|| run(&c1, &pa, Some(&dir.path().join("o2")), &cb));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let j = serde_json::to_value(&ra).unwrap();
+        assert_eq!(j["low_comm"], mode == 1);
+        assert_eq!(j["malicious"], mode == 2);
+        assert_eq!(ra.intersection.unwrap().keys, 2);
+        assert_eq!(rb.intersection.unwrap().keys, 2);
+    }
+    // ECDH has no such variants
+    let mut c = PsiConfig::new(vec!["id".into()], true);
+    c.protocol = Protocol::Ecdh;
+    c.low_comm = true;
+    assert!(c.validate().unwrap_err().to_string().contains("--low-comm"));
+    let mut c = PsiConfig::new(vec!["id".into()], true);
+    c.low_comm = true;
+    c.malicious = true;
+    assert!(c.validate().unwrap_err().to_string().contains("--low-comm"));
 }

@@ -1,4 +1,5 @@
-//! RR22 VOLE-based PSI, semi-honest "fast" instantiation.
+//! RR22 VOLE-based PSI: the semi-honest "fast" instantiation, and the
+//! low-communication and malicious variants (sections below).
 //!
 //! Raghuraman–Rindal, "Blazing Fast PSI from Improved OKVS and Subfield VOLE",
 //! ACM CCS 2022 (eprint 2022/320): the PSI protocol of Fig. 4 (CCS) / Fig. 11
@@ -43,8 +44,69 @@
 //! noise value and t·h OTs per later chunk); S → R the truncated tags plus
 //! the punctured-PRF messages (2·t·h blocks per VOLE chunk).
 //!
-//! Not implemented: RR22's malicious variant and the low-communication
-//! (subfield-VOLE) variant.
+//! ## Low-communication variant (`--low-comm`)
+//!
+//! RR22 §5 ("Subfield VOLE and PSI", Fig. 10 and Fig. 11) and §6.2 ("low
+//! comm."): the VOLE is a *subfield* VOLE, A ∈ B^m with Δ ∈ F = GF(2^128),
+//! C = A·Δ + B, and the OKVS values H_B(x) and the message A' = A + P lie in
+//! B, so R → S sends |B| bits per cell instead of 128. Here B is the
+//! GF(2)-subspace of polynomials of degree < `vbits` inside GF(2^128)
+//! (not a subfield: every operation applied to B-values is GF(2)-linear —
+//! the binary OKVS's XORs, the Expand-Accumulate code's XORs, and
+//! multiplication by Δ — so closure under XOR is all the protocol uses):
+//! * the OKVS has a binary dense part ([`okvs::Dense::Binary`]) so decoding
+//!   is XOR only, and bins of 2^18 keys (e ≈ 1.23 with a 1.5% bin margin;
+//!   §6.2 uses no bins at all);
+//! * `vbits` = λ + ⌈log2 n_y⌉ (60 at 2^20): the receiver could tell an
+//!   item y ∉ X from its tag only if Decode(P, y) = H_B(y), probability
+//!   n_y/|B| ≤ 2^-λ over the sender's items (the privacy argument after
+//!   Theorem 1 in §5). The paper's Theorem 1 states |B| ≥ 2^λ·n_x·n_y to
+//!   also cover a correctness failure "H_B(y) = H_B(x)"; that failure
+//!   cannot cause a wrong match here because our OKVS rows come from keyed
+//!   hashes of the item itself, not from H_B, and the tags carry their own
+//!   λ + log2(n_x·n_y) bits (so we use the §6.2 element size, which the
+//!   paper itself measures with);
+//! * the VOLE's first-chunk noise values β_i are `vbits`-bit (so `vbits`
+//!   correlated OTs each instead of 128), the dual-LPN code is binary, so A
+//!   stays in B; larger VOLE chunks (2^19) send fewer GGM messages;
+//! * the cells go on the wire bit-packed, `vbits` bits each.
+//!
+//! Exactness does not depend on sizes: bins, cells and frames are derived
+//! from n_x, n_y and λ alike at both ends, with no power-of-two assumption.
+//!
+//! ## Malicious variant (`--malicious`)
+//!
+//! RR22 §5 builds on Rindal–Schoppmann (RS21, "VOLE-PSI", Eurocrypt 2021,
+//! Fig. 5/6), whose malicious protocol keeps what RR22 drops for the
+//! semi-honest case ("w_s, w_r, w and needing to input x, y to H_o"), and
+//! §6.2 runs it with the "fast" OKVS (B = F = GF(2^128); `--low-comm` is
+//! refused with it). What we add to the semi-honest protocol:
+//! * S commits to a random w_s (BLAKE3) before the VOLE; R sends a random
+//!   w_r after the VOLE; S opens w_s only after it has received all of A';
+//!   R checks the opening against the commitment.
+//! * The output hash takes the item and the value: tags are
+//!   H_o(y, Decode(K, y) + Δ·H(y) + w) at S and H_o(x, Decode(C, x) + w) at
+//!   R, w = w_r + w_s, with H_o = BLAKE3 (a random oracle on the pair, so a
+//!   simulator can extract the sender's set from its queries).
+//! * The VOLE must be malicious-secure (RS21 and RR22 assume an ideal
+//!   malicious VOLE; libOTe realises it with the checks below):
+//!   - the OT extension runs the KOS correlation check (`ot.rs`), which
+//!     stops R from learning bits of Δ through inconsistent choice columns;
+//!   - every VOLE chunk runs the sparse-VOLE consistency check of Wolverine
+//!     (Weng–Yang–Katz–Wang, S&P 2021, §3.2 Fig. 6) / Ferret (CCS 2020):
+//!     with χ from a hash of S's punctured-PRF message, R sends
+//!     x* = Σ χ_{α_i}·β_i + y* and S answers with a hash of
+//!     Σ χ_j·v_j + v* + x*·Δ, which R compares with Σ χ_j·w_j + z* ((y*, z*, v*)
+//!     a VOLE from 128 extra COTs). An S that sends inconsistent GGM
+//!     messages is caught except when it guesses R's noise positions (the
+//!     selective-failure leakage these papers allow); R checks before it
+//!     sends A', so nothing about X is exposed to such an S.
+//! * Tags keep λ + log2(n_x·n_y) bits (RS21 sends κ bits; a forged tag
+//!   matches one of R's with probability ≤ 2^-λ either way).
+//!
+//! Assumed, not implemented: Chou–Orlandi base OTs against a malicious
+//! base-OT receiver (the VOLE sender) as in libOTe; the sender's input size
+//! is bounded by the number of tags R accepts (n_y), as in Fig. 9.
 
 mod gf128;
 mod okvs;
@@ -77,6 +139,15 @@ pub(crate) mod tags {
     pub(crate) const OKVS_DATA: u8 = 0x45;
     /// sender's tags, in frames
     pub(crate) const TAGS: u8 = 0x46;
+    /// malicious mode: the sparse-VOLE consistency check (x* values, then
+    /// the sender's digest)
+    pub(crate) const VOLE_CHECK: u8 = 0x47;
+    /// malicious mode: the sender's commitment H(w_s)
+    pub(crate) const W_COMMIT: u8 = 0x48;
+    /// malicious mode: the receiver's w_r
+    pub(crate) const W_R: u8 = 0x49;
+    /// malicious mode: the sender's opening w_s
+    pub(crate) const W_OPEN: u8 = 0x4A;
 }
 
 /// Phase timing for development: prints with `RR22_TRACE=1` in test builds.
@@ -101,15 +172,109 @@ const MAX_FRAME: usize = 4 << 20;
 /// 128-bit blocks per A' frame.
 const FRAME_BLOCKS: usize = (MAX_FRAME - 1) / 16;
 
+/// Largest VOLE chunk in the low-communication mode: fewer, larger chunks
+/// send fewer punctured-PRF messages (2·t·h blocks each, ~0.25 MB per chunk
+/// with the OT extension) at the price of an accumulated vector that no
+/// longer fits in the cache. Measured at 2^20 rows (core, both directions):
+/// 2^20 → 21.2 MB, 2^19 → 21.5 MB, 2^18 → 22.4 MB (with 2^16-key bins);
+/// 2^19 was also faster than 2^20.
+const LOW_COMM_CHUNK: usize = 1 << 19;
+
 /// The RR22 core (see module docs); has the engine's `CoreFn` shape.
 pub(crate) fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
-    intersect_with(chan, input, EncodeOptions { force_retry: false })
+    intersect_with(chan, input, Options::default())
+}
+
+/// Knobs the tests turn.
+#[derive(Clone, Copy, Default)]
+struct Options {
+    encode: EncodeOptions,
+    /// the sender deviates (malicious-mode tests)
+    cheat: SenderCheat,
+}
+
+/// How a test sender deviates from the protocol.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+enum SenderCheat {
+    #[default]
+    None,
+    /// inconsistent punctured-PRF message in the VOLE
+    Vole,
+    /// opens its commitment to a different w_s
+    Opening,
+}
+
+/// The shape both parties derive for a run: OKVS, cell width, VOLE.
+struct Shape {
+    params: OkvsParams,
+    /// bits per OKVS cell on the wire (and of H's output): 128, or
+    /// λ + ⌈log2 n_y⌉ in the low-communication mode
+    vbits: usize,
+    vole: vole::VoleCfg,
+    malicious: bool,
+}
+
+impl Shape {
+    fn new(input: &CoreInput<'_>, n_x: usize, n_y: usize) -> Result<Self, PsiError> {
+        if input.low_comm && input.malicious {
+            return Err(PsiError::Config {
+                field: "--low-comm",
+                message: "cannot be combined with --malicious (RR22's malicious variant needs \
+                          the OKVS over GF(2^128), §6.2)"
+                    .into(),
+            });
+        }
+        let lambda = input.stat_sec as usize;
+        if input.low_comm {
+            // RR22 §5: the receiver can tell y ∉ X apart only if
+            // Decode(P, y) = H_B(y), probability n_y/|B| ≤ 2^-λ
+            let log_ny = (usize::BITS - (n_y.max(1) - 1).leading_zeros()) as usize;
+            let vbits = (lambda + log_ny).min(128);
+            Ok(Shape {
+                params: OkvsParams::low_comm(n_x, input.stat_sec),
+                vbits,
+                vole: vole::VoleCfg {
+                    bits: vbits,
+                    max_chunk: LOW_COMM_CHUNK,
+                    malicious: false,
+                },
+                malicious: false,
+            })
+        } else {
+            Ok(Shape {
+                params: OkvsParams::new(n_x, input.stat_sec),
+                vbits: 128,
+                vole: vole::VoleCfg {
+                    malicious: input.malicious,
+                    ..vole::VoleCfg::FAST
+                },
+                malicious: input.malicious,
+            })
+        }
+    }
+
+    fn vmask(&self) -> u128 {
+        if self.vbits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << self.vbits) - 1
+        }
+    }
+
+    /// OKVS cells per A' frame (a multiple of 8, so frames are whole bytes).
+    fn frame_cells(&self) -> usize {
+        if self.vbits == 128 {
+            FRAME_BLOCKS
+        } else {
+            ((MAX_FRAME - 1) * 8 / self.vbits) & !7
+        }
+    }
 }
 
 fn intersect_with(
     chan: &dyn Channel,
     input: &CoreInput<'_>,
-    opts: EncodeOptions,
+    opts: Options,
 ) -> Result<CoreOutput, PsiError> {
     let receiver = match (input.self_learns, input.peer_learns) {
         (true, false) => true,
@@ -136,14 +301,128 @@ fn intersect_with(
         });
     }
     let tb = tag_bytes(input.stat_sec, input.total_len.0, input.total_len.1);
-    let params = OkvsParams::new(n_x, input.stat_sec);
+    let shape = Shape::new(input, n_x, n_y)?;
     if receiver {
-        run_receiver(chan, input.items, n_y, &params, tb, opts)
+        run_receiver(chan, input.items, n_y, &shape, tb, opts.encode)
             .map(|m| CoreOutput { matches: Some(m) })
     } else {
-        run_sender(chan, input.items, &params, tb)?;
+        run_sender(chan, input.items, &shape, tb, opts.cheat)?;
         Ok(CoreOutput { matches: None })
     }
+}
+
+/// Appends `cells`, `vbits` bits each (LSB first), to `out`; the last byte
+/// is zero-padded. 128-bit cells are plain little-endian blocks.
+fn pack_cells(out: &mut Vec<u8>, cells: impl Iterator<Item = u128>, vbits: usize) {
+    if vbits == 128 {
+        for c in cells {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        return;
+    }
+    let mut acc = 0u128;
+    let mut n = 0usize;
+    let push = |v: u64, bits: usize, acc: &mut u128, n: &mut usize, out: &mut Vec<u8>| {
+        let v = if bits == 64 {
+            v
+        } else {
+            v & ((1u64 << bits) - 1)
+        };
+        *acc |= (v as u128) << *n;
+        *n += bits;
+        if *n >= 64 {
+            out.extend_from_slice(&(*acc as u64).to_le_bytes());
+            *acc >>= 64;
+            *n -= 64;
+        }
+    };
+    let lo = vbits.min(64);
+    for c in cells {
+        push(c as u64, lo, &mut acc, &mut n, out);
+        if vbits > 64 {
+            push((c >> 64) as u64, vbits - 64, &mut acc, &mut n, out);
+        }
+    }
+    let tail = n.div_ceil(8);
+    out.extend_from_slice(&acc.to_le_bytes()[..tail]);
+}
+
+/// Reads `count` cells of `vbits` bits written by [`pack_cells`].
+fn unpack_cells(buf: &[u8], count: usize, vbits: usize) -> Result<Vec<u128>, PsiError> {
+    if buf.len() != (count * vbits).div_ceil(8) {
+        return Err(PsiError::peer(format!(
+            "OKVS data: frame of {} bytes, expected {} cells of {vbits} bits",
+            buf.len(),
+            count
+        )));
+    }
+    if vbits == 128 {
+        return Ok(buf
+            .chunks_exact(16)
+            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+            .collect());
+    }
+    let mut out = Vec::with_capacity(count);
+    let mut acc = 0u128;
+    let mut n = 0usize;
+    let mut pos = 0usize;
+    let take = |bits: usize, acc: &mut u128, n: &mut usize, pos: &mut usize| -> u64 {
+        while *n < bits {
+            if *pos + 8 <= buf.len() {
+                let w = u64::from_le_bytes(buf[*pos..*pos + 8].try_into().expect("8 bytes"));
+                *acc |= (w as u128) << *n;
+                *n += 64;
+                *pos += 8;
+            } else {
+                *acc |= (buf[*pos] as u128) << *n;
+                *n += 8;
+                *pos += 1;
+            }
+        }
+        let v = if bits == 64 {
+            *acc as u64
+        } else {
+            (*acc as u64) & ((1u64 << bits) - 1)
+        };
+        *acc >>= bits;
+        *n -= bits;
+        v
+    };
+    let lo = vbits.min(64);
+    for _ in 0..count {
+        let mut v = take(lo, &mut acc, &mut n, &mut pos) as u128;
+        if vbits > 64 {
+            v |= (take(vbits - 64, &mut acc, &mut n, &mut pos) as u128) << 64;
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Commitment to the sender's w_s (malicious mode).
+fn commit_w(ws: u128) -> [u8; 32] {
+    *blake3::Hasher::new_derive_key("venn rr22 2026 malicious w_s commitment")
+        .update(&ws.to_le_bytes())
+        .finalize()
+        .as_bytes()
+}
+
+/// The malicious mode's output hash H_o(x, v) (a random oracle on the pair,
+/// as RS21's and RR22's malicious protocol require): BLAKE3 in derive-key
+/// mode over x ‖ v, in parallel, truncated to `tb` bytes.
+fn output_tags_mal(items: impl Fn(usize) -> u128 + Sync, vs: &mut [u128], w: u128, tb: usize) {
+    vs.par_chunks_mut(4096).enumerate().for_each(|(ci, c)| {
+        let base = blake3::Hasher::new_derive_key("venn rr22 2026 malicious output hash Ho");
+        for (i, v) in c.iter_mut().enumerate() {
+            let mut h = base.clone();
+            h.update(&items(ci * 4096 + i).to_le_bytes());
+            h.update(&(*v ^ w).to_le_bytes());
+            let d = h.finalize();
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&d.as_bytes()[..16]);
+            *v = truncate(u128::from_le_bytes(b), tb);
+        }
+    });
 }
 
 /// Truncates a 128-bit hash to `tb` bytes (the low bytes of its LE encoding).
@@ -190,27 +469,40 @@ fn run_receiver(
     chan: &dyn Channel,
     items: &[u128],
     n_y: usize,
-    params: &OkvsParams,
+    shape: &Shape,
     tb: usize,
     opts: EncodeOptions,
 ) -> Result<Vec<Match>, PsiError> {
+    let params = &shape.params;
     let m = params.len();
     let t0 = std::time::Instant::now();
+    // malicious mode: the sender's commitment to w_s comes first
+    let commitment = if shape.malicious {
+        Some(wire::recv(chan, tags::W_COMMIT, "commitment to w_s")?)
+    } else {
+        None
+    };
+    let vmask = shape.vmask();
     // The OKVS encoding needs no message: it runs beside the VOLE.
     let (vole_out, encoded) = std::thread::scope(|s| {
         let enc = s.spawn(|| {
-            // P = Encode{(x, H(x))}
+            // P = Encode{(x, H(x))}, H(x) cut to vbits bits (RR22 §5: H_B)
             let mut vals = vec![0u128; items.len()];
             items
                 .par_chunks(4096)
                 .zip(vals.par_chunks_mut(4096))
-                .for_each(|(x, v)| prim::hash_value(x, v));
+                .for_each(|(x, v)| {
+                    prim::hash_value(x, v);
+                    if vmask != u128::MAX {
+                        v.iter_mut().for_each(|h| *h &= vmask);
+                    }
+                });
             let mut seeds = Prg::from_os();
             let r = okvs::encode(params, items, &vals, || seeds.block(), opts);
             trace!(t0, "R: okvs encoded");
             r
         });
-        let v = vole::recv(chan, m);
+        let v = vole::recv(chan, m, &shape.vole);
         trace!(t0, "R: vole done (m = {m})");
         let e = enc
             .join()
@@ -219,22 +511,35 @@ fn run_receiver(
     });
     let (a, c) = vole_out?;
     let (header, p) = encoded?;
+    debug_assert!(a.iter().chain(&p).all(|x| x & !vmask == 0));
+    let wr = if shape.malicious {
+        let wr = Prg::from_os().block();
+        wire::send(chan, tags::W_R, &wr.to_le_bytes())?;
+        wr
+    } else {
+        0
+    };
     wire::send(chan, tags::OKVS_HDR, &encode_header(&header))?;
     // A' = A + P goes out on a second thread while this one computes our tags.
-    let (sent, mine) = std::thread::scope(|s| {
+    let fc = shape.frame_cells();
+    let (sent, mut mine) = std::thread::scope(|s| {
         let sender = s.spawn(|| -> Result<(), PsiError> {
-            for (ac, pc) in a.chunks(FRAME_BLOCKS).zip(p.chunks(FRAME_BLOCKS)) {
-                let mut frame = Vec::with_capacity(1 + 16 * ac.len());
+            for (ac, pc) in a.chunks(fc).zip(p.chunks(fc)) {
+                let mut frame = Vec::with_capacity(1 + (ac.len() * shape.vbits).div_ceil(8));
                 frame.push(tags::OKVS_DATA);
-                for (x, y) in ac.iter().zip(pc) {
-                    frame.extend_from_slice(&(x ^ y).to_le_bytes());
-                }
+                pack_cells(
+                    &mut frame,
+                    ac.iter().zip(pc).map(|(x, y)| x ^ y),
+                    shape.vbits,
+                );
                 wire::send_frame(chan, frame)?;
             }
             Ok(())
         });
         let mut mine = okvs::decode_grouped(params, &header, &c, items);
-        output_tags(&mut mine.0, tb);
+        if !shape.malicious {
+            output_tags(&mut mine.0, tb);
+        }
         trace!(t0, "R: own tags");
         let sent = sender
             .join()
@@ -243,6 +548,23 @@ fn run_receiver(
     });
     sent?;
     drop((a, c, p));
+    if let Some(commitment) = commitment {
+        // the opening of w_s, checked against the commitment; then
+        // H_o(x, Decode(C, x) + w) with w = w_r + w_s
+        let ws = wire::recv(chan, tags::W_OPEN, "opening of w_s")?;
+        let ws: [u8; 16] = ws[..]
+            .try_into()
+            .map_err(|_| PsiError::peer("opening of w_s: wrong length"))?;
+        let ws = u128::from_le_bytes(ws);
+        if commit_w(ws)[..] != commitment[..] {
+            return Err(PsiError::peer(
+                "malicious-security check failed: the peer opened w_s to a value it had not committed to",
+            ));
+        }
+        let idx = &mine.1;
+        output_tags_mal(|i| items[idx[i] as usize], &mut mine.0, wr ^ ws, tb);
+        trace!(t0, "R: own tags (malicious)");
+    }
     // the sender's tags, in its item order
     let mut theirs: Vec<u128> = Vec::with_capacity(n_y);
     while theirs.len() < n_y {
@@ -270,14 +592,29 @@ fn run_receiver(
 fn run_sender(
     chan: &dyn Channel,
     items: &[u128],
-    params: &OkvsParams,
+    shape: &Shape,
     tb: usize,
+    cheat: SenderCheat,
 ) -> Result<(), PsiError> {
+    let params = &shape.params;
     let m = params.len();
     let t0 = std::time::Instant::now();
-    let (delta, mut b) = vole::send(chan, m)?;
+    let ws = if shape.malicious {
+        let ws = Prg::from_os().block();
+        wire::send(chan, tags::W_COMMIT, &commit_w(ws))?;
+        ws
+    } else {
+        0
+    };
+    let vole_cheat = if cheat == SenderCheat::Vole {
+        vole::Cheat::PprfLevel
+    } else {
+        vole::Cheat::None
+    };
+    let (delta, mut b) = vole::send_with(chan, m, &shape.vole, vole_cheat)?;
     trace!(t0, "S: vole done");
     // Δ·H(y), computed while R encodes
+    let vmask = shape.vmask();
     let mut hy = vec![0u128; items.len()];
     items
         .par_chunks(4096)
@@ -285,29 +622,28 @@ fn run_sender(
         .for_each(|(x, v)| {
             prim::hash_value(x, v);
             for h in v.iter_mut() {
-                *h = gf128::mul(*h, delta);
+                *h = gf128::mul(*h & vmask, delta);
             }
         });
+    let wr = if shape.malicious {
+        let w = wire::recv(chan, tags::W_R, "w_r")?;
+        let w: [u8; 16] = w[..]
+            .try_into()
+            .map_err(|_| PsiError::peer("w_r: wrong length"))?;
+        u128::from_le_bytes(w)
+    } else {
+        0
+    };
     let header = wire::recv(chan, tags::OKVS_HDR, "OKVS header")?;
     let header = decode_header(&header, params.bins)?;
     trace!(t0, "S: header received");
     // K = B + A'·Δ, frame by frame, in place of B
+    let fc = shape.frame_cells();
     let mut got = 0usize;
     while got < m {
         let frame = wire::recv_frame(chan, tags::OKVS_DATA, "OKVS data")?;
-        let frame = &frame[1..];
-        if frame.is_empty() || frame.len() % 16 != 0 || got + frame.len() / 16 > m {
-            return Err(PsiError::peer(format!(
-                "OKVS data: frame of {} bytes does not fit the {} remaining cells",
-                frame.len(),
-                m - got
-            )));
-        }
-        let n = frame.len() / 16;
-        let a_prime: Vec<u128> = frame
-            .chunks_exact(16)
-            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
-            .collect();
+        let n = fc.min(m - got);
+        let a_prime = unpack_cells(&frame[1..], n, shape.vbits)?;
         b[got..got + n]
             .par_chunks_mut(8192)
             .zip(a_prime.par_chunks(8192))
@@ -326,7 +662,18 @@ fn run_sender(
                 *t ^= *h;
             }
         });
-    output_tags(&mut tags_y, tb);
+    if shape.malicious {
+        // open w_s only now, after the receiver's OKVS is fixed
+        let opened = if cheat == SenderCheat::Opening {
+            ws ^ 1
+        } else {
+            ws
+        };
+        wire::send(chan, tags::W_OPEN, &opened.to_le_bytes())?;
+        output_tags_mal(|i| items[i], &mut tags_y, wr ^ ws, tb);
+    } else {
+        output_tags(&mut tags_y, tb);
+    }
     trace!(t0, "S: tags computed");
     let per_frame = (MAX_FRAME - 1) / tb;
     for chunk in tags_y.chunks(per_frame) {
@@ -430,6 +777,73 @@ fn join_tags(mine: &[u128], mine_idx: &[u32], theirs: &[u128], tb: usize) -> Vec
         .collect()
 }
 
+/// Hot paths for `cargo bench -p venn-psi` (not a stable API).
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// Random keys and values (values cut to `vbits` bits).
+    pub fn data(n: usize, vbits: usize) -> (Vec<u128>, Vec<u128>) {
+        let mut prg = Prg::new(n as u128);
+        let mask = if vbits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << vbits) - 1
+        };
+        let keys = prg.blocks(n);
+        let vals = prg.blocks(n).into_iter().map(|v| v & mask).collect();
+        (keys, vals)
+    }
+
+    /// An encoded OKVS (opaque to the caller).
+    pub struct Encoded(OkvsParams, OkvsHeader, Vec<u128>);
+
+    /// Encodes with the fast (`low_comm = false`) or low-communication shape.
+    pub fn okvs_encode(keys: &[u128], vals: &[u128], low_comm: bool) -> Encoded {
+        let p = if low_comm {
+            OkvsParams::low_comm(keys.len(), 40)
+        } else {
+            OkvsParams::new(keys.len(), 40)
+        };
+        let mut seeds = Prg::new(1);
+        let (h, cells) = okvs::encode(&p, keys, vals, || seeds.block(), EncodeOptions::default())
+            .expect("encodes");
+        Encoded(p, h, cells)
+    }
+
+    /// Decodes every key.
+    pub fn okvs_decode(e: &Encoded, keys: &[u128]) -> Vec<u128> {
+        okvs::decode(&e.0, &e.1, &e.2, keys)
+    }
+
+    /// The cells, bit-packed at `vbits` bits.
+    pub fn pack(e: &Encoded, vbits: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity((e.2.len() * vbits).div_ceil(8));
+        pack_cells(&mut out, e.2.iter().copied(), vbits);
+        out
+    }
+
+    /// Unpacks `count` cells.
+    pub fn unpack(buf: &[u8], count: usize, vbits: usize) -> Vec<u128> {
+        unpack_cells(buf, count, vbits).expect("well formed")
+    }
+
+    /// Number of cells.
+    pub fn cells(e: &Encoded) -> usize {
+        e.2.len()
+    }
+
+    /// The malicious mode's output hash on `vs` (in place).
+    pub fn malicious_tags(items: &[u128], vs: &mut [u128]) {
+        output_tags_mal(|i| items[i], vs, 7, 10);
+    }
+
+    /// The semi-honest output hash on `vs` (in place).
+    pub fn tags(vs: &mut [u128]) {
+        output_tags(vs, 10);
+    }
+}
+
 /// Compile-time check that [`intersect`] has the engine's core shape.
 const _: crate::core::CoreFn = intersect;
 
@@ -437,7 +851,7 @@ const _: crate::core::CoreFn = intersect;
 mod tests {
     use super::*;
     use crate::channel::memory_pair;
-    use crate::core::testing::{check, naive, run_pair, sets};
+    use crate::core::testing::{check, naive, run_pair, run_pair_mode, sets};
     use crate::core::{CoreFn, Item};
 
     const LEARN: [(bool, bool); 3] = [(true, false), (false, true), (true, true)];
@@ -461,6 +875,185 @@ mod tests {
         for learn in LEARN {
             check_run(intersect, &a, &b, learn);
         }
+    }
+
+    const LOW_COMM: (bool, bool) = (true, false);
+    const MALICIOUS: (bool, bool) = (false, true);
+
+    /// A mode's run against the naive answer (party 0 learns).
+    fn check_mode(a: &[Item], b: &[Item], mode: (bool, bool), learn: (bool, bool)) {
+        let (oa, ob) = run_pair_mode(intersect, a, b, learn, mode);
+        if learn.0 {
+            check(&oa, a, b);
+        } else {
+            check(&ob, b, a);
+        }
+    }
+
+    #[test]
+    fn pack_cells_roundtrip() {
+        let mut prg = Prg::new(3);
+        for vbits in [1usize, 7, 8, 59, 60, 63, 64, 65, 100, 127, 128] {
+            let mask = if vbits == 128 {
+                u128::MAX
+            } else {
+                (1u128 << vbits) - 1
+            };
+            for n in [0usize, 1, 7, 8, 9, 1001] {
+                let cells: Vec<u128> = prg.blocks(n).iter().map(|c| c & mask).collect();
+                let mut buf = Vec::new();
+                pack_cells(&mut buf, cells.iter().copied(), vbits);
+                assert_eq!(buf.len(), (n * vbits).div_ceil(8));
+                assert_eq!(unpack_cells(&buf, n, vbits).unwrap(), cells, "{vbits} {n}");
+                // a wrong length is a peer error
+                buf.push(0);
+                assert!(unpack_cells(&buf, n, vbits).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn low_comm_psi_small_and_odd_sizes() {
+        for (na, nb, common, seed) in [
+            (1usize, 1usize, 1usize, 30u64),
+            (3, 2, 2, 31),
+            (1000, 1000, 500, 32),
+            (1000, 37, 20, 33),
+            (37, 1000, 37, 34),
+        ] {
+            let (a, b) = sets(na, nb, common, seed);
+            for learn in LEARN {
+                check_mode(&a, &b, LOW_COMM, learn);
+            }
+        }
+    }
+
+    #[test]
+    fn low_comm_psi_65535() {
+        let (a, b) = sets(65535, 65535, 30001, 35);
+        check_mode(&a, &b, LOW_COMM, (true, false));
+        check_mode(&a, &b, LOW_COMM, (false, true));
+    }
+
+    #[test]
+    fn malicious_psi_small_and_odd_sizes() {
+        for (na, nb, common, seed) in [
+            (1usize, 1usize, 1usize, 40u64),
+            (3, 2, 2, 41),
+            (1000, 1000, 500, 42),
+            (1000, 37, 20, 43),
+        ] {
+            let (a, b) = sets(na, nb, common, seed);
+            for learn in LEARN {
+                check_mode(&a, &b, MALICIOUS, learn);
+            }
+        }
+    }
+
+    #[test]
+    fn malicious_psi_65535() {
+        let (a, b) = sets(65535, 65535, 30001, 45);
+        check_mode(&a, &b, MALICIOUS, (true, false));
+    }
+
+    #[test]
+    fn modes_spanning_several_vole_chunks() {
+        // more OKVS cells than one VOLE chunk of each mode
+        let (a, b) = sets(200_000, 3000, 2500, 46);
+        check_mode(&a, &b, MALICIOUS, (true, false));
+        let (a, b) = sets(900_000, 3000, 2500, 47);
+        assert!(OkvsParams::low_comm(900_000, 40).len() > LOW_COMM_CHUNK);
+        check_mode(&a, &b, LOW_COMM, (true, false));
+    }
+
+    /// Runs a malicious-mode pair where the sender deviates; returns the
+    /// receiver's result.
+    fn cheating_sender(cheat: SenderCheat) -> Result<CoreOutput, PsiError> {
+        let (a, b) = sets(2000, 2000, 1000, 48);
+        let (ca, cb) = memory_pair(64);
+        let input = |items: &'static [u128], learns: bool| CoreInput {
+            items,
+            peer_len: 2000,
+            self_learns: learns,
+            peer_learns: !learns,
+            leader: learns,
+            total_len: (2000, 2000),
+            stat_sec: 40,
+            low_comm: false,
+            malicious: true,
+        };
+        let a: &'static [u128] = Box::leak(a.into_boxed_slice());
+        let b: &'static [u128] = Box::leak(b.into_boxed_slice());
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                let opts = Options {
+                    cheat,
+                    ..Options::default()
+                };
+                let r = intersect_with(&cb, &input(b, false), opts);
+                drop(cb);
+                r
+            });
+            let r = intersect(&ca, &input(a, true));
+            drop(ca);
+            let _ = h.join().unwrap();
+            r
+        })
+    }
+
+    #[test]
+    fn malicious_receiver_catches_an_inconsistent_vole() {
+        let err = cheating_sender(SenderCheat::Vole).expect_err("cheat must be caught");
+        assert!(err.to_string().contains("sparse-VOLE check"), "{err}");
+        assert!(cheating_sender(SenderCheat::None).is_ok());
+    }
+
+    #[test]
+    fn malicious_receiver_catches_a_wrong_opening() {
+        let err = cheating_sender(SenderCheat::Opening).expect_err("cheat must be caught");
+        assert!(err.to_string().contains("committed"), "{err}");
+    }
+
+    #[test]
+    fn low_comm_with_malicious_is_refused() {
+        let (a, b) = sets(10, 10, 5, 49);
+        let (ca, _cb) = memory_pair(4);
+        let input = CoreInput {
+            items: &a,
+            peer_len: b.len(),
+            self_learns: true,
+            peer_learns: false,
+            leader: true,
+            total_len: (10, 10),
+            stat_sec: 40,
+            low_comm: true,
+            malicious: true,
+        };
+        let err = intersect(&ca, &input).unwrap_err().to_string();
+        assert!(err.contains("--low-comm"), "{err}");
+    }
+
+    #[test]
+    fn low_comm_shape_follows_rr22() {
+        // 2^20 sender items at λ = 40: 60-bit cells (RR22 §5 / §6.2)
+        let items = [0u128; 1];
+        let input = CoreInput {
+            items: &items,
+            peer_len: 1 << 20,
+            self_learns: true,
+            peer_learns: false,
+            leader: true,
+            total_len: (1, 1 << 20),
+            stat_sec: 40,
+            low_comm: true,
+            malicious: false,
+        };
+        let sh = Shape::new(&input, 1 << 20, 1 << 20).unwrap();
+        assert_eq!(sh.vbits, 60);
+        assert_eq!(sh.vole.bits, 60);
+        assert_eq!(Shape::new(&input, 1000, 1000).unwrap().vbits, 50);
+        assert_eq!(Shape::new(&input, 1000, 1024).unwrap().vbits, 50);
+        assert_eq!(Shape::new(&input, 1000, 1025).unwrap().vbits, 51);
     }
 
     #[test]
@@ -545,7 +1138,14 @@ mod tests {
     #[test]
     fn psi_with_forced_okvs_retry() {
         fn forced(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
-            intersect_with(chan, input, EncodeOptions { force_retry: true })
+            intersect_with(
+                chan,
+                input,
+                Options {
+                    encode: EncodeOptions { force_retry: true },
+                    ..Options::default()
+                },
+            )
         }
         let (a, b) = sets(20000, 3000, 1500, 15);
         check_run(forced, &a, &b, (true, false));
@@ -568,6 +1168,8 @@ mod tests {
                     leader: false,
                     total_len: (100, 100),
                     stat_sec: 40,
+                    low_comm: false,
+                    malicious: false,
                 };
                 let r = intersect(&cb, &input);
                 drop(cb);
@@ -581,6 +1183,8 @@ mod tests {
                 leader: true,
                 total_len: (100, 100),
                 stat_sec: 40,
+                low_comm: false,
+                malicious: false,
             };
             let r = intersect(&ca, &input);
             h.join().unwrap().unwrap();
@@ -596,7 +1200,25 @@ mod tests {
         check_run(intersect, &a, &b, (true, false));
     }
 
+    #[test]
+    #[ignore]
+    fn low_comm_psi_1_000_003() {
+        let (a, b) = sets(1_000_003, 999_999, 400_000, 17);
+        check_mode(&a, &b, LOW_COMM, (true, false));
+    }
+
+    #[test]
+    #[ignore]
+    fn malicious_psi_1_000_003() {
+        let (a, b) = sets(1_000_003, 999_999, 400_000, 17);
+        check_mode(&a, &b, MALICIOUS, (true, false));
+    }
+
     fn bench(n: usize) {
+        bench_mode(n, (false, false));
+    }
+
+    fn bench_mode(n: usize, mode: (bool, bool)) {
         let (a, b) = sets(n, n, n / 2, 18);
         let (ca, cb) = memory_pair(64);
         let total = (n as u64, n as u64);
@@ -611,6 +1233,8 @@ mod tests {
                     leader: false,
                     total_len: total,
                     stat_sec: 40,
+                    low_comm: mode.0,
+                    malicious: mode.1,
                 };
                 intersect(&cb, &input).unwrap()
             });
@@ -622,6 +1246,8 @@ mod tests {
                 leader: true,
                 total_len: total,
                 stat_sec: 40,
+                low_comm: mode.0,
+                malicious: mode.1,
             };
             (intersect(&ca, &input).unwrap(), hb.join().unwrap())
         });
@@ -630,7 +1256,7 @@ mod tests {
         let up = ca.bytes_sent();
         let down = cb.bytes_sent();
         println!(
-            "rr22 n={n}: {secs:.3} s, receiver->sender {up} B ({:.1} bits/item), \
+            "rr22 {mode:?} n={n}: {secs:.3} s, receiver->sender {up} B ({:.1} bits/item), \
              sender->receiver {down} B ({:.1} bits/item), total {:.1} bits/item",
             up as f64 * 8.0 / n as f64,
             down as f64 * 8.0 / n as f64,
@@ -648,6 +1274,26 @@ mod tests {
     #[ignore]
     fn bench_rr22_2_20() {
         bench(1 << 20);
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_rr22_modes_2_20() {
+        bench_mode(1 << 20, (false, false));
+        bench_mode(1 << 20, LOW_COMM);
+        bench_mode(1 << 20, MALICIOUS);
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_low_comm_2_20() {
+        bench_mode(1 << 20, LOW_COMM);
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_malicious_2_20() {
+        bench_mode(1 << 20, MALICIOUS);
     }
 
     #[test]

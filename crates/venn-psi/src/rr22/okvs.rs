@@ -45,8 +45,28 @@ use crate::error::PsiError;
 
 /// Target number of keys per bin (RR22 uses 2^14: a bin stays in L2).
 pub(crate) const BIN_TARGET: usize = 1 << 14;
+/// Keys per bin in the low-communication mode: 2^18 keys (4 MiB of 16-byte
+/// cells per bin, no longer cache-resident, but e ≈ 1.23 and a 1.5% bin
+/// margin instead of 1.27 and 6%).
+pub(crate) const BIN_TARGET_LOW_COMM: usize = 1 << 18;
 /// Attempts per bin before giving up (each fails with probability ≲ 2^-40).
 const MAX_ATTEMPTS: u32 = 64;
+
+/// Coefficients of the dense part of a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dense {
+    /// h, h², …, h^dense for a random h ∈ GF(2^128): `dense` = gap g
+    /// columns suffice (the fast and malicious modes; decoding is linear
+    /// over GF(2^128)).
+    Gf128,
+    /// A random 0/1 vector of `dense` = g + λ bits (at most 128), as in the
+    /// binary dense part of the authors' volePSI code: a g × (g + λ) random
+    /// binary gap system has full rank except with probability ≈ 2^-λ. Every
+    /// coefficient of a row is then 0 or 1, so decoding is XOR only and is
+    /// linear over GF(2): the values may live in any GF(2)-subspace, which is
+    /// what the low-communication mode needs (values of `vbits` bits, RR22 §5).
+    Binary,
+}
 
 /// The public shape of an OKVS, a function of the number of keys and λ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +75,7 @@ pub(crate) struct OkvsParams {
     pub(crate) cap: usize,
     pub(crate) sparse: usize,
     pub(crate) dense: usize,
+    pub(crate) kind: Dense,
 }
 
 /// Smallest c with bins·Pr[Binomial(n, 1/bins) ≥ c] ≤ 2^-λ, via the Chernoff
@@ -91,6 +112,17 @@ impl OkvsParams {
         Self::with_bin_target(n, stat_sec, BIN_TARGET)
     }
 
+    /// The low-communication mode's shape: binary dense part and larger
+    /// bins ([`BIN_TARGET_LOW_COMM`]), whose smaller expansion and bin-capacity
+    /// margin send fewer cells (RR22 §6.2 uses no clustering at all there).
+    pub(crate) fn low_comm(n: usize, stat_sec: u32) -> Self {
+        let mut p = Self::with_bin_target(n, stat_sec, BIN_TARGET_LOW_COMM);
+        let lambda = stat_sec as usize + (p.bins as f64).log2().ceil() as usize;
+        p.kind = Dense::Binary;
+        p.dense = (p.dense + lambda).min(128);
+        p
+    }
+
     pub(crate) fn with_bin_target(n: usize, stat_sec: u32, target: usize) -> Self {
         let bins = n.div_ceil(target).max(1);
         let cap = bin_capacity(n, bins, stat_sec as f64).max(1);
@@ -110,6 +142,7 @@ impl OkvsParams {
             cap,
             sparse,
             dense: gap.max(1),
+            kind: Dense::Gf128,
         }
     }
 
@@ -136,6 +169,8 @@ struct Hasher {
     bin_aes: Aes,
     bins: usize,
     sparse: usize,
+    /// For a binary dense part: the mask of its `dense` bits; else 0.
+    dense_mask: u128,
 }
 
 impl Hasher {
@@ -147,6 +182,11 @@ impl Hasher {
             bin_aes,
             bins: p.bins,
             sparse: p.sparse,
+            dense_mask: match p.kind {
+                Dense::Gf128 => 0,
+                Dense::Binary if p.dense >= 128 => u128::MAX,
+                Dense::Binary => (1u128 << p.dense) - 1,
+            },
         }
     }
 
@@ -203,7 +243,13 @@ impl Hasher {
                 if p2 >= hi {
                     p2 += 1;
                 }
-                let h = if bh[i] == 0 { 1 } else { bh[i] };
+                let h = if self.dense_mask != 0 {
+                    bh[i] & self.dense_mask
+                } else if bh[i] == 0 {
+                    1
+                } else {
+                    bh[i]
+                };
                 f(
                     c * B + i,
                     Row {
@@ -224,6 +270,50 @@ fn dense_eval(h: u128, d: &[u128]) -> u128 {
         acc = gf128::mul(acc ^ x, h);
     }
     acc
+}
+
+/// Σ_{k : bit k of mask} d[k] (binary dense part).
+#[inline]
+fn dense_eval_bin(mut mask: u128, d: &[u128]) -> u128 {
+    let mut acc = 0u128;
+    while mask != 0 {
+        let k = mask.trailing_zeros() as usize;
+        acc ^= d[k];
+        mask &= mask - 1;
+    }
+    acc
+}
+
+/// Σ_{k : bit k of mask} d[k] by table lookup: for every byte position j,
+/// the XOR of each subset of d[8j..8j+8].
+struct ByteTables {
+    tab: Vec<[u128; 256]>,
+}
+
+impl ByteTables {
+    fn new(d: &[u128]) -> Self {
+        let tab = d
+            .chunks(8)
+            .map(|c| {
+                let mut t = [0u128; 256];
+                for b in 1..256usize {
+                    let low = b.trailing_zeros() as usize;
+                    t[b] = t[b & (b - 1)] ^ c.get(low).copied().unwrap_or(0);
+                }
+                t
+            })
+            .collect();
+        ByteTables { tab }
+    }
+
+    #[inline]
+    fn eval(&self, mask: u128) -> u128 {
+        let mut acc = 0u128;
+        for (j, t) in self.tab.iter().enumerate() {
+            acc ^= t[((mask >> (8 * j)) & 0xff) as usize];
+        }
+        acc
+    }
 }
 
 /// Bin sizes → start offsets (`starts[b]..starts[b+1]` is bin b).
@@ -308,7 +398,7 @@ pub(crate) struct OkvsHeader {
 }
 
 /// Encoder options (the tests use them to force retries).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub(crate) struct EncodeOptions {
     /// Treat the first attempt of every bin as failed.
     pub(crate) force_retry: bool,
@@ -422,12 +512,24 @@ fn decode_in_bins(
             let bk = &g.keys[g.starts[b]..g.starts[b + 1]];
             let p = &cells[b * bl..(b + 1) * bl];
             let (sp, de) = p.split_at(params.sparse);
-            hasher.for_each_row(b, header.attempts[b], bk, |i, r| {
-                dst[i] = sp[r.p[0] as usize]
-                    ^ sp[r.p[1] as usize]
-                    ^ sp[r.p[2] as usize]
-                    ^ dense_eval(r.h, de);
-            });
+            if params.kind == Dense::Binary {
+                // byte tables: one lookup per 8 dense columns instead of a
+                // XOR per set bit of the row's mask
+                let tab = ByteTables::new(de);
+                hasher.for_each_row(b, header.attempts[b], bk, |i, r| {
+                    dst[i] = sp[r.p[0] as usize]
+                        ^ sp[r.p[1] as usize]
+                        ^ sp[r.p[2] as usize]
+                        ^ tab.eval(r.h);
+                });
+            } else {
+                hasher.for_each_row(b, header.attempts[b], bk, |i, r| {
+                    dst[i] = sp[r.p[0] as usize]
+                        ^ sp[r.p[1] as usize]
+                        ^ sp[r.p[2] as usize]
+                        ^ dense_eval(r.h, de);
+                });
+            }
         });
     (grouped_out, g)
 }
@@ -516,6 +618,9 @@ fn solve_bin(params: &OkvsParams, rows: &[Row], vals: &[u128], cells: &mut [u128
         }
         return true;
     }
+    if params.kind == Dense::Binary {
+        return solve_gap_binary(params, rows, vals, &main, &gap, sp, de);
+    }
     // --- gap: the solution is affine in the dense values D ---
     // lanes: 0 = constant part (values v, D = 0), k+1 = D = e_k (values 0)
     let lanes = d + 1;
@@ -586,6 +691,83 @@ fn solve_bin(params: &OkvsParams, rows: &[Row], vals: &[u128], cells: &mut [u128
     true
 }
 
+/// The gap step for a binary dense part (see [`Dense::Binary`]): every cell
+/// is affine in the dense values D over GF(2), cell = konst ⊕ Σ_{k ∈ bits}
+/// D_k, with `bits` a d-bit mask, so the back-substitution carries one value
+/// and one mask per cell; the gap rows then give a g × d binary system with
+/// 128-bit right-hand sides, solved by Gaussian elimination over GF(2).
+fn solve_gap_binary(
+    params: &OkvsParams,
+    rows: &[Row],
+    vals: &[u128],
+    main: &[(u32, u32)],
+    gap: &[u32],
+    sp: &mut [u128],
+    de: &mut [u128],
+) -> bool {
+    let s = params.sparse;
+    let d = params.dense;
+    let mut konst = vec![0u128; s];
+    let mut bits = vec![0u128; s];
+    for &(row, c) in main.iter().rev() {
+        let r = &rows[row as usize];
+        let (mut v, mut b) = (vals[row as usize], r.h);
+        for &q in &r.p {
+            if q != c {
+                v ^= konst[q as usize];
+                b ^= bits[q as usize];
+            }
+        }
+        konst[c as usize] = v;
+        bits[c as usize] = b;
+    }
+    // gap rows: (coefficient mask, right-hand side)
+    let mut sys: Vec<(u128, u128)> = gap
+        .iter()
+        .map(|&row| {
+            let r = &rows[row as usize];
+            let (mut v, mut b) = (vals[row as usize], r.h);
+            for &q in &r.p {
+                v ^= konst[q as usize];
+                b ^= bits[q as usize];
+            }
+            (b, v)
+        })
+        .collect();
+    // elimination: pivot columns in order, free variables 0
+    let mut pivots: Vec<usize> = Vec::with_capacity(sys.len());
+    let mut row = 0;
+    for col in 0..d {
+        if row == sys.len() {
+            break;
+        }
+        let Some(p) = (row..sys.len()).find(|r| (sys[*r].0 >> col) & 1 == 1) else {
+            continue;
+        };
+        sys.swap(row, p);
+        let (pm, pv) = sys[row];
+        for (r, e) in sys.iter_mut().enumerate() {
+            if r != row && (e.0 >> col) & 1 == 1 {
+                e.0 ^= pm;
+                e.1 ^= pv;
+            }
+        }
+        pivots.push(col);
+        row += 1;
+    }
+    if row < sys.len() {
+        return false; // rank-deficient: next attempt
+    }
+    de.iter_mut().for_each(|x| *x = 0);
+    for (r, &c) in pivots.iter().enumerate() {
+        de[c] = sys[r].1;
+    }
+    for c in 0..s {
+        sp[c] = konst[c] ^ dense_eval_bin(bits[c], de);
+    }
+    true
+}
+
 /// Solves the g×d system m·x = rhs over GF(2^128) (g ≤ d), free variables 0.
 fn solve_dense(m: &mut [u128], rhs: &mut [u128], g: usize, d: usize) -> Option<Vec<u128>> {
     let mut pivots = Vec::with_capacity(g);
@@ -636,7 +818,14 @@ mod tests {
     use crate::rr22::prim::Prg;
 
     fn roundtrip(n: usize, force_retry: bool, bin_target: usize) {
-        let p = OkvsParams::with_bin_target(n, 40, bin_target);
+        roundtrip_with(
+            OkvsParams::with_bin_target(n, 40, bin_target),
+            n,
+            force_retry,
+        );
+    }
+
+    fn roundtrip_with(p: OkvsParams, n: usize, force_retry: bool) {
         let mut prg = Prg::new(n as u128 + 17);
         let keys = prg.blocks(n);
         let vals = prg.blocks(n);
@@ -679,6 +868,84 @@ mod tests {
     }
 
     #[test]
+    fn binary_okvs_decodes_every_key() {
+        for n in [0usize, 1, 2, 3, 5, 1000, 65535, 300_001] {
+            let p = OkvsParams::low_comm(n, 40);
+            assert_eq!(p.kind, Dense::Binary);
+            roundtrip_with(p, n, false);
+        }
+        roundtrip_with(OkvsParams::low_comm(5000, 40), 5000, true);
+    }
+
+    #[test]
+    fn binary_okvs_values_stay_in_the_subspace() {
+        // XOR-only decoding: values of 60 bits give cells of 60 bits, which
+        // is what lets the low-communication mode send 60-bit cells.
+        let n = 20_000;
+        let p = OkvsParams::low_comm(n, 40);
+        let mut prg = Prg::new(5);
+        let keys = prg.blocks(n);
+        let vals: Vec<u128> = prg.blocks(n).iter().map(|v| v & ((1 << 60) - 1)).collect();
+        let mut seeds = Prg::new(6);
+        let (hdr, cells) = encode(
+            &p,
+            &keys,
+            &vals,
+            || seeds.block(),
+            EncodeOptions { force_retry: false },
+        )
+        .unwrap();
+        assert!(cells.iter().all(|c| *c >> 60 == 0));
+        assert_eq!(decode(&p, &hdr, &cells, &keys), vals);
+    }
+
+    #[test]
+    fn byte_tables_equal_bitwise_evaluation() {
+        let mut prg = Prg::new(8);
+        for d in [1usize, 7, 8, 9, 48, 127, 128] {
+            let dense = prg.blocks(d);
+            let t = ByteTables::new(&dense);
+            let mask = if d == 128 { u128::MAX } else { (1 << d) - 1 };
+            for m in prg.blocks(50) {
+                assert_eq!(t.eval(m & mask), dense_eval_bin(m & mask, &dense));
+            }
+        }
+    }
+
+    #[test]
+    fn binary_gap_solver_is_exercised() {
+        // a tight binary table: peeling stalls and the binary gap system is
+        // solved through the dense columns
+        let p = OkvsParams {
+            bins: 1,
+            cap: 60,
+            sparse: 62,
+            dense: 60,
+            kind: Dense::Binary,
+        };
+        let mut used_dense = 0;
+        for seed in 0..20u128 {
+            let mut prg = Prg::new(2000 + seed);
+            let keys = prg.blocks(60);
+            let vals = prg.blocks(60);
+            let mut seeds = Prg::new(seed);
+            let (hdr, cells) = encode(
+                &p,
+                &keys,
+                &vals,
+                || seeds.block(),
+                EncodeOptions { force_retry: false },
+            )
+            .unwrap();
+            if cells[p.sparse..].iter().any(|c| *c != 0) {
+                used_dense += 1;
+            }
+            assert_eq!(decode(&p, &hdr, &cells, &keys), vals);
+        }
+        assert!(used_dense > 10, "gap path used {used_dense} times");
+    }
+
+    #[test]
     fn okvs_forced_retry() {
         for n in [1usize, 3, 1000, 40_000] {
             roundtrip(n, true, BIN_TARGET);
@@ -703,6 +970,7 @@ mod tests {
             cap: 60,
             sparse: 62,
             dense: 30,
+            kind: Dense::Gf128,
         };
         let mut used_dense = 0;
         for seed in 0..20u128 {
@@ -735,6 +1003,7 @@ mod tests {
             cap: 28,
             sparse: 60,
             dense: 8,
+            kind: Dense::Gf128,
         };
         let mut reseeded = 0;
         for trial in 0..20u128 {
@@ -789,6 +1058,7 @@ mod tests {
             cap: 2,
             sparse: 3,
             dense: 2,
+            kind: Dense::Gf128,
         };
         let rows = [
             Row { p: [0, 1, 2], h: 5 },
@@ -822,5 +1092,9 @@ mod tests {
         assert!(p.dense >= 2 && p.dense <= 4, "dense {}", p.dense);
         let small = OkvsParams::new(1, 40);
         assert!(small.sparse >= 3);
+        let lc = OkvsParams::low_comm(1 << 20, 40);
+        let e = lc.len() as f64 / (1 << 20) as f64;
+        assert!(e > 1.22 && e < 1.27, "low-comm expansion {e}");
+        assert!(lc.dense >= 40 && lc.dense <= 128);
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct Aes(Aes128);
 
 const CHUNK: usize = 256;
 
+type Block = aes::Block;
+
 impl Aes {
     pub(crate) fn new(key: u128) -> Self {
         Aes(Aes128::new(&Array::from(key.to_le_bytes())))
@@ -55,18 +57,28 @@ impl Aes {
     }
 
     /// Encrypts `xs` in place, in batches (pipelined AES-NI/VAES).
+    ///
+    /// The staging buffer is per thread and reused: a fresh 4 KiB stack
+    /// array per call was zeroed on every call, which the GGM trees (many
+    /// calls on a few blocks each) paid for in memset time.
     pub(crate) fn enc_inplace(&self, xs: &mut [u128]) {
-        let mut buf = [Array::from([0u8; 16]); CHUNK];
-        for chunk in xs.chunks_mut(CHUNK) {
-            let n = chunk.len();
-            for (b, x) in buf.iter_mut().zip(chunk.iter()) {
-                *b = Array::from(x.to_le_bytes());
-            }
-            self.0.encrypt_blocks(&mut buf[..n]);
-            for (b, x) in buf.iter().zip(chunk.iter_mut()) {
-                *x = u128::from_le_bytes((*b).into());
-            }
+        thread_local! {
+            static BUF: std::cell::RefCell<[Block; CHUNK]> =
+                std::cell::RefCell::new([Array::from([0u8; 16]); CHUNK]);
         }
+        BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            for chunk in xs.chunks_mut(CHUNK) {
+                let n = chunk.len();
+                for (b, x) in buf.iter_mut().zip(chunk.iter()) {
+                    *b = Array::from(x.to_le_bytes());
+                }
+                self.0.encrypt_blocks(&mut buf[..n]);
+                for (b, x) in buf.iter().zip(chunk.iter_mut()) {
+                    *x = u128::from_le_bytes((*b).into());
+                }
+            }
+        })
     }
 
     /// out[i] = AES_k(xs[i]).
@@ -170,19 +182,26 @@ pub(crate) fn tccr(xs: &[u128], tweak0: u128, out: &mut [u128]) {
 pub(crate) fn ggm_expand(parents: &[u128], children: &mut [u128]) {
     debug_assert!(children.len() >= 2 * parents.len());
     const B: usize = 256;
-    let mut l = [0u128; B];
-    let mut r = [0u128; B];
-    for (pc, cc) in parents.chunks(B).zip(children.chunks_mut(2 * B)) {
-        let n = pc.len();
-        l[..n].copy_from_slice(pc);
-        r[..n].copy_from_slice(pc);
-        KEYS.ggm0.enc_inplace(&mut l[..n]);
-        KEYS.ggm1.enc_inplace(&mut r[..n]);
-        for i in 0..n {
-            cc[2 * i] = l[i] ^ pc[i];
-            cc[2 * i + 1] = r[i] ^ pc[i];
-        }
+    // per-thread staging buffers: zeroing two fresh 4 KiB arrays per call
+    // cost more than the AES for the small top levels of every tree
+    thread_local! {
+        static LR: std::cell::RefCell<([u128; B], [u128; B])> =
+            const { std::cell::RefCell::new(([0u128; B], [0u128; B])) };
     }
+    LR.with(|lr| {
+        let (l, r) = &mut *lr.borrow_mut();
+        for (pc, cc) in parents.chunks(B).zip(children.chunks_mut(2 * B)) {
+            let n = pc.len();
+            l[..n].copy_from_slice(pc);
+            r[..n].copy_from_slice(pc);
+            KEYS.ggm0.enc_inplace(&mut l[..n]);
+            KEYS.ggm1.enc_inplace(&mut r[..n]);
+            for i in 0..n {
+                cc[2 * i] = l[i] ^ pc[i];
+                cc[2 * i + 1] = r[i] ^ pc[i];
+            }
+        }
+    })
 }
 
 /// RR22's H(x): the value encoded in the OKVS for item x.

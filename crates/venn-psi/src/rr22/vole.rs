@@ -73,6 +73,39 @@ pub(crate) const EA_WEIGHT: usize = 11;
 /// Largest number of outputs delivered by one chunk.
 pub(crate) const MAX_CHUNK: usize = 1 << 17;
 
+/// What kind of VOLE is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VoleCfg {
+    /// The receiver's A lies in the GF(2)-subspace of GF(2^128) of
+    /// polynomials of degree < `bits` (128: A ∈ GF(2^128), the plain VOLE;
+    /// fewer: the subfield VOLE of RR22 §5 / Fig. 10, where the base
+    /// "field" B is that subspace — every map we apply to A is GF(2)-linear,
+    /// so closure under XOR is all the construction needs).
+    pub(crate) bits: usize,
+    /// Largest chunk (see module docs).
+    pub(crate) max_chunk: usize,
+    /// Run the malicious-security checks (see [`crate::rr22::ot`] for the
+    /// OT extension check and the module docs for the sparse-VOLE check).
+    pub(crate) malicious: bool,
+}
+
+impl VoleCfg {
+    /// The semi-honest GF(2^128) VOLE of the fast mode.
+    pub(crate) const FAST: VoleCfg = VoleCfg {
+        bits: 128,
+        max_chunk: MAX_CHUNK,
+        malicious: false,
+    };
+
+    fn mask(&self) -> u128 {
+        if self.bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << self.bits) - 1
+        }
+    }
+}
+
 /// Shape of one chunk.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChunkParams {
@@ -86,10 +119,19 @@ pub(crate) struct ChunkParams {
     pub(crate) depth: usize,
     /// chunk index (domain separation of the code and the OT tweaks)
     pub(crate) index: usize,
+    /// correlated OTs per noisy VOLE in the first chunk (bits of β)
+    pub(crate) beta_bits: usize,
+    /// whether 128 extra COTs give the consistency check's mask
+    pub(crate) check: bool,
 }
 
 impl ChunkParams {
+    #[cfg(test)]
     fn new(m: usize, reserve: usize, index: usize) -> Self {
+        Self::with_cfg(m, reserve, index, &VoleCfg::FAST)
+    }
+
+    fn with_cfg(m: usize, reserve: usize, index: usize, cfg: &VoleCfg) -> Self {
         // even, so that the last GGM level is exactly the block (no copy)
         let leaves = (SCALER * (m + reserve))
             .div_ceil(NOISE)
@@ -102,6 +144,8 @@ impl ChunkParams {
             leaves,
             depth,
             index,
+            beta_bits: cfg.bits.min(KAPPA),
+            check: cfg.malicious,
         }
     }
     /// Code length N.
@@ -118,15 +162,24 @@ impl ChunkParams {
     fn uses_cots(&self) -> bool {
         self.index == 0
     }
-    /// OTs: 128 per noise value (first chunk only), then one per tree level.
+    /// OTs: `beta_bits` per noise value (first chunk only), one per tree
+    /// level, and 128 for the check's mask (malicious mode).
     fn num_ots(&self) -> usize {
-        NOISE * self.depth + if self.uses_cots() { NOISE * KAPPA } else { 0 }
+        self.mask_ot() + if self.check { KAPPA } else { 0 }
+    }
+    /// First OT of the check's mask.
+    fn mask_ot(&self) -> usize {
+        self.pprf_ot(0, 0) + NOISE * self.depth
     }
     fn ot_blocks(&self) -> usize {
         self.num_ots().div_ceil(128)
     }
     fn pprf_ot(&self, tree: usize, level: usize) -> usize {
-        let base = if self.uses_cots() { NOISE * KAPPA } else { 0 };
+        let base = if self.uses_cots() {
+            NOISE * self.beta_bits
+        } else {
+            0
+        };
         base + tree * self.depth + level
     }
     fn tweak(&self) -> u128 {
@@ -137,14 +190,14 @@ impl ChunkParams {
 /// Splits m outputs into chunks of at most MAX_CHUNK; every chunk but the
 /// last also produces NOISE outputs for the next one (Ferret's
 /// bootstrapping, Yang–Weng–Lan–Zhang–Wang CCS 2020).
-pub(crate) fn chunks(m: usize) -> Vec<ChunkParams> {
-    let k = m.div_ceil(MAX_CHUNK).max(1);
+pub(crate) fn chunks(m: usize, cfg: &VoleCfg) -> Vec<ChunkParams> {
+    let k = m.div_ceil(cfg.max_chunk).max(1);
     let base = m / k;
     let extra = m % k;
     (0..k)
         .map(|i| {
             let reserve = if i + 1 < k { NOISE } else { 0 };
-            ChunkParams::new(base + usize::from(i < extra), reserve, i)
+            ChunkParams::with_cfg(base + usize::from(i < extra), reserve, i, cfg)
         })
         .collect()
 }
@@ -354,7 +407,8 @@ fn ggm_tree(
     let mut cur = vec![root];
     let mut next = Vec::with_capacity(p.leaves);
     for l in 1..p.depth {
-        next.clear();
+        // every entry is overwritten by ggm_expand: only grow (no zero fill
+        // of what is already there)
         next.resize(2 * cur.len(), 0);
         ggm_expand(&cur, &mut next);
         on_level(l, &next);
@@ -367,8 +421,67 @@ fn ggm_tree(
     on_level(p.depth, leaves);
 }
 
+/// The sparse-VOLE consistency check's challenge for one chunk: χ_j =
+/// AES_k(j) with k = BLAKE3(chunk index ‖ the sender's PPRF message)
+/// (Fiat–Shamir: the sender's message is fixed before χ is known).
+fn check_chi(index: usize, reply: &[u8]) -> Aes {
+    let mut h = blake3::Hasher::new_derive_key("venn rr22 2026 sparse VOLE check challenge");
+    h.update(&(index as u64).to_le_bytes());
+    h.update(reply);
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    Aes::new(u128::from_le_bytes(k))
+}
+
+/// Σ_j χ_j·v[j] over GF(2^128), in parallel.
+fn check_combine(chi: &Aes, v: &[u128]) -> u128 {
+    const STEP: usize = 4096;
+    v.par_chunks(STEP)
+        .enumerate()
+        .map(|(ci, c)| {
+            let mut idx: Vec<u128> = (0..c.len()).map(|i| (ci * STEP + i) as u128).collect();
+            chi.enc_inplace(&mut idx);
+            idx.iter()
+                .zip(c)
+                .fold(0u128, |acc, (x, y)| acc ^ super::gf128::mul(*x, *y))
+        })
+        .reduce(|| 0, |a, b| a ^ b)
+}
+
+/// Digest of the check values of every chunk (what the sender reveals).
+fn check_digest(vs: &[u128]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("venn rr22 2026 sparse VOLE check digest");
+    for v in vs {
+        h.update(&v.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Test hook: how a sender deviates (malicious-mode tests only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cheat {
+    None,
+    /// flip a bit of both sums of one GGM level (so the receiver's tree is
+    /// wrong whatever its α: the receiver's C no longer equals A·Δ + B)
+    PprfLevel,
+}
+
 /// The VOLE sender's side: returns (Δ, B) with |B| = m.
-pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), PsiError> {
+#[cfg(test)]
+pub(crate) fn send(
+    chan: &dyn Channel,
+    m: usize,
+    cfg: &VoleCfg,
+) -> Result<(u128, Vec<u128>), PsiError> {
+    send_with(chan, m, cfg, Cheat::None)
+}
+
+pub(crate) fn send_with(
+    chan: &dyn Channel,
+    m: usize,
+    cfg: &VoleCfg,
+    cheat: Cheat,
+) -> Result<(u128, Vec<u128>), PsiError> {
     let mut prg = Prg::from_os();
     let delta = prg.block();
     let t0 = std::time::Instant::now();
@@ -379,13 +492,20 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
     let mut done = 0;
     let mut reserve: Vec<u128> = Vec::new();
     let mut sparse: Vec<u128> = Vec::new();
-    for p in chunks(m) {
+    // per chunk: Σ χ_j·v_j + v* (malicious mode)
+    let mut checks: Vec<u128> = Vec::new();
+    for p in chunks(m, cfg) {
         let msg = wire::recv(chan, tags::VOLE_OT, "VOLE OT extension")?;
-        let q = iknp.extend(p.ot_blocks(), &msg)?;
-        // noisy VOLE: b_i = Σ x^k q_{128i+k}, or the previous chunk's reserve
+        let q = if cfg.malicious {
+            iknp.extend_checked(p.ot_blocks(), &msg)?
+        } else {
+            iknp.extend(p.ot_blocks(), &msg)?
+        };
+        // noisy VOLE: b_i = Σ x^k q_{bb·i+k}, or the previous chunk's reserve
+        let bb = p.beta_bits;
         let b: Vec<u128> = if p.uses_cots() {
             (0..NOISE)
-                .map(|i| pack_gf(&q[i * KAPPA..(i + 1) * KAPPA]))
+                .map(|i| pack_gf(&q[i * bb..(i + 1) * bb]))
                 .collect()
         } else {
             std::mem::take(&mut reserve)
@@ -424,8 +544,17 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
                 let sum = leaves.iter().fold(0u128, |a, x| a ^ x);
                 r[2 * p.depth] = b[i] ^ sum;
             });
+        if cheat == Cheat::PprfLevel && p.index == 0 {
+            reply[2 * (p.depth - 1)] ^= 1; // tree 0, last level, both sums
+            reply[2 * (p.depth - 1) + 1] ^= 1;
+        }
         let mut bytes = Vec::new();
         wire::put_u128s(&mut bytes, &reply);
+        if p.check {
+            let mo = p.mask_ot();
+            let v_star = pack_gf(&q[mo..mo + KAPPA]);
+            checks.push(check_combine(&check_chi(p.index, &bytes), &sparse) ^ v_star);
+        }
         wire::send(chan, tags::VOLE_PPRF, &bytes)?;
         super::trace!(t0, "S: pprf sent");
         let code = EaCode::new(&p);
@@ -436,23 +565,47 @@ pub(crate) fn send(chan: &dyn Channel, m: usize) -> Result<(u128, Vec<u128>), Ps
         super::trace!(t0, "S: EA encoded");
         done += p.m;
     }
+    if cfg.malicious {
+        // the receiver's x* per chunk; reply with the digest of
+        // Σ χ_j·v_j + v* + x*·Δ, which equals Σ χ_j·w_j + z* at the receiver
+        let xs = wire::recv(chan, tags::VOLE_CHECK, "VOLE consistency check")?;
+        let xs = wire::get_u128s(&xs, "VOLE consistency check")?;
+        if xs.len() != checks.len() {
+            return Err(PsiError::peer(format!(
+                "VOLE consistency check has {} values, expected {}",
+                xs.len(),
+                checks.len()
+            )));
+        }
+        let vs: Vec<u128> = checks
+            .iter()
+            .zip(&xs)
+            .map(|(c, x)| c ^ super::gf128::mul(*x, delta))
+            .collect();
+        wire::send(chan, tags::VOLE_CHECK, &check_digest(&vs))?;
+    }
     Ok((delta, out))
 }
 
 /// The VOLE receiver's side: returns (A, C) with C = A·Δ + B, |A| = |C| = m.
-pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>), PsiError> {
+pub(crate) fn recv(
+    chan: &dyn Channel,
+    m: usize,
+    cfg: &VoleCfg,
+) -> Result<(Vec<u128>, Vec<u128>), PsiError> {
     let mut prg = Prg::from_os();
     let t0 = std::time::Instant::now();
     let base = ot::base_send(chan)?;
     super::trace!(t0, "R: base OT");
     let mut iknp = IknpReceiver::new(&base);
+    let bmask = cfg.mask();
     // Phase 1: every chunk's noise and OT extension message. None depends on
     // the sender's replies (a bootstrapped chunk's β_i come from the
     // previous chunk's outputs, but its OT choices do not involve β_i).
     let mut pending: Vec<Pending> = Vec::new();
     let mut msgs = Vec::new();
-    for p in chunks(m) {
-        // noise: α_i uniform in [0, L), β_i uniform non-zero
+    for p in chunks(m, cfg) {
+        // noise: α_i uniform in [0, L), β_i uniform non-zero in the subspace
         let alpha: Vec<usize> = prg
             .blocks(NOISE)
             .iter()
@@ -461,23 +614,27 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
         let beta: Vec<u128> = if p.uses_cots() {
             prg.blocks(NOISE)
                 .into_iter()
-                .map(|b| if b == 0 { 1 } else { b })
+                .map(|b| if b & bmask == 0 { 1 } else { b & bmask })
                 .collect()
         } else {
             Vec::new()
         };
+        // the check's mask y* (malicious mode)
+        let y_star = if p.check { prg.block() } else { 0 };
         // choice bits: bits of β_i (first chunk), then for tree i level l
-        // (1-based) the complement of α_i's bit at that level (the sibling's side)
+        // (1-based) the complement of α_i's bit at that level (the sibling's
+        // side), then the bits of y*
         let mut choices = vec![0u128; p.ot_blocks()];
         let mut set = |idx: usize, bit: bool| {
             if bit {
                 choices[idx / 128] |= 1u128 << (idx % 128);
             }
         };
+        let bb = p.beta_bits;
         for i in 0..NOISE {
             if p.uses_cots() {
-                for k in 0..KAPPA {
-                    set(i * KAPPA + k, (beta[i] >> k) & 1 == 1);
+                for k in 0..bb {
+                    set(i * bb + k, (beta[i] >> k) & 1 == 1);
                 }
             }
             for l in 1..=p.depth {
@@ -485,22 +642,41 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
                 set(p.pprf_ot(i, l - 1), !a_bit);
             }
         }
-        let (msg, t) = iknp.extend(&choices);
+        if p.check {
+            for k in 0..KAPPA {
+                set(p.mask_ot() + k, (y_star >> k) & 1 == 1);
+            }
+        }
+        let (msg, t) = if cfg.malicious {
+            iknp.extend_checked(&choices)
+        } else {
+            iknp.extend(&choices)
+        };
         msgs.push(msg);
         let first = p.uses_cots().then(|| {
             let c = (0..NOISE)
-                .map(|i| pack_gf(&t[i * KAPPA..(i + 1) * KAPPA]))
+                .map(|i| pack_gf(&t[i * bb..(i + 1) * bb]))
                 .collect();
             (beta, c)
+        });
+        let mask = p.check.then(|| {
+            let mo = p.mask_ot();
+            (y_star, pack_gf(&t[mo..mo + KAPPA]))
         });
         let pprf_t = &t[p.pprf_ot(0, 0)..p.pprf_ot(0, 0) + NOISE * p.depth];
         let mut mr = vec![0u128; pprf_t.len()];
         tccr(pprf_t, p.tweak(), &mut mr);
-        pending.push((p, alpha, first, mr));
+        pending.push(Pending {
+            p,
+            alpha,
+            first,
+            mr,
+            mask,
+        });
     }
     // Phase 2: one thread streams the OT messages out while this one
     // processes the sender's replies (so neither side blocks on a full link).
-    std::thread::scope(|s| {
+    let (a, c, checks) = std::thread::scope(|s| {
         let out = s.spawn(move || -> Result<(), PsiError> {
             for msg in msgs {
                 wire::send(chan, tags::VOLE_OT, &msg)?;
@@ -513,40 +689,65 @@ pub(crate) fn recv(chan: &dyn Channel, m: usize) -> Result<(Vec<u128>, Vec<u128>
             .unwrap_or_else(|_| Err(PsiError::peer("VOLE: sending thread panicked")));
         let r = r?;
         o?;
-        Ok(r)
-    })
+        Ok::<_, PsiError>(r)
+    })?;
+    if cfg.malicious {
+        let (xs, vs): (Vec<u128>, Vec<u128>) = checks.into_iter().unzip();
+        let mut bytes = Vec::new();
+        wire::put_u128s(&mut bytes, &xs);
+        wire::send(chan, tags::VOLE_CHECK, &bytes)?;
+        let theirs = wire::recv(chan, tags::VOLE_CHECK, "VOLE consistency check")?;
+        if theirs[..] != check_digest(&vs)[..] {
+            return Err(PsiError::peer(
+                "malicious-security check failed: the peer's VOLE is inconsistent (sparse-VOLE check)",
+            ));
+        }
+    }
+    Ok((a, c))
 }
 
 /// A chunk prepared by the receiver before the sender's reply: parameters,
-/// α_i, (β_i, c_i) for the first chunk, and the PPRF OT pads m_r.
-type Pending = (
-    ChunkParams,
-    Vec<usize>,
-    Option<(Vec<u128>, Vec<u128>)>,
-    Vec<u128>,
-);
+/// α_i, (β_i, c_i) for the first chunk, the PPRF OT pads m_r, and the
+/// check's mask (y*, z*) in malicious mode.
+struct Pending {
+    p: ChunkParams,
+    alpha: Vec<usize>,
+    first: Option<(Vec<u128>, Vec<u128>)>,
+    mr: Vec<u128>,
+    mask: Option<(u128, u128)>,
+}
 
 /// Phase 2 of [`recv`], per chunk: punctured trees, sparse vector, EA code.
+/// Also returns, per chunk of a malicious-mode run, (x*, Σ χ_j·w_j + z*).
+#[allow(clippy::type_complexity)]
 fn recv_replies(
     chan: &dyn Channel,
     m: usize,
     pending: Vec<Pending>,
     t0: std::time::Instant,
-) -> Result<(Vec<u128>, Vec<u128>), PsiError> {
+) -> Result<(Vec<u128>, Vec<u128>, Vec<(u128, u128)>), PsiError> {
     let mut a_out = vec![0u128; m];
     let mut c_out = vec![0u128; m];
     let mut done = 0;
     let mut reserve: (Vec<u128>, Vec<u128>) = (Vec::new(), Vec::new());
     let mut sparse: Vec<u128> = Vec::new();
-    for (p, alpha, first, mr) in pending {
+    let mut checks = Vec::new();
+    for Pending {
+        p,
+        alpha,
+        first,
+        mr,
+        mask,
+    } in pending
+    {
         // β_i and c_i = β_i·Δ + b_i: fresh (first chunk) or the previous
         // chunk's reserved outputs (A_j, C_j)
         let (beta, c) = match first {
             Some(bc) => bc,
             None => std::mem::take(&mut reserve),
         };
-        let reply = wire::recv(chan, tags::VOLE_PPRF, "VOLE punctured-PRF message")?;
-        let reply = wire::get_u128s(&reply, "VOLE punctured-PRF message")?;
+        let reply_bytes = wire::recv(chan, tags::VOLE_PPRF, "VOLE punctured-PRF message")?;
+        let reply = wire::get_u128s(&reply_bytes, "VOLE punctured-PRF message")?;
         if reply.len() != NOISE * (2 * p.depth + 1) {
             return Err(PsiError::peer(format!(
                 "VOLE punctured-PRF message has {} blocks, expected {}",
@@ -570,7 +771,7 @@ fn recv_replies(
                     let next: &mut [u128] = if l == p.depth {
                         &mut leaves[..]
                     } else {
-                        scratch.clear();
+                        // fully overwritten by ggm_expand below
                         scratch.resize(2 * cur.len(), 0);
                         &mut scratch[..]
                     };
@@ -599,6 +800,15 @@ fn recv_replies(
                 leaves[a] = c[i] ^ r[2 * p.depth] ^ others;
             });
         super::trace!(t0, "R: pprf received + trees");
+        if let Some((y_star, z_star)) = mask {
+            // x = Σ_i χ_{i·L+α_i}·β_i (the sparse A), x* = x + y*
+            let chi = check_chi(p.index, &reply_bytes);
+            let x = (0..NOISE).fold(0u128, |acc, i| {
+                let j = (i * p.leaves + alpha[i]) as u128;
+                acc ^ super::gf128::mul(chi.enc(j), beta[i])
+            });
+            checks.push((x ^ y_star, check_combine(&chi, &sparse) ^ z_star));
+        }
         let code = EaCode::new(&p);
         EaCode::accumulate(&mut sparse);
         code.encode_pair(
@@ -616,7 +826,7 @@ fn recv_replies(
         super::trace!(t0, "R: EA A");
         done += p.m;
     }
-    Ok((a_out, c_out))
+    Ok((a_out, c_out, checks))
 }
 
 #[cfg(test)]
@@ -626,13 +836,91 @@ mod tests {
     use crate::rr22::gf128;
 
     fn run(m: usize) -> (u128, Vec<u128>, Vec<u128>, Vec<u128>) {
+        run_cfg(m, &VoleCfg::FAST)
+    }
+
+    fn run_cfg(m: usize, cfg: &VoleCfg) -> (u128, Vec<u128>, Vec<u128>, Vec<u128>) {
         let (ca, cb) = memory_pair(8);
         std::thread::scope(|s| {
-            let h = s.spawn(|| send(&ca, m).unwrap());
-            let (a, c) = recv(&cb, m).unwrap();
+            let h = s.spawn(|| send(&ca, m, cfg).unwrap());
+            let (a, c) = recv(&cb, m, cfg).unwrap();
             let (delta, b) = h.join().unwrap();
             (delta, b, a, c)
         })
+    }
+
+    #[test]
+    fn subfield_vole_correlation_holds_and_a_is_short() {
+        // RR22 §5 / Fig. 10: A ∈ B^m (here: polynomials of degree < 60),
+        // Δ ∈ GF(2^128), C = A·Δ + B; small chunks force bootstrapping
+        for (m, max_chunk) in [(1usize, 1 << 17), (5000, 1 << 17), (70_001, 30_000)] {
+            let cfg = VoleCfg {
+                bits: 60,
+                max_chunk,
+                malicious: false,
+            };
+            let (delta, b, a, c) = run_cfg(m, &cfg);
+            for i in 0..m {
+                assert_eq!(a[i] >> 60, 0, "A outside the subfield at {i}");
+                assert_eq!(c[i], gf128::mul(a[i], delta) ^ b[i], "m={m} i={i}");
+            }
+            if m > 100 {
+                assert!(a.iter().filter(|x| **x == 0).count() < 2);
+                // every bit of the 60 is used
+                assert_eq!(a.iter().fold(0u128, |x, y| x | y), (1 << 60) - 1);
+            }
+        }
+    }
+
+    #[test]
+    fn malicious_vole_correlation_holds() {
+        let cfg = VoleCfg {
+            bits: 128,
+            max_chunk: 30_000,
+            malicious: true,
+        };
+        let m = 70_001;
+        let (delta, b, a, c) = run_cfg(m, &cfg);
+        for i in 0..m {
+            assert_eq!(c[i], gf128::mul(a[i], delta) ^ b[i], "i={i}");
+        }
+    }
+
+    #[test]
+    fn malicious_vole_catches_an_inconsistent_sender() {
+        let cfg = VoleCfg {
+            bits: 128,
+            max_chunk: 1 << 17,
+            malicious: true,
+        };
+        let (ca, cb) = memory_pair(8);
+        let (rs, rr) = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let r = send_with(&ca, 5000, &cfg, Cheat::PprfLevel);
+                drop(ca);
+                r
+            });
+            let r = recv(&cb, 5000, &cfg);
+            drop(cb);
+            (h.join().unwrap(), r)
+        });
+        let err = rr
+            .expect_err("the receiver must detect the cheat")
+            .to_string();
+        assert!(err.contains("sparse-VOLE check"), "{err}");
+        // the sender itself finished its part
+        assert!(rs.is_ok());
+        // without the check the same cheat goes unnoticed and breaks the
+        // correlation: that is what the check is for
+        let fast = VoleCfg::FAST;
+        let (ca, cb) = memory_pair(8);
+        let (delta, b, a, c) = std::thread::scope(|s| {
+            let h = s.spawn(|| send_with(&ca, 5000, &fast, Cheat::PprfLevel).unwrap());
+            let (a, c) = recv(&cb, 5000, &fast).unwrap();
+            let (d, b) = h.join().unwrap();
+            (d, b, a, c)
+        });
+        assert!((0..5000).any(|i| c[i] != gf128::mul(a[i], delta) ^ b[i]));
     }
 
     #[test]
@@ -654,7 +942,7 @@ mod tests {
 
     #[test]
     fn chunking_covers_request() {
-        let cs = chunks(MAX_CHUNK * 2 + 5);
+        let cs = chunks(MAX_CHUNK * 2 + 5, &VoleCfg::FAST);
         assert_eq!(cs.len(), 3);
         assert_eq!(cs.iter().map(|c| c.m).sum::<usize>(), MAX_CHUNK * 2 + 5);
         assert!(
@@ -664,7 +952,7 @@ mod tests {
         assert_eq!(cs[0].reserve, NOISE);
         assert_eq!(cs[2].reserve, 0);
         assert!(cs[0].uses_cots() && !cs[1].uses_cots());
-        assert_eq!(chunks(0).len(), 1);
+        assert_eq!(chunks(0, &VoleCfg::FAST).len(), 1);
     }
 
     #[test]
