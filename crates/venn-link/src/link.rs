@@ -207,6 +207,78 @@ impl Link {
         Ok(Link::start(rt, stream, peer))
     }
 
+    /// Connects through a relay (a node's gateway): dials `addr`, sends `hello` (4-byte
+    /// little-endian length, then the bytes), and waits up to `opts.wait` for the relay's answer
+    /// line, `OK` once it has paired this connection with the peer's, or a reason. Then the
+    /// usual handshake runs end to end over the relayed bytes, as the listener when `listener`
+    /// is true (exactly one of the two parties must be).
+    ///
+    /// What the hello means is the relay's business; venn-link only frames it.
+    pub fn via_relay(
+        addr: &str,
+        hello: &[u8],
+        listener: bool,
+        opts: &LinkOptions,
+    ) -> Result<Link, LinkError> {
+        let rt = runtime()?;
+        let (stream, peer) = rt.block_on(async {
+            let io = |what: &'static str| {
+                let addr = addr.to_owned();
+                move |e| LinkError::Io {
+                    what,
+                    addr,
+                    source: e,
+                }
+            };
+            let mut tcp = TcpStream::connect(addr)
+                .await
+                .map_err(io("connecting to the relay"))?;
+            let _ = tcp.set_nodelay(true);
+            let peer = tcp.peer_addr().map_err(io("connecting to the relay"))?;
+            let mut msg = (hello.len() as u32).to_le_bytes().to_vec();
+            msg.extend_from_slice(hello);
+            write_or(&mut tcp, &msg).await?;
+            // The answer line, byte by byte: what follows belongs to the handshake.
+            let answer = tokio::time::timeout(opts.wait, async {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while line.len() < 4096 {
+                    read_exact_or(&mut tcp, &mut b, "the relay's answer").await?;
+                    if b[0] == b'\n' {
+                        break;
+                    }
+                    line.push(b[0]);
+                }
+                Ok::<_, LinkError>(String::from_utf8_lossy(&line).into_owned())
+            })
+            .await
+            .map_err(|_| {
+                LinkError::Timeout(format!(
+                    "the relay at {addr} did not pair us with the peer within {} s",
+                    opts.wait.as_secs()
+                ))
+            })??;
+            if answer != "OK" {
+                return Err(LinkError::Auth(format!("the relay refused: {answer}")));
+            }
+            let s = tokio::time::timeout(opts.handshake_timeout, async {
+                if listener {
+                    accept_one(tcp, opts).await
+                } else {
+                    connect_one(tcp, opts).await
+                }
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(LinkError::Timeout(
+                    "the handshake through the relay took too long".into(),
+                ))
+            })?;
+            Ok::<_, LinkError>((s, peer))
+        })?;
+        Ok(Link::start(rt, stream, peer))
+    }
+
     fn start(rt: tokio::runtime::Runtime, stream: BoxStream, peer: SocketAddr) -> Link {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(QUEUE_DEPTH);
