@@ -102,6 +102,7 @@ impl Node {
             runtime: crate::runtime::Runtime::default(),
             links: crate::gateway::link::Broker::default(),
             task_addr,
+            deliver: tokio::sync::Mutex::new(()),
             config,
         });
         state.load_partners().await?;

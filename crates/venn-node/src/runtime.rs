@@ -287,12 +287,20 @@ pub async fn start_task(
     r.start_time = now_unix();
     r.end_time = 0;
     state.store.update_task_party(&r).await?;
+    state
+        .store
+        .set_task_process(&m.job_id, &t.task_id, &me, 0, &r.secret_sha256)
+        .await?;
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Err(NodeError::io("venn task run", e)),
     };
     let pid = child.id().unwrap_or(0);
     r.pid = pid as i64;
+    state
+        .store
+        .set_task_process(&m.job_id, &t.task_id, &me, r.pid, &r.secret_sha256)
+        .await?;
     let key = (m.job_id.clone(), t.task_id.clone());
     if let Ok(mut pids) = state.runtime.pids.lock() {
         pids.insert(key.clone(), pid);
@@ -573,11 +581,17 @@ pub async fn progress(
         }
         due
     };
+    state
+        .store
+        .set_task_progress(job, task, &me, row.progress, &row.step)
+        .await?;
     if send {
-        report_party(state, &row).await
-    } else {
-        state.store.update_task_party(&row).await
+        // Re-read: the runtime may have changed other columns meanwhile.
+        if let Some(fresh) = state.store.task_party(job, task, &me).await? {
+            report_party(state, &fresh).await?;
+        }
     }
+    Ok(())
 }
 
 /// The end of a task's log (at most `max` bytes).

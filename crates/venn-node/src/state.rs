@@ -34,6 +34,8 @@ pub struct NodeState {
     pub runtime: crate::runtime::Runtime,
     /// Task links waiting to be paired.
     pub links: crate::gateway::link::Broker,
+    /// Serialises message delivery (one sender per partner queue, in order).
+    pub deliver: tokio::sync::Mutex<()>,
     /// The bound loopback task port.
     pub task_addr: std::net::SocketAddr,
 }

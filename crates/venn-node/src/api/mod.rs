@@ -209,6 +209,7 @@ mod tests {
             runtime: crate::runtime::Runtime::default(),
             links: crate::gateway::link::Broker::default(),
             task_addr: "127.0.0.1:9".parse().unwrap(),
+            deliver: tokio::sync::Mutex::new(()),
             config,
         })
     }

@@ -30,7 +30,7 @@ pub mod manifest;
 pub mod phase;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -636,6 +636,7 @@ async fn call_partner(
 /// Delivers queued messages, in order per partner; a partner that cannot be reached keeps its
 /// queue for the next round. A refused `create` fails the job with the partner's reason.
 pub async fn deliver_all(state: &NodeState) {
+    let _one_at_a_time = state.deliver.lock().await;
     let Ok(rows) = state.store.undelivered_messages().await else {
         return;
     };
@@ -1427,7 +1428,6 @@ pub async fn query(state: &NodeState, job: &str) -> Result<Value> {
             })
         })
         .collect();
-    let stage: BTreeMap<String, String> = BTreeMap::new();
     Ok(json!({
         "job_id": j.job_id,
         "initiator": j.initiator,
@@ -1442,7 +1442,7 @@ pub async fn query(state: &NodeState, job: &str) -> Result<Value> {
             "start_time": j.start_time,
             "end_time": j.end_time,
             "tasks": tasks,
-            "stage_status_list": stage,
+            "stage_status_list": Vec::<Value>::new(),
             "approve_status_list": approvals.iter().map(|a| json!({
                 "domain_id": a.domain_id,
                 "state": a.state,

@@ -260,11 +260,11 @@ impl Store {
     }
 
     /// Replaces the synced fields of a task party (phase, reason, progress, step, report,
-    /// attempt, times).
+    /// attempt, times); the process columns (pid, secret) are [`Store::set_task_process`]'s.
     pub async fn update_task_party(&self, r: &TaskPartyRow) -> Result<()> {
         sqlx::query(
             "UPDATE task_parties SET phase = ?, reason = ?, progress = ?, step = ?, report = ?, \
-             attempt = ?, pid = ?, secret_sha256 = ?, start_time = ?, end_time = ?, updated_at = ? \
+             attempt = ?, start_time = ?, end_time = ?, updated_at = ? \
              WHERE job_id = ? AND task_id = ? AND domain_id = ?",
         )
         .bind(&r.phase)
@@ -273,14 +273,58 @@ impl Store {
         .bind(&r.step)
         .bind(&r.report)
         .bind(r.attempt)
-        .bind(r.pid)
-        .bind(&r.secret_sha256)
         .bind(r.start_time)
         .bind(r.end_time)
         .bind(now_unix())
         .bind(&r.job_id)
         .bind(&r.task_id)
         .bind(&r.domain_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets the process columns of this node's task party.
+    pub async fn set_task_process(
+        &self,
+        job: &str,
+        task: &str,
+        domain: &str,
+        pid: i64,
+        secret_sha256: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE task_parties SET pid = ?, secret_sha256 = ? WHERE job_id = ? AND task_id = ? AND domain_id = ?",
+        )
+        .bind(pid)
+        .bind(secret_sha256)
+        .bind(job)
+        .bind(task)
+        .bind(domain)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a task's progress (only those columns: the runtime owns pid and secret).
+    pub async fn set_task_progress(
+        &self,
+        job: &str,
+        task: &str,
+        domain: &str,
+        progress: i64,
+        step: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE task_parties SET progress = ?, step = ?, updated_at = ? \
+             WHERE job_id = ? AND task_id = ? AND domain_id = ? AND phase = 'Running'",
+        )
+        .bind(progress)
+        .bind(step)
+        .bind(now_unix())
+        .bind(job)
+        .bind(task)
+        .bind(domain)
         .execute(&self.pool)
         .await?;
         Ok(())
