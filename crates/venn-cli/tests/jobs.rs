@@ -686,3 +686,43 @@ fn every_job_command_has_help_with_an_example() {
         assert!(out.contains("Example"), "venn job {sub} --help: {out}");
     }
 }
+
+/// The job of Kuscia's `scripts/user/create_example_job.sh` (SecretFlow PSI config, app image
+/// `secretflow-image`), with only the key column names changed to the generated files' `id`.
+#[test]
+fn kuscia_example_job_runs() {
+    let p = pair("kuscia_example", 500, false, true);
+    let tic = r#"{"sf_datasource_config":{"alice":{"id":"default-data-source"},"bob":{"id":"default-data-source"}},"sf_cluster_desc":{"parties":["alice","bob"],"devices":[{"name":"spu","type":"spu","parties":["alice","bob"],"config":"{\"runtime_config\":{\"protocol\":\"SEMI2K\",\"field\":\"FM128\"}}"}],"ray_fed_config":{"cross_silo_comm_backend":"brpc_link"}},"sf_node_eval_param":{"domain":"data_prep","name":"psi","version":"1.0.0","attr_paths":["input/input_ds1/keys","input/input_ds2/keys","protocol","sort_result","receiver_parties","allow_empty_result","join_type","input_ds1_keys_duplicated","input_ds2_keys_duplicated"],"attrs":[{"is_na":false,"ss":["id"]},{"is_na":false,"ss":["id"]},{"is_na":false,"s":"PROTOCOL_RR22"},{"b":true,"is_na":false},{"is_na":false,"ss":["alice","bob"]},{"is_na":true},{"is_na":false,"s":"inner_join"},{"b":true,"is_na":false},{"b":true,"is_na":false}]},"sf_input_ids":["alice-table","bob-table"],"sf_output_ids":["psi-output","psi-output"],"sf_output_uris":["psi-output.csv","psi-output.csv"]}"#;
+    let body = json!({
+        "job_id": "secretflow-task-20240101000000",
+        "initiator": "alice",
+        "max_parallelism": 2,
+        "tasks": [{
+            "app_image": "secretflow-image",
+            "parties": [{"domain_id": "alice"}, {"domain_id": "bob"}],
+            "alias": "single-psi",
+            "task_id": "secretflow-task-20240101000000-single-psi",
+            "priority": 100,
+            "task_input_config": tic,
+        }]
+    });
+    let f = p._dir.path().join("kuscia.json");
+    std::fs::write(&f, body.to_string()).unwrap();
+    p.alice
+        .cli_ok(&["job", "create", "-f", f.to_str().unwrap()]);
+    let j = p.alice.wait_state(
+        "secretflow-task-20240101000000",
+        &["Succeeded", "Failed"],
+        60,
+    );
+    assert_eq!(j["status"]["state"], "Succeeded", "{j:#}");
+    assert_eq!(j["tasks"][0]["psi"]["protocol"], "rr22");
+    let (_, a_in) = rows_of(&p.files[0]);
+    let (_, b_in) = rows_of(&p.files[1]);
+    let (_, mut a_out) = rows_of(&p.alice.file("psi-output.csv"));
+    let (_, mut b_out) = rows_of(&p.bob.file("psi-output.csv"));
+    a_out.sort();
+    b_out.sort();
+    assert_eq!(a_out, naive(&a_in, &b_in));
+    assert_eq!(b_out, naive(&b_in, &a_in));
+}
