@@ -157,14 +157,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     move |e| NodeError::io(path, e)
 }
 
-/// Whether this node runs a process for `job`.
-pub fn has_running(state: &NodeState, job: &str) -> bool {
-    state
+/// The jobs for which this node runs a task process.
+pub fn running_jobs(state: &NodeState) -> Vec<String> {
+    let mut v: Vec<String> = state
         .runtime
         .pids
         .lock()
-        .map(|m| m.keys().any(|(j, _)| j == job))
-        .unwrap_or(false)
+        .map(|m| m.keys().map(|(j, _)| j.clone()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Starts this node's party of task `t` (its row is `row`, Pending).
@@ -336,6 +339,7 @@ async fn finish(state: &SharedState, job: &str, task: &str, attempt: i64, exit: 
     if let Ok(mut pids) = state.runtime.pids.lock() {
         pids.remove(&(job.to_owned(), task.to_owned()));
     }
+    state.links.forget(job, task);
     let me = state.domain_id().to_owned();
     let Ok(Some(mut row)) = state.store.task_party(job, task, &me).await else {
         return;
@@ -475,6 +479,7 @@ pub async fn stop_task(state: &SharedState, job: &str, task: &str, why: &str) {
             .ok()
             .and_then(|mut m| m.remove(&(job.to_owned(), task.to_owned())))
             .unwrap_or(pid);
+        state.links.forget(job, task);
         tracing::info!(job, task, pid, "stopping task: {why}");
         signal_group(pid, "-TERM");
         tokio::spawn(async move {

@@ -88,6 +88,13 @@ impl Broker {
         slots.insert(key, Slot::Task(stream));
     }
 
+    /// Drops whatever waits for the links of `job`/`task` (the task was stopped or ended).
+    pub fn forget(&self, job: &str, task: &str) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.retain(|(j, t, _), _| !(j == job && t == task));
+        }
+    }
+
     /// Takes our task's connection for a partner upgrade, waiting for it up to [`PAIR_WAIT`].
     async fn take_task(&self, key: Key) -> Option<TcpStream> {
         let rx = {

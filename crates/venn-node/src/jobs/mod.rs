@@ -1129,6 +1129,12 @@ pub async fn command(state: &SharedState, job: &str, command: &str, reason: &str
                 j.phase
             )));
         }
+        "restart" if j.control == "Refused" => {
+            return Err(NodeError::Conflict(format!(
+                "job {job}: {}; fix that and create a new job",
+                j.reason
+            )));
+        }
         "restart" if !matches!(phase, JobPhase::Failed | JobPhase::Suspended) => {
             return Err(NodeError::Conflict(format!(
                 "job {job} is {}: only Failed or Suspended jobs restart",
@@ -1348,14 +1354,11 @@ pub async fn run(state: SharedState, mut shutdown: watch::Receiver<bool>) {
     }
     loop {
         deliver_all(&state).await;
-        match state.store.jobs().await {
+        let running = crate::runtime::running_jobs(&state);
+        match state.store.live_jobs(&running).await {
             Ok(jobs) => {
                 for j in jobs {
-                    let live = !JobPhase::parse(&j.phase).is_some_and(JobPhase::is_final);
-                    let own_running = crate::runtime::has_running(&state, &j.job_id);
-                    if (live || own_running)
-                        && let Err(e) = reconcile(&state, &j).await
-                    {
+                    if let Err(e) = reconcile(&state, &j).await {
                         tracing::error!(job = %j.job_id, "reconcile: {e}");
                     }
                 }

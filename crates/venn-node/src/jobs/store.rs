@@ -160,6 +160,24 @@ impl Store {
         )
     }
 
+    /// Jobs not in a final state, plus the jobs named in `also`.
+    pub async fn live_jobs(&self, also: &[String]) -> Result<Vec<JobRow>> {
+        let mut rows: Vec<JobRow> = sqlx::query_as(
+            "SELECT * FROM jobs WHERE phase NOT IN \
+             ('Succeeded', 'Failed', 'Cancelled', 'Suspended', 'ApprovalReject') ORDER BY created_at, job_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for id in also {
+            if !rows.iter().any(|r| &r.job_id == id)
+                && let Some(j) = self.job(id).await?
+            {
+                rows.push(j);
+            }
+        }
+        Ok(rows)
+    }
+
     /// Sets a job's phase and reason; start and end times follow the phase.
     pub async fn set_job_phase(
         &self,
