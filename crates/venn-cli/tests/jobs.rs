@@ -485,6 +485,11 @@ fn psi_job_succeeds_and_outputs_equal_the_naive_join() {
         table.contains("job-ok") && table.contains("Succeeded") && table.contains("1/1"),
         "{table}"
     );
+    let watch = p.alice.cli_ok(&["job", "watch", "job-ok"]);
+    assert!(
+        watch.contains("job job-ok: Succeeded") && watch.contains("100%"),
+        "{watch}"
+    );
     let logs = p.bob.cli_ok(&["job", "logs", "job-ok"]);
     assert!(logs.contains("task succeeded"), "{logs}");
     // The same job ID again is a conflict; the used grant is counted.
