@@ -663,4 +663,78 @@ mod tests {
         let (_, b) = pair(true, "t", "u");
         assert!(b.is_err());
     }
+
+    /// A relay like a node's gateway: reads each side's hello, answers OK to both, then
+    /// copies bytes both ways.
+    fn relay() -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut ends = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = l.accept().unwrap();
+                let mut len = [0u8; 4];
+                s.read_exact(&mut len).unwrap();
+                let mut hello = vec![0u8; u32::from_le_bytes(len) as usize];
+                s.read_exact(&mut hello).unwrap();
+                assert!(hello.starts_with(b"hello from"));
+                ends.push(s);
+            }
+            for e in &mut ends {
+                e.write_all(b"OK\n").unwrap();
+            }
+            let (a, b) = (ends.remove(0), ends.remove(0));
+            let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+            let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                })
+            };
+            pipe(a, b2);
+            pipe(b, a2);
+        });
+        addr
+    }
+
+    #[test]
+    fn links_through_a_relay() {
+        for insecure in [true, false] {
+            let addr = relay();
+            let mut o = LinkOptions::new("task-token");
+            o.insecure = insecure;
+            o.wait = Duration::from_secs(10);
+            let (a, b) = std::thread::scope(|s| {
+                let a = s.spawn(|| Link::via_relay(&addr, b"hello from a", true, &o));
+                let b = s.spawn(|| Link::via_relay(&addr, b"hello from b", false, &o));
+                (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+            });
+            a.send(vec![7; 100_000]).unwrap();
+            assert_eq!(b.recv().unwrap(), vec![7; 100_000]);
+            b.send(b"back".to_vec()).unwrap();
+            assert_eq!(a.recv().unwrap(), b"back");
+            a.close().unwrap();
+            assert!(matches!(b.recv(), Err(LinkError::Closed)));
+        }
+    }
+
+    #[test]
+    fn a_relay_refusal_is_reported() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+            s.write_all(b"ERR unknown task or wrong secret\n").unwrap();
+        });
+        let o = LinkOptions::new("t");
+        let e = Link::via_relay(&addr, b"hello", true, &o).err().unwrap();
+        assert!(
+            e.to_string().contains("unknown task or wrong secret"),
+            "{e}"
+        );
+    }
 }
