@@ -731,3 +731,51 @@ fn kuscia_example_job_runs() {
     assert_eq!(a_out, naive(&a_in, &b_in));
     assert_eq!(b_out, naive(&b_in, &a_in));
 }
+
+/// Two tasks, the second depending on the first: run one after the other, both Succeeded, each
+/// with its own default output at each receiver.
+#[test]
+fn dag_of_two_tasks_runs_in_order() {
+    let p = pair("dag", 300, false, true);
+    let config = json!({
+        "inputs": {"alice": {"domaindata_id": "alice-table", "keys": ["id"]},
+                   "bob": {"domaindata_id": "bob-table", "keys": ["id"]}}
+    })
+    .to_string();
+    let body = json!({
+        "job_id": "job-dag",
+        "initiator": "alice",
+        "max_parallelism": 2,
+        "schedule_mode": "BestEffort",
+        "tasks": [
+            {"alias": "second", "dependencies": ["first"], "task_input_config": config,
+             "parties": [{"domain_id": "alice"}, {"domain_id": "bob"}]},
+            {"alias": "first", "task_input_config": config, "priority": 5,
+             "parties": [{"domain_id": "alice"}, {"domain_id": "bob"}]}
+        ]
+    });
+    let f = p._dir.path().join("dag.json");
+    std::fs::write(&f, body.to_string()).unwrap();
+    p.alice
+        .cli_ok(&["job", "create", "-f", f.to_str().unwrap()]);
+    let j = p.alice.wait_state("job-dag", &["Succeeded", "Failed"], 90);
+    assert_eq!(j["status"]["state"], "Succeeded", "{j:#}");
+    let tasks = j["status"]["tasks"].as_array().unwrap();
+    let (second, first) = (&tasks[0], &tasks[1]);
+    assert_eq!(first["alias"], "first");
+    assert!(
+        second["start_time"].as_i64().unwrap() >= first["end_time"].as_i64().unwrap(),
+        "{j:#}"
+    );
+    for alias in ["first", "second"] {
+        for n in [&p.alice, &p.bob] {
+            assert!(
+                n.file(&format!("job-dag-{alias}.csv")).exists(),
+                "{alias} at {}",
+                n.name
+            );
+        }
+    }
+    let table = p.alice.cli_ok(&["job", "get"]);
+    assert!(table.contains("2/2"), "{table}");
+}
