@@ -21,6 +21,24 @@ pub(crate) enum BenchCommand {
     /// Two `venn psi` processes on generated data; prints one JSON line.
     #[command(after_help = EXAMPLE)]
     Psi(BenchPsiArgs),
+    /// Platform overhead: the same PSI as two `venn psi` processes and as a job between two
+    /// local nodes; prints one JSON line (submit → both tasks running, both totals, ratio).
+    #[command(after_help = "Example:\n  venn bench job --rows 1048576 --protocol ecdh")]
+    Job(BenchJobArgs),
+}
+
+/// Arguments of `venn bench job`.
+#[derive(Args, Debug)]
+pub(crate) struct BenchJobArgs {
+    /// Rows per party.
+    #[arg(long, default_value_t = 1 << 16)]
+    rows: u64,
+    /// PSI protocol.
+    #[arg(long, default_value = "ecdh", value_parser = ["ecdh", "rr22"])]
+    protocol: String,
+    /// Folder for data, node data dirs and logs.
+    #[arg(long, default_value = "venn-bench-job")]
+    dir: PathBuf,
 }
 
 /// Arguments of `venn bench psi`.
@@ -145,7 +163,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Psi(a) = cmd;
+    let a = match cmd {
+        BenchCommand::Psi(a) => a,
+        BenchCommand::Job(a) => return bench_job(a),
+    };
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let tag = format!("n{}_o{}", a.rows, a.overlap);
     let (fa, fb) = (
@@ -214,4 +235,128 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         bail!("the outputs do not have the expected {exp} rows");
     }
     Ok(())
+}
+
+fn bench_job(a: BenchJobArgs) -> anyhow::Result<()> {
+    use crate::demo::{LocalNode, onboard, psi_job, wait_job};
+    use serde_json::json;
+    use std::time::Duration;
+    let _ = std::fs::remove_dir_all(&a.dir);
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let dir = a.dir.canonicalize()?;
+    let (fa, fb) = (dir.join("a.csv"), dir.join("b.csv"));
+    let exp = gen_cmd::generate(a.rows, 0.5, 0.0, 0, 1, &fa, &fb)?;
+    // Standalone first, on the same files.
+    let common = vec![
+        "--protocol".to_string(),
+        a.protocol.clone(),
+        "--keys".into(),
+        "id".into(),
+    ];
+    let (oa, ob) = (dir.join("standalone_a.csv"), dir.join("standalone_b.csv"));
+    let standalone = two_parties(&common, &io_args(&fa, &oa), &io_args(&fb, &ob), &dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut alice = LocalNode::start(&dir, "alice", |_| {})?;
+        let mut bob = LocalNode::start(&dir, "bob", |_| {})?;
+        alice.ready().await?;
+        bob.ready().await?;
+        onboard(&alice, &bob).await?;
+        alice.api()?.upload(&fa, "a-table", "a").await?;
+        bob.api()?.upload(&fb, "b-table", "b").await?;
+        alice
+            .api()?
+            .post(
+                "/api/v1/domaindatagrant/create",
+                &json!({"domaindata_id": "a-table", "grant_domain": "bob"}),
+            )
+            .await?;
+        bob.api()?
+            .post(
+                "/api/v1/domaindatagrant/create",
+                &json!({"domaindata_id": "b-table", "grant_domain": "alice"}),
+            )
+            .await?;
+        let t0 = Instant::now();
+        while !alice
+            .api()?
+            .post(
+                "/api/v1/domaindatagrant/list",
+                &json!({"grant_domain": "alice"}),
+            )
+            .await?
+            .to_string()
+            .contains("b-table")
+        {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("grant not delivered");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let submitted = Instant::now();
+        alice
+            .api()?
+            .post(
+                "/api/v1/job/create",
+                &psi_job("bench", "alice", "a-table", "bob", "b-table", &a.protocol),
+            )
+            .await?;
+        // Both parties' task processes started: both party rows Running at alice's node.
+        let running = loop {
+            let j = alice
+                .api()?
+                .post("/api/v1/job/query", &json!({"job_id": "bench"}))
+                .await?;
+            let parties = j["status"]["tasks"][0]["parties"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if parties.len() == 2 && parties.iter().all(|p| p["state"] != "Pending") {
+                break submitted.elapsed().as_secs_f64();
+            }
+            if submitted.elapsed() > Duration::from_secs(60) {
+                bail!("tasks not running after 60 s: {j}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let j = wait_job(alice.api()?, "bench", Duration::from_secs(3600)).await?;
+        let total = submitted.elapsed().as_secs_f64();
+        if j["status"]["state"] != "Succeeded" {
+            bail!(
+                "the job ended {}: {}",
+                j["status"]["state"],
+                j["status"]["err_msg"]
+            );
+        }
+        let rows = |p: &Path| {
+            std::fs::read(p)
+                .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64 - 1)
+                .unwrap_or(0)
+        };
+        let correct = rows(&alice.data_file("bench-out.csv")) == exp.join_rows
+            && rows(&bob.data_file("bench-out.csv")) == exp.join_rows;
+        println!(
+            "{}",
+            json!({
+                "rows": a.rows,
+                "protocol": a.protocol,
+                "standalone_wall_s": standalone.wall,
+                "job_submit_to_both_running_s": running,
+                "job_submit_to_succeeded_s": total,
+                "job_over_standalone": total / standalone.wall,
+                "correct": correct,
+            })
+        );
+        alice.stop();
+        bob.stop();
+        if !correct {
+            bail!(
+                "the job's outputs do not have the expected {} rows",
+                exp.join_rows
+            );
+        }
+        Ok(())
+    })
 }

@@ -5,8 +5,10 @@ mod alloc;
 mod bench;
 mod demo;
 mod gen_cmd;
+mod job_cmd;
 mod node_cmd;
 mod psi_cmd;
+mod task_cmd;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,20 @@ enum Command {
     /// Benchmarks: whole PSI runs between two local processes.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Jobs between nodes: create, get, watch, stop, cancel, restart, delete, approve, reject, logs.
+    #[command(
+        after_help = "Example:\n  venn job create -f psi-job.json -c alice.yaml\n  venn job get -c alice.yaml"
+    )]
+    Job {
+        #[command(subcommand)]
+        command: job_cmd::JobCommand,
+    },
+    /// Internal: run one party of a task (started by the node).
+    #[command(hide = true)]
+    Task {
+        #[command(subcommand)]
+        command: task_cmd::TaskCommand,
+    },
     #[command(flatten)]
     Node(node_cmd::NodeCommand),
 }
@@ -57,6 +73,8 @@ fn main() -> ExitCode {
         Command::Gen(a) => gen_cmd::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(b) => bench::run(b),
+        Command::Job { command } => job_cmd::run(command),
+        Command::Task { command } => task_cmd::run(command),
         Command::Node(c) => node_cmd::run(c),
     };
     match res {

@@ -22,7 +22,7 @@ pub(crate) struct ConfigArg {
 }
 
 impl ConfigArg {
-    fn load(&self) -> Result<Config> {
+    pub(crate) fn load(&self) -> Result<Config> {
         let cfg = match &self.config {
             Some(p) => Config::load(p)?,
             None => Config::default(),
@@ -31,7 +31,7 @@ impl ConfigArg {
         Ok(cfg)
     }
 
-    fn client(&self) -> Result<LocalClient> {
+    pub(crate) fn client(&self) -> Result<LocalClient> {
         Ok(LocalClient::new(&self.load()?)?)
     }
 }
@@ -79,6 +79,9 @@ pub(crate) struct InitArgs {
     /// HTTP CONNECT proxy for outbound connections to partners (http://host:port).
     #[arg(long, default_value = "")]
     pub(crate) proxy: String,
+    /// Approval of jobs initiated by partners: auto, or manual (`venn job approve|reject`).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "manual"])]
+    pub(crate) approval: String,
 }
 
 /// `--mode` values.
@@ -349,6 +352,9 @@ fn init(a: InitArgs) -> Result<()> {
     cfg.gateway.heartbeat_seconds = a.heartbeat_seconds;
     cfg.gateway.proxy = a.proxy;
     cfg.api.listen = a.api_listen;
+    if a.approval == "manual" {
+        cfg.jobs.approval = venn_node::config::Approval::Manual;
+    }
     cfg.validate()?;
     print!("{}", cfg.to_yaml());
     Ok(())
@@ -396,7 +402,7 @@ fn token(cmd: TokenCommand) -> Result<()> {
     Ok(())
 }
 
-fn print_json(v: &Value) -> Result<()> {
+pub(crate) fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -117,7 +117,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Adapts a venn-link [`Link`] to the engine's [`Channel`].
-struct LinkChannel(Link);
+pub(crate) struct LinkChannel(pub(crate) Link);
 
 impl Channel for LinkChannel {
     fn send(&self, frame: Vec<u8>) -> Result<(), ChannelError> {

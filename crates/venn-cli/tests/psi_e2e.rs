@@ -247,7 +247,13 @@ fn one_receiver_only() {
 
 #[test]
 fn every_command_has_help_with_an_example() {
-    for cmd in [vec!["psi"], vec!["gen"], vec!["demo"], vec!["bench", "psi"]] {
+    for cmd in [
+        vec!["psi"],
+        vec!["gen"],
+        vec!["demo"],
+        vec!["bench", "psi"],
+        vec!["bench", "job"],
+    ] {
         let o = Command::new(VENN)
             .args(&cmd)
             .arg("--help")

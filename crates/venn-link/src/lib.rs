@@ -15,8 +15,9 @@ Frames on the wire: a 4-byte little-endian length, then the payload; at most
 [`MAX_FRAME`] bytes. Back-pressure: the outgoing queue holds
 [`QUEUE_DEPTH`] frames; past that `send` blocks until the socket drains.
 
-Links through a node's gateway (multiplexed over its one port) come with the
-node; they offer the same `send`/`recv` shape.
+Links through a node's gateway: [`Link::via_relay`] dials a relay (the local
+node's gateway), introduces itself with an opaque hello, waits for the relay to
+pair it with the peer's connection, then runs the same handshake end to end.
 */
 
 #![forbid(unsafe_code)]

@@ -207,6 +207,78 @@ impl Link {
         Ok(Link::start(rt, stream, peer))
     }
 
+    /// Connects through a relay (a node's gateway): dials `addr`, sends `hello` (4-byte
+    /// little-endian length, then the bytes), and waits up to `opts.wait` for the relay's answer
+    /// line, `OK` once it has paired this connection with the peer's, or a reason. Then the
+    /// usual handshake runs end to end over the relayed bytes, as the listener when `listener`
+    /// is true (exactly one of the two parties must be).
+    ///
+    /// What the hello means is the relay's business; venn-link only frames it.
+    pub fn via_relay(
+        addr: &str,
+        hello: &[u8],
+        listener: bool,
+        opts: &LinkOptions,
+    ) -> Result<Link, LinkError> {
+        let rt = runtime()?;
+        let (stream, peer) = rt.block_on(async {
+            let io = |what: &'static str| {
+                let addr = addr.to_owned();
+                move |e| LinkError::Io {
+                    what,
+                    addr,
+                    source: e,
+                }
+            };
+            let mut tcp = TcpStream::connect(addr)
+                .await
+                .map_err(io("connecting to the relay"))?;
+            let _ = tcp.set_nodelay(true);
+            let peer = tcp.peer_addr().map_err(io("connecting to the relay"))?;
+            let mut msg = (hello.len() as u32).to_le_bytes().to_vec();
+            msg.extend_from_slice(hello);
+            write_or(&mut tcp, &msg).await?;
+            // The answer line, byte by byte: what follows belongs to the handshake.
+            let answer = tokio::time::timeout(opts.wait, async {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while line.len() < 4096 {
+                    read_exact_or(&mut tcp, &mut b, "the relay's answer").await?;
+                    if b[0] == b'\n' {
+                        break;
+                    }
+                    line.push(b[0]);
+                }
+                Ok::<_, LinkError>(String::from_utf8_lossy(&line).into_owned())
+            })
+            .await
+            .map_err(|_| {
+                LinkError::Timeout(format!(
+                    "the relay at {addr} did not pair us with the peer within {} s",
+                    opts.wait.as_secs()
+                ))
+            })??;
+            if answer != "OK" {
+                return Err(LinkError::Auth(format!("the relay refused: {answer}")));
+            }
+            let s = tokio::time::timeout(opts.handshake_timeout, async {
+                if listener {
+                    accept_one(tcp, opts).await
+                } else {
+                    connect_one(tcp, opts).await
+                }
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(LinkError::Timeout(
+                    "the handshake through the relay took too long".into(),
+                ))
+            })?;
+            Ok::<_, LinkError>((s, peer))
+        })?;
+        Ok(Link::start(rt, stream, peer))
+    }
+
     fn start(rt: tokio::runtime::Runtime, stream: BoxStream, peer: SocketAddr) -> Link {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(QUEUE_DEPTH);
@@ -590,5 +662,79 @@ mod tests {
         assert_eq!(a.recv().unwrap(), b"hello");
         let (_, b) = pair(true, "t", "u");
         assert!(b.is_err());
+    }
+
+    /// A relay like a node's gateway: reads each side's hello, answers OK to both, then
+    /// copies bytes both ways.
+    fn relay() -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut ends = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = l.accept().unwrap();
+                let mut len = [0u8; 4];
+                s.read_exact(&mut len).unwrap();
+                let mut hello = vec![0u8; u32::from_le_bytes(len) as usize];
+                s.read_exact(&mut hello).unwrap();
+                assert!(hello.starts_with(b"hello from"));
+                ends.push(s);
+            }
+            for e in &mut ends {
+                e.write_all(b"OK\n").unwrap();
+            }
+            let (a, b) = (ends.remove(0), ends.remove(0));
+            let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+            let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                })
+            };
+            pipe(a, b2);
+            pipe(b, a2);
+        });
+        addr
+    }
+
+    #[test]
+    fn links_through_a_relay() {
+        for insecure in [true, false] {
+            let addr = relay();
+            let mut o = LinkOptions::new("task-token");
+            o.insecure = insecure;
+            o.wait = Duration::from_secs(10);
+            let (a, b) = std::thread::scope(|s| {
+                let a = s.spawn(|| Link::via_relay(&addr, b"hello from a", true, &o));
+                let b = s.spawn(|| Link::via_relay(&addr, b"hello from b", false, &o));
+                (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+            });
+            a.send(vec![7; 100_000]).unwrap();
+            assert_eq!(b.recv().unwrap(), vec![7; 100_000]);
+            b.send(b"back".to_vec()).unwrap();
+            assert_eq!(a.recv().unwrap(), b"back");
+            a.close().unwrap();
+            assert!(matches!(b.recv(), Err(LinkError::Closed)));
+        }
+    }
+
+    #[test]
+    fn a_relay_refusal_is_reported() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+            s.write_all(b"ERR unknown task or wrong secret\n").unwrap();
+        });
+        let o = LinkOptions::new("t");
+        let e = Link::via_relay(&addr, b"hello", true, &o).err().unwrap();
+        assert!(
+            e.to_string().contains("unknown task or wrong secret"),
+            "{e}"
+        );
     }
 }

@@ -75,6 +75,30 @@ pub struct GatewayConfig {
     /// empty for direct connections. Only set explicitly: no `HTTPS_PROXY` guessing.
     #[serde(default)]
     pub proxy: String,
+    /// Loopback address where this node's task processes reach the gateway (task links and
+    /// progress reports), default `127.0.0.1:0` (a free port, chosen at start).
+    #[serde(default = "default_task_listen")]
+    pub task_listen: String,
+}
+
+/// How this node decides on jobs other domains initiate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    /// Accept every job that passes the data and grant checks (default).
+    #[default]
+    Auto,
+    /// Hold such jobs in AwaitingApproval until `venn job approve|reject`.
+    Manual,
+}
+
+/// The jobs section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// `auto` (default) or `manual` approval of jobs initiated by partners.
+    #[serde(default)]
+    pub approval: Approval,
 }
 
 /// The API section: Kuscia-compatible HTTP/JSON.
@@ -111,6 +135,9 @@ pub struct Config {
     /// The API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Jobs.
+    #[serde(default)]
+    pub jobs: JobsConfig,
     /// Log filter (`error|warn|info|debug|trace` or a tracing filter), default `info`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -118,6 +145,9 @@ pub struct Config {
 
 fn default_gateway_listen() -> String {
     "0.0.0.0:1080".into()
+}
+fn default_task_listen() -> String {
+    "127.0.0.1:0".into()
 }
 fn default_api_listen() -> String {
     "127.0.0.1:8082".into()
@@ -142,6 +172,7 @@ impl Default for GatewayConfig {
             heartbeat_seconds: default_heartbeat(),
             max_clock_skew_seconds: default_skew(),
             proxy: String::new(),
+            task_listen: default_task_listen(),
         }
     }
 }
@@ -167,6 +198,7 @@ impl Default for Config {
             runtime: Runtime::Process,
             gateway: GatewayConfig::default(),
             api: ApiConfig::default(),
+            jobs: JobsConfig::default(),
             log_level: default_log_level(),
         }
     }
@@ -345,6 +377,17 @@ impl Config {
             && let Err(e) = ProxyAddr::parse(&self.gateway.proxy)
         {
             bad.push(format!("gateway.proxy: {e}"));
+        }
+        match self.gateway.task_listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => {}
+            Ok(_) => bad.push(format!(
+                "gateway.task_listen: {:?} must be a loopback address (tasks run on this machine)",
+                self.gateway.task_listen
+            )),
+            Err(e) => bad.push(format!(
+                "gateway.task_listen: {:?} is not ip:port ({e})",
+                self.gateway.task_listen
+            )),
         }
         match self.api.listen.parse::<SocketAddr>() {
             Err(e) => bad.push(format!(

@@ -75,7 +75,7 @@ impl GrantPayload {
 }
 
 /// Writes `v` as JSON with object keys in byte order.
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+pub(crate) fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();

@@ -15,6 +15,8 @@
 //! - [`api`]: the Kuscia-compatible HTTP/JSON API on loopback.
 //! - [`onboarding`]: `venn peer invite|join|export|add`.
 //! - [`grants`]: signed grants delivered to the grantee's node.
+//! - [`jobs`]: signed job manifests, approval, states, state sync between the parties.
+//! - [`runtime`]: the process runtime that runs this node's party of a task.
 //! - [`node`]: start-up, serving, shutdown.
 //! - [`client`]: the API client used by the CLI.
 //!
@@ -36,8 +38,10 @@ pub mod config;
 mod error;
 pub mod gateway;
 pub mod grants;
+pub mod jobs;
 pub mod node;
 pub mod onboarding;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod trust;

@@ -26,6 +26,7 @@ pub struct Node {
     state: SharedState,
     api: TcpListener,
     gateway: TcpListener,
+    tasks: TcpListener,
     started: Instant,
 }
 
@@ -89,12 +90,19 @@ impl Node {
                 })
                 .await?;
         }
+        let (tasks, task_addr) =
+            crate::gateway::link::bind_task_port(&config.gateway.task_listen).await?;
         let state = Arc::new(NodeState {
             token: TokenCheck::new(config.token_path()),
             peers: PeerSet::default(),
             store,
             identity,
             heartbeat_now: Notify::new(),
+            jobs_wake: Notify::new(),
+            runtime: crate::runtime::Runtime::default(),
+            links: crate::gateway::link::Broker::default(),
+            task_addr,
+            deliver: tokio::sync::Mutex::new(()),
             config,
         });
         state.load_partners().await?;
@@ -110,6 +118,7 @@ impl Node {
             state,
             api,
             gateway,
+            tasks,
             started,
         })
     }
@@ -136,6 +145,7 @@ impl Node {
             domain = %state.domain_id(),
             api = %self.api_addr()?,
             gateway = %self.gateway_addr()?,
+            task_port = %state.task_addr,
             endpoint = %state.config.endpoint,
             ca_sha256 = %state.identity.ca_fingerprint,
             token_file = %state.config.token_path().display(),
@@ -148,6 +158,12 @@ impl Node {
             rx.clone(),
         ));
         let heartbeat = tokio::spawn(crate::gateway::heartbeat::run(state.clone(), rx.clone()));
+        let tasks = tokio::spawn(crate::gateway::link::serve_tasks(
+            self.tasks,
+            state.clone(),
+            rx.clone(),
+        ));
+        let jobs = tokio::spawn(crate::jobs::run(state.clone(), rx.clone()));
         let mut api_rx = rx.clone();
         let api = tokio::spawn(
             axum::serve(self.api, crate::api::router(state.clone()))
@@ -162,6 +178,8 @@ impl Node {
         let drain = async {
             let _ = gateway.await;
             let _ = heartbeat.await;
+            let _ = tasks.await;
+            let _ = jobs.await;
             let _ = api.await;
         };
         if tokio::time::timeout(Duration::from_secs(5), drain)

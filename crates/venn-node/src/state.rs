@@ -28,6 +28,16 @@ pub struct NodeState {
     pub token: TokenCheck,
     /// Wakes the heartbeat loop early (after onboarding).
     pub heartbeat_now: Notify,
+    /// Wakes the jobs loop early (a message arrived, a task changed).
+    pub jobs_wake: Notify,
+    /// This node's task processes.
+    pub runtime: crate::runtime::Runtime,
+    /// Task links waiting to be paired.
+    pub links: crate::gateway::link::Broker,
+    /// Serialises message delivery (one sender per partner queue, in order).
+    pub deliver: tokio::sync::Mutex<()>,
+    /// The bound loopback task port.
+    pub task_addr: std::net::SocketAddr,
 }
 
 impl NodeState {

@@ -165,7 +165,7 @@ pub struct GrantRow {
 /// The store.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 fn page_size(n: Option<i64>) -> i64 {

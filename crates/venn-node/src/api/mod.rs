@@ -12,6 +12,7 @@
 //!   using `serde_path_to_error`. Internal errors are logged and answered "internal error".
 
 mod data;
+mod jobs;
 mod network;
 mod openapi;
 
@@ -155,6 +156,7 @@ pub fn router(state: SharedState) -> Router {
     let protected = Router::new()
         .merge(data::routes())
         .merge(network::routes())
+        .merge(jobs::routes())
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -203,6 +205,11 @@ mod tests {
             store: Store::open(&config.datastore_url()).await.unwrap(),
             identity,
             heartbeat_now: tokio::sync::Notify::new(),
+            jobs_wake: tokio::sync::Notify::new(),
+            runtime: crate::runtime::Runtime::default(),
+            links: crate::gateway::link::Broker::default(),
+            task_addr: "127.0.0.1:9".parse().unwrap(),
+            deliver: tokio::sync::Mutex::new(()),
             config,
         })
     }

@@ -118,6 +118,53 @@ pub(super) const OPERATIONS: &[(&str, &str, &str)] = &[
         "Pin a partner's CA from a file and create the routes",
         "PeerAdd",
     ),
+    (
+        "/api/v1/job/create",
+        "Create a job (Kuscia CreateJobRequest); validated, signed, sent to the parties",
+        "CreateJob",
+    ),
+    (
+        "/api/v1/job/query",
+        "A job with its state, tasks, approvals and reports",
+        "JobId",
+    ),
+    (
+        "/api/v1/job/list",
+        "Every job this node takes part in",
+        "Empty",
+    ),
+    (
+        "/api/v1/job/status/batchQuery",
+        "States of several jobs",
+        "JobIds",
+    ),
+    ("/api/v1/job/stop", "Stop a job (it ends Failed)", "JobId"),
+    ("/api/v1/job/cancel", "Cancel a job (terminal)", "JobId"),
+    (
+        "/api/v1/job/suspend",
+        "Suspend a job (restartable)",
+        "JobId",
+    ),
+    (
+        "/api/v1/job/restart",
+        "Re-run the failed tasks of a Failed or Suspended job",
+        "JobId",
+    ),
+    (
+        "/api/v1/job/delete",
+        "Delete a finished job at every party",
+        "JobId",
+    ),
+    (
+        "/api/v1/job/approve",
+        "Accept or reject a job held for manual approval",
+        "Approve",
+    ),
+    (
+        "/api/v1/log/task/query",
+        "The end of a job's task logs at this node",
+        "TaskLog",
+    ),
 ];
 
 fn schemas() -> Value {
@@ -178,6 +225,34 @@ fn schemas() -> Value {
     })
 }
 
+fn job_schemas() -> Value {
+    let s = |props: Value, required: &[&str]| json!({"type": "object", "additionalProperties": false, "properties": props, "required": required});
+    let str_map = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let party = json!({"type": "object", "properties": {
+        "domain_id": {"type": "string"}, "role": {"type": "string"}}, "required": ["domain_id"]});
+    let task = json!({"type": "object", "properties": {
+        "app_image": {"type": "string", "description": "psi (or secretflow-image with a SecretFlow PSI config)"},
+        "alias": {"type": "string"}, "task_id": {"type": "string"},
+        "dependencies": {"type": "array", "items": {"type": "string"}},
+        "task_input_config": {"type": "string", "description": "JSON string; see docs/apps.md"},
+        "priority": {"type": "integer"}, "tolerable": {"type": "boolean"}, "schedule_config": {"type": "object"},
+        "parties": {"type": "array", "items": party}},
+        "required": ["parties"]});
+    json!({
+        "CreateJob": s(json!({"header": {"type": "object"}, "job_id": {"type": "string", "description": "RFC 1123 label"},
+            "initiator": {"type": "string"}, "max_parallelism": {"type": "integer", "minimum": 1, "maximum": 128},
+            "schedule_mode": {"enum": ["Strict", "BestEffort"]}, "custom_fields": str_map,
+            "tasks": {"type": "array", "items": task}}), &["job_id", "initiator", "tasks"]),
+        "JobId": s(json!({"header": {"type": "object"}, "job_id": {"type": "string"}, "reason": {"type": "string"}}), &["job_id"]),
+        "JobIds": s(json!({"header": {"type": "object"}, "job_ids": {"type": "array", "items": {"type": "string"}}}), &[]),
+        "Approve": s(json!({"header": {"type": "object"}, "job_id": {"type": "string"},
+            "result": {"enum": ["APPROVE_RESULT_ACCEPT", "APPROVE_RESULT_REJECT"]}, "reason": {"type": "string"}}),
+            &["job_id", "result"]),
+        "TaskLog": s(json!({"header": {"type": "object"}, "job_id": {"type": "string"}, "task_id": {"type": "string"},
+            "max_bytes": {"type": "integer"}}), &["job_id"]),
+    })
+}
+
 /// Builds the document.
 pub(super) fn build() -> Value {
     let mut paths = Map::new();
@@ -207,12 +282,16 @@ pub(super) fn build() -> Value {
         "/healthZ".into(),
         json!({"get": {"summary": "Readiness", "responses": {"200": {"description": "ready"}}}}),
     );
+    let mut all_schemas = schemas();
+    if let (Some(a), Value::Object(b)) = (all_schemas.as_object_mut(), job_schemas()) {
+        a.extend(b);
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "venn node API (Kuscia-compatible)", "version": "v1"},
         "paths": paths,
         "components": {
-            "schemas": schemas(),
+            "schemas": all_schemas,
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "Token"},
                 "bearer": {"type": "http", "scheme": "bearer"}

@@ -7,8 +7,8 @@
 //!
 //! Control calls are small JSON POSTs over HTTP/1.1 on a fresh mutual-TLS connection: they are
 //! rare (a heartbeat every 15 s, onboarding, grants), so connection reuse would buy nothing and
-//! a fresh connection re-checks DNS and the peer's certificate each time. Task links (next issue)
-//! will use long-lived HTTP/2 streams.
+//! a fresh connection re-checks DNS and the peer's certificate each time. Task links use one
+//! HTTP/1.1 Upgrade per link on its own connection (see [`super::link`] for why).
 
 use std::sync::Arc;
 use std::time::Duration;

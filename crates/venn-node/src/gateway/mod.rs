@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod heartbeat;
+pub mod link;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,6 +156,17 @@ async fn grant(
     Ok(Json(json!({ "accepted": true })))
 }
 
+async fn job_message(
+    Extension(state): Extension<SharedState>,
+    Partner(domain, certs): Partner,
+    body: axum::body::Bytes,
+) -> std::result::Result<Json<Value>, GatewayError> {
+    let signed: crate::jobs::SignedMessage = crate::api::parse_json(&body)?;
+    let leaf = certs.first().ok_or(NodeError::Unauthorized)?;
+    crate::jobs::receive(&state, &domain, leaf, signed).await?;
+    Ok(Json(json!({ "accepted": true })))
+}
+
 async fn revoke(
     Extension(state): Extension<SharedState>,
     Partner(domain, _): Partner,
@@ -210,6 +222,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/venn/v1/join", post(join))
         .route("/venn/v1/grant", post(grant))
         .route("/venn/v1/grant/revoke", post(revoke))
+        .route("/venn/v1/job/message", post(job_message))
+        .route("/venn/v1/link", post(link::upgrade))
         .fallback(fallback)
         .layer(middleware::from_fn(gate))
         .layer(Extension(state))
@@ -302,7 +316,10 @@ async fn connection(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30));
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+        .await
+    {
         tracing::debug!(%addr, "gateway connection closed: {e}");
     }
 }
