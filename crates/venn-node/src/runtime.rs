@@ -12,8 +12,8 @@
 //! - **Process group**: the child gets its own group (`setpgid` through
 //!   `CommandExt::process_group`), so `stop` ends the task and anything it started with one
 //!   signal to the group (SIGTERM, SIGKILL 3 s later), and a Ctrl-C meant for the node does
-//!   not reach the task. Signals are sent with the system `kill` command: the workspace denies
-//!   `unsafe`, and no safe signal crate is in the dependency tree.
+//!   not reach the task. Signals go through `nix`'s `killpg` (a safe wrapper; the workspace
+//!   denies `unsafe`).
 //! - **Results on disk**, not over a pipe: a task outlives a node restart, and its result must
 //!   still be found afterwards. A task that ends without a result (kill -9, crash) is Failed
 //!   with the exit status or signal in the reason.
@@ -28,6 +28,9 @@
 //!   header) in the data source that holds the party's input.
 
 use std::collections::HashMap;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -436,15 +439,14 @@ async fn register_output(state: &NodeState, job: &str, task: &str) -> Result<()>
         .await
 }
 
-fn signal_group(pid: u32, sig: &str) {
-    if pid == 0 {
+fn signal_group(pid: u32, sig: Signal) {
+    // pid 0 would be our own group; a pid that does not fit an i32 is no process of ours
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if pid <= 0 {
         return;
     }
-    let _ = std::process::Command::new("kill")
-        .args([sig, "--", &format!("-{pid}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
+    // ESRCH (the group is gone already) is the outcome we want anyway
+    let _ = killpg(Pid::from_raw(pid), sig);
 }
 
 fn alive(pid: u32) -> bool {
@@ -481,11 +483,11 @@ pub async fn stop_task(state: &SharedState, job: &str, task: &str, why: &str) {
             .unwrap_or(pid);
         state.links.forget(job, task);
         tracing::info!(job, task, pid, "stopping task: {why}");
-        signal_group(pid, "-TERM");
+        signal_group(pid, Signal::SIGTERM);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
             if alive(pid) {
-                signal_group(pid, "-KILL");
+                signal_group(pid, Signal::SIGKILL);
             }
         });
     }
