@@ -162,7 +162,7 @@ impl Store {
 
     /// Jobs not in a final state, plus the jobs named in `also`.
     pub async fn live_jobs(&self, also: &[String]) -> Result<Vec<JobRow>> {
-        let mut rows: Vec<JobRow> = sqlx::query_as(
+        let mut rows: Vec<JobRow> = self.query_as(
             "SELECT * FROM jobs WHERE phase NOT IN \
              ('Succeeded', 'Failed', 'Cancelled', 'Suspended', 'ApprovalReject') ORDER BY created_at, job_id",
         )
@@ -310,7 +310,7 @@ impl Store {
         pid: i64,
         secret_sha256: &str,
     ) -> Result<()> {
-        sqlx::query(
+        self.query(
             "UPDATE task_parties SET pid = ?, secret_sha256 = ? WHERE job_id = ? AND task_id = ? AND domain_id = ?",
         )
         .bind(pid)
@@ -332,7 +332,7 @@ impl Store {
         progress: i64,
         step: &str,
     ) -> Result<()> {
-        sqlx::query(
+        self.query(
             "UPDATE task_parties SET progress = ?, step = ?, updated_at = ? \
              WHERE job_id = ? AND task_id = ? AND domain_id = ? AND phase = 'Running'",
         )

@@ -497,6 +497,15 @@ async fn jobs_tables() {
         s.set_job_control("job-2", "Stop", "by user").await.unwrap();
         assert_eq!(s.job("job-2").await.unwrap().unwrap().control, "Stop");
         assert_eq!(s.jobs().await.unwrap().len(), 2);
+        s.set_job_phase("job-2", "Failed", "x", true, true)
+            .await
+            .unwrap();
+        let live = s.live_jobs(&[]).await.unwrap();
+        assert_eq!(
+            live.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(),
+            ["job-1"]
+        );
+        assert_eq!(s.live_jobs(&["job-2".into()]).await.unwrap().len(), 2);
 
         s.upsert_approval(&approval("job-1", "alice"))
             .await
@@ -515,8 +524,10 @@ async fn jobs_tables() {
         let mut p = s.task_party("job-1", "t1", "alice").await.unwrap().unwrap();
         p.phase = "Running".into();
         p.progress = 500;
-        p.pid = 4242;
         s.update_task_party(&p).await.unwrap();
+        s.set_task_process("job-1", "t1", "alice", 4242, "hash")
+            .await
+            .unwrap();
         // Ensuring again keeps what was there.
         s.ensure_task_party("job-1", "t1", "alice").await.unwrap();
         s.ensure_task_party("job-1", "t1", "bob").await.unwrap();
@@ -527,6 +538,20 @@ async fn jobs_tables() {
         );
         assert_eq!(s.task_parties("job-1").await.unwrap().len(), 2);
         assert_eq!(s.running_parties("alice").await.unwrap().len(), 1);
+        s.set_task_progress("job-1", "t1", "alice", 700, "intersect")
+            .await
+            .unwrap();
+        // Only a Running party takes progress.
+        s.set_task_progress("job-1", "t1", "bob", 900, "x")
+            .await
+            .unwrap();
+        let p = s.task_party("job-1", "t1", "alice").await.unwrap().unwrap();
+        assert_eq!(
+            (p.progress, p.step.as_str(), p.secret_sha256.as_str()),
+            (700, "intersect", "hash")
+        );
+        let b = s.task_party("job-1", "t1", "bob").await.unwrap().unwrap();
+        assert_eq!(b.progress, 0);
         assert!(
             s.task_party("job-1", "t9", "alice")
                 .await
@@ -883,4 +908,55 @@ async fn postgres_schema_per_node() {
         alice.close().await;
         bob.close().await;
     }
+}
+
+/// Every query goes through `Store::query`/`query_as` (rewritten per backend): a raw
+/// `sqlx::query` with `?` placeholders elsewhere would fail on PostgreSQL only.
+#[test]
+fn no_raw_queries_outside_the_store() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    // The store's own plumbing: backend-specific or placeholder-free SQL only.
+    let allowed = [
+        "store.rs",
+        "store/connect.rs",
+        "store/copy.rs",
+        "store/conformance.rs",
+    ];
+    let needle = concat!("sqlx::", "query");
+    let mut bad = Vec::new();
+    for f in &files {
+        let rel = f
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        if allowed.contains(&rel.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if line.contains(needle) {
+                bad.push(format!("{rel}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "use self.query / self.query_as (Store) instead of {needle}, so the SQL is rewritten \
+         for MySQL and PostgreSQL:\n{}",
+        bad.join("\n")
+    );
+    assert!(files.len() > 10, "found only {} source files", files.len());
 }
