@@ -77,7 +77,28 @@ async fn check(config: ConfigArg, output: Output) -> Result<()> {
     let store = Store::connect(&cfg.store_options()?).await?;
     let report = store.check().await?;
     store.close().await;
-    let problems = report.problems();
+    let mut problems = report.problems();
+    // The node this configuration describes: its domain, and its CA if its keys exist.
+    let own_ca = std::fs::read_to_string(cfg.data_dir.join("keys").join("ca.crt"))
+        .ok()
+        .and_then(|pem| venn_node::trust::cert_from_pem(&pem).ok())
+        .map(|der| venn_node::trust::fingerprint(&der));
+    let owned_elsewhere = report.owner.as_ref().filter(|o| {
+        o.domain_id != cfg.domain_id || own_ca.as_ref().is_some_and(|ca| *ca != o.ca_sha256)
+    });
+    if let Some(o) = owned_elsewhere {
+        problems.push(format!(
+            "the database belongs to node {} (CA {}…), not to this node {}{}: each node needs \
+             its own database",
+            o.domain_id,
+            &o.ca_sha256[..o.ca_sha256.len().min(16)],
+            cfg.domain_id,
+            own_ca.as_ref().map_or(String::new(), |ca| format!(
+                " (CA {}…)",
+                &ca[..ca.len().min(16)]
+            ))
+        ));
+    }
     if output == Output::Json {
         let mut v = serde_json::to_value(&report)?;
         v["problems"] = serde_json::json!(problems);
@@ -101,10 +122,10 @@ async fn check(config: ConfigArg, output: Output) -> Result<()> {
                 "owner          {} (CA {}…){}",
                 o.domain_id,
                 &o.ca_sha256[..o.ca_sha256.len().min(16)],
-                if o.domain_id == cfg.domain_id {
-                    ""
+                if owned_elsewhere.is_some() {
+                    "  ← not this node"
                 } else {
-                    "  ← not this node's domain"
+                    ""
                 }
             ),
             None => println!("owner          none yet (claimed at the node's first start)"),
@@ -119,16 +140,6 @@ async fn check(config: ConfigArg, output: Output) -> Result<()> {
         for p in &problems {
             println!("problem        {p}");
         }
-    }
-    if let Some(o) = &report.owner
-        && o.domain_id != cfg.domain_id
-    {
-        bail!(
-            "datastore: {} belongs to node {}, not to {}: each node needs its own database",
-            report.url,
-            o.domain_id,
-            cfg.domain_id
-        );
     }
     if !problems.is_empty() {
         bail!("datastore: {} problem(s) found", problems.len());

@@ -527,6 +527,78 @@ fn store_commands() {
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+/// A node restarted on its database starts again; a second node pointed at the same database
+/// refuses to start, and `venn store check` says whose database it is (issue 7).
+#[test]
+fn second_node_on_the_same_database_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let mut alice = Node::start_with(
+        dir.path(),
+        "alice",
+        free_port(),
+        None,
+        &["--datastore", &db],
+    );
+    alice.stop();
+    alice.launch();
+    alice.stop();
+    let check = run_ok(venn().args(["store", "check", "-c", alice.config.to_str().unwrap()]));
+    assert!(check.contains("owner          alice"), "{check}");
+
+    let bob_yaml = run_ok(venn().args([
+        "init",
+        "--domain",
+        "bob",
+        "--endpoint",
+        "https://127.0.0.1:1",
+        "--data-dir",
+        dir.path().join("bob-data").to_str().unwrap(),
+        "--gateway-listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--datastore",
+        &db,
+    ]));
+    let bob = dir.path().join("bob.yaml");
+    std::fs::write(&bob, bob_yaml).unwrap();
+    let mut child = venn()
+        .args(["start", "-c", bob.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("bob started on alice's database");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success());
+    assert!(err.contains("belongs to node alice"), "{err}");
+    assert!(err.contains("not to this node bob"), "{err}");
+    let out = venn()
+        .args(["store", "check", "-c", bob.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("belongs to node alice"), "{text}");
+}
+
 #[test]
 fn start_refuses_bad_config_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -126,7 +126,15 @@ pub(crate) async fn test_dbs(test: &str) -> Vec<TestDb> {
             None if require => {
                 panic!("{var} is not set but VENN_TEST_REQUIRE_SERVERS=1 ({backend} store tests)")
             }
-            None => eprintln!("SKIPPED {test} on {backend}: {var} is not set"),
+            None => {
+                // Straight to stderr, past the test harness's capture, so a plain `cargo test`
+                // shows what did not run.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED store test {test} on {backend}: {var} is not set"
+                );
+            }
         }
     }
     v
