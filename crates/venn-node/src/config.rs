@@ -606,6 +606,51 @@ mod tests {
     }
 
     #[test]
+    fn datastore_settings() {
+        let base = "mode: autonomy\ndomain_id: alice\nendpoint: https://a:1\n";
+        let check = |extra: &str| {
+            Config::from_yaml(&format!("{base}{extra}"))
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        check("datastore: postgres://venn@db:5432/venn_alice\n").unwrap();
+        check("datastore: mysql://venn:pw@db/venn\ndatastore_max_connections: 20\n").unwrap();
+        check("datastore: sqlite:///tmp/venn.db\n").unwrap();
+        for (extra, field) in [
+            ("datastore: redis://db/0\n", "datastore:"),
+            ("datastore: mysql://venn@db:3306\n", "names no database"),
+            ("datastore_password_file: /p\n", "datastore_password_file:"),
+            (
+                "datastore: mysql://venn:pw@db/venn\ndatastore_password_file: /p\n",
+                "keep only one",
+            ),
+            (
+                "datastore_max_connections: 0\n",
+                "datastore_max_connections:",
+            ),
+        ] {
+            let err = check(extra).unwrap_err();
+            assert!(err.contains(field), "{extra}: {err}");
+            assert!(!err.contains(":pw@"), "{err}");
+        }
+
+        // The password file fills in the URL's password; Debug never shows it.
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let c = Config::from_yaml(&format!(
+            "{base}datastore: postgres://venn@db/venn\ndatastore_password_file: {}\n",
+            pw.display()
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let opts = c.store_options().unwrap();
+        assert_eq!(opts.redacted(), "postgres://venn:***@db/venn");
+        assert!(!format!("{c:?} {opts:?}").contains("s3cret"));
+    }
+
+    #[test]
     fn roundtrip() {
         let c = Config::default();
         let back = Config::from_yaml(&c.to_yaml()).unwrap();
