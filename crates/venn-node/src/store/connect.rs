@@ -257,6 +257,11 @@ fn connect_hint(e: &sqlx::Error) -> &'static str {
             "the server refuses more connections: lower `datastore_max_connections` (on every \
              node sharing the server) or raise the server's max_connections"
         }
+        // SQLite: cannot open the file.
+        "14" => {
+            "the SQLite file's directory must exist and be writable (`venn start` creates the \
+             data dir)"
+        }
         _ => "check `datastore`",
     }
 }
