@@ -8,6 +8,7 @@ mod gen_cmd;
 mod job_cmd;
 mod node_cmd;
 mod psi_cmd;
+mod store_cmd;
 mod task_cmd;
 
 use std::process::ExitCode;
@@ -40,6 +41,14 @@ enum Command {
     Job {
         #[command(subcommand)]
         command: job_cmd::JobCommand,
+    },
+    /// The node's database: check, migrate, copy (SQLite → MySQL/PostgreSQL).
+    #[command(
+        after_help = "Examples:\n  venn store check -c alice.yaml\n  venn store migrate -c alice.yaml\n  venn store copy --from sqlite://./venn-data/venn.db --to mysql://venn@db:3306/venn --password-file /run/secrets/db"
+    )]
+    Store {
+        #[command(subcommand)]
+        command: store_cmd::StoreCommand,
     },
     /// Internal: run one party of a task (started by the node).
     #[command(hide = true)]
@@ -75,6 +84,7 @@ fn main() -> ExitCode {
         Command::Bench(b) => bench::run(b),
         Command::Job { command } => job_cmd::run(command),
         Command::Task { command } => task_cmd::run(command),
+        Command::Store { command } => store_cmd::run(command),
         Command::Node(c) => node_cmd::run(c),
     };
     match res {

@@ -70,9 +70,16 @@ pub(crate) struct InitArgs {
     /// API listen address (keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:8082")]
     pub(crate) api_listen: String,
-    /// Database URL (empty: SQLite in the data dir).
+    /// Database URL (empty: SQLite in the data dir; mysql://user@host:3306/venn,
+    /// postgres://user@host:5432/venn). Each node needs its own database.
     #[arg(long, default_value = "")]
     pub(crate) datastore: String,
+    /// File holding the database password (keeps it out of the YAML).
+    #[arg(long)]
+    pub(crate) datastore_password_file: Option<PathBuf>,
+    /// Largest number of database connections (default 4 for SQLite, 10 for a server).
+    #[arg(long)]
+    pub(crate) datastore_max_connections: Option<u32>,
     /// Seconds between heartbeats to partners.
     #[arg(long, default_value_t = 15)]
     pub(crate) heartbeat_seconds: u64,
@@ -345,7 +352,9 @@ fn init(a: InitArgs) -> Result<()> {
         domain_id: a.domain,
         endpoint: a.endpoint,
         data_dir: a.data_dir,
-        datastore: a.datastore,
+        datastore: a.datastore.into(),
+        datastore_password_file: a.datastore_password_file,
+        datastore_max_connections: a.datastore_max_connections,
         ..Config::default()
     };
     cfg.gateway.listen = a.gateway_listen;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{NodeError, Result};
+use crate::store::{Backend, StoreOptions};
 
 /// Domain IDs that are refused because Kuscia, Kubernetes or venn use them for themselves.
 pub const RESERVED_DOMAIN_IDS: &[&str] = &[
@@ -45,6 +46,48 @@ pub enum Mode {
     Master,
     /// Centralized lite node (not implemented yet: refused by `validate`).
     Lite,
+}
+
+/// The `datastore` URL. Its `Debug` and `Display` hide the password; [`Datastore::as_str`]
+/// gives the URL itself.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Datastore(String);
+
+impl Datastore {
+    /// The URL as written (may hold a password: never log it).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when unset (SQLite in the data dir).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Datastore {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Datastore {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Datastore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::store::redact(&self.0))
+    }
+}
+
+impl std::fmt::Display for Datastore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::store::redact(&self.0))
+    }
 }
 
 /// How task parties are launched.
@@ -123,9 +166,20 @@ pub struct Config {
     /// Where keys, the database and the default data source live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Database URL; empty means SQLite in the data dir (`<data dir>/venn.db`).
+    /// Database URL: empty means SQLite in the data dir (`<data dir>/venn.db`); otherwise
+    /// `sqlite:///path/venn.db`, `mysql://user[:password]@host:3306/venn` (MariaDB too) or
+    /// `postgres://user[:password]@host:5432/venn`. Each node needs its own database.
     #[serde(default)]
-    pub datastore: String,
+    pub datastore: Datastore,
+    /// File holding the database password (e.g. a mounted Kubernetes Secret), so that the URL
+    /// in this file needs none. Trailing newlines are ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore_password_file: Option<PathBuf>,
+    /// Largest number of connections the node opens to the database (default 4 for SQLite, 10
+    /// for MySQL/PostgreSQL). Keep the sum over every node sharing a server below the server's
+    /// `max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore_max_connections: Option<u32>,
     /// How task parties are launched.
     #[serde(default)]
     pub runtime: Runtime,
@@ -194,7 +248,9 @@ impl Default for Config {
             domain_id: "venn-node".into(),
             endpoint: "https://localhost:1080".into(),
             data_dir: default_data_dir(),
-            datastore: String::new(),
+            datastore: Datastore::default(),
+            datastore_password_file: None,
+            datastore_max_connections: None,
             runtime: Runtime::Process,
             gateway: GatewayConfig::default(),
             api: ApiConfig::default(),
@@ -351,12 +407,48 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             bad.push("data_dir: must not be empty".into());
         }
-        if !self.datastore.is_empty() && !self.datastore.starts_with("sqlite:") {
-            bad.push(format!(
-                "datastore: {:?}: only sqlite: URLs are supported in this version \
-                 (MySQL and PostgreSQL come next); leave empty for <data_dir>/venn.db",
-                self.datastore
-            ));
+        if !self.datastore.is_empty() {
+            match Backend::from_url(self.datastore.as_str()) {
+                None => bad.push(format!(
+                    "datastore: {} must start with sqlite://, mysql://, mariadb:// or \
+                     postgres:// (leave it empty for SQLite in <data_dir>/venn.db)",
+                    self.datastore
+                )),
+                Some(Backend::Sqlite) => {}
+                Some(_) => match url::Url::parse(self.datastore.as_str()) {
+                    Err(e) => bad.push(format!("datastore: {} is not a URL: {e}", self.datastore)),
+                    Ok(u) if u.host().is_none() => {
+                        bad.push(format!("datastore: {} has no host", self.datastore))
+                    }
+                    Ok(u) if u.path().trim_matches('/').is_empty() => bad.push(format!(
+                        "datastore: {} names no database (…/venn): each node needs its own",
+                        self.datastore
+                    )),
+                    Ok(u) if u.password().is_some() && self.datastore_password_file.is_some() => {
+                        bad.push(
+                            "datastore_password_file: the datastore URL has a password too; \
+                             keep only one (the file)"
+                                .into(),
+                        )
+                    }
+                    Ok(_) => {}
+                },
+            }
+        }
+        if self.datastore_password_file.is_some()
+            && matches!(
+                Backend::from_url(self.datastore.as_str()),
+                None | Some(Backend::Sqlite)
+            )
+        {
+            bad.push(
+                "datastore_password_file: only for a mysql:// or postgres:// datastore".into(),
+            );
+        }
+        if let Some(n) = self.datastore_max_connections
+            && !(1..=1000).contains(&n)
+        {
+            bad.push("datastore_max_connections: must be between 1 and 1000".into());
         }
         if self.runtime == Runtime::Kubernetes {
             bad.push("runtime: kubernetes is not implemented yet; use process".into());
@@ -415,7 +507,8 @@ impl Config {
             .map_err(|e| NodeError::Config(vec![format!("endpoint: {e}")]))
     }
 
-    /// The SQLite URL of the store.
+    /// The store URL as configured (may hold a password: never log it; see
+    /// [`Config::store_options`]).
     pub fn datastore_url(&self) -> String {
         if self.datastore.is_empty() {
             format!(
@@ -423,8 +516,25 @@ impl Config {
                 self.data_dir.join("venn.db").display()
             )
         } else {
-            self.datastore.clone()
+            self.datastore.as_str().to_owned()
         }
+    }
+
+    /// How to open the store: the URL, the password from `datastore_password_file` and the pool
+    /// size (call after `validate`).
+    pub fn store_options(&self) -> Result<StoreOptions> {
+        let mut opts = StoreOptions::new(&self.datastore_url())?;
+        if let Some(path) = &self.datastore_password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                NodeError::Config(vec![format!(
+                    "datastore_password_file: cannot read {}: {e}",
+                    path.display()
+                )])
+            })?;
+            opts = opts.with_password(text.trim_end_matches(['\r', '\n']))?;
+        }
+        opts.max_connections = self.datastore_max_connections;
+        Ok(opts)
     }
 
     /// The token file.
@@ -493,6 +603,51 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn datastore_settings() {
+        let base = "mode: autonomy\ndomain_id: alice\nendpoint: https://a:1\n";
+        let check = |extra: &str| {
+            Config::from_yaml(&format!("{base}{extra}"))
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        check("datastore: postgres://venn@db:5432/venn_alice\n").unwrap();
+        check("datastore: mysql://venn:pw@db/venn\ndatastore_max_connections: 20\n").unwrap();
+        check("datastore: sqlite:///tmp/venn.db\n").unwrap();
+        for (extra, field) in [
+            ("datastore: redis://db/0\n", "datastore:"),
+            ("datastore: mysql://venn@db:3306\n", "names no database"),
+            ("datastore_password_file: /p\n", "datastore_password_file:"),
+            (
+                "datastore: mysql://venn:pw@db/venn\ndatastore_password_file: /p\n",
+                "keep only one",
+            ),
+            (
+                "datastore_max_connections: 0\n",
+                "datastore_max_connections:",
+            ),
+        ] {
+            let err = check(extra).unwrap_err();
+            assert!(err.contains(field), "{extra}: {err}");
+            assert!(!err.contains(":pw@"), "{err}");
+        }
+
+        // The password file fills in the URL's password; Debug never shows it.
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let c = Config::from_yaml(&format!(
+            "{base}datastore: postgres://venn@db/venn\ndatastore_password_file: {}\n",
+            pw.display()
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let opts = c.store_options().unwrap();
+        assert_eq!(opts.redacted(), "postgres://venn:***@db/venn");
+        assert!(!format!("{c:?} {opts:?}").contains("s3cret"));
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub enum NodeError {
     /// Database migration failed.
     #[error("store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The datastore cannot be used (unreachable, no rights, claimed by another node, ...);
+    /// the message names the setting and what to do.
+    #[error(transparent)]
+    Datastore(#[from] crate::store::StoreError),
     /// Key, certificate or TLS set-up failure.
     #[error("crypto: {0}")]
     Crypto(String),

@@ -2,13 +2,14 @@
 //!
 //! The venn node: one process per domain that partners connect to, holding the domain's
 //! catalogue of data and its grants. It replaces Kuscia's k3s + Envoy + containerd stack with a
-//! single Rust process (SQLite by default).
+//! single Rust process (SQLite by default; MySQL/MariaDB or PostgreSQL by URL).
 //!
 //! ## Parts
 //! - [`config`]: the YAML file written by `venn init`, validated field by field before start.
 //! - [`trust`]: keys (node CA, gateway identity, API token), invitations, signatures, and the
 //!   rustls verifiers used for mutual TLS with pinned partner CAs.
-//! - [`store`]: typed tables (sqlx, SQLite; schema portable to MySQL/PostgreSQL), paginated lists.
+//! - [`store`]: typed tables (sqlx; SQLite, MySQL/MariaDB or PostgreSQL), migrations, paginated
+//!   lists, the node's claim on its database, `venn store check|copy`.
 //! - [`catalog`]: data source roots, path confinement, CSV header checks.
 //! - [`gateway`]: the one partner-facing port (mutual TLS, 401 for strangers), outbound calls
 //!   with step-by-step failure reasons, heartbeats and route status.

@@ -62,7 +62,20 @@ impl Node {
         let started = Instant::now();
         config.validate()?;
         let identity = prepare_data_dir(&config)?;
-        let store = Store::open(&config.datastore_url()).await?;
+        let store = Store::open_with(&config.store_options()?).await?;
+        // One node per database: refuse one that another node claimed.
+        if let Err(e) = store
+            .claim(&config.domain_id, &identity.ca_fingerprint)
+            .await
+        {
+            store.close().await;
+            return Err(e);
+        }
+        tracing::info!(
+            datastore = %store.url(),
+            backend = %store.backend(),
+            "store ready"
+        );
         store
             .upsert_domain(&DomainRow {
                 domain_id: config.domain_id.clone(),
@@ -121,6 +134,12 @@ impl Node {
             tasks,
             started,
         })
+    }
+
+    /// The shared state (tests).
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> &SharedState {
+        &self.state
     }
 
     /// The bound API address.

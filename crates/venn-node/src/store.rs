@@ -1,22 +1,46 @@
-//! The node's database: typed tables behind one `Store` type.
+//! The node's database: typed tables behind one `Store` type, on SQLite (default), MySQL/MariaDB
+//! or PostgreSQL.
 //!
 //! Design decisions:
+//! - **One `Store` over sqlx's `Any` driver**, not three implementations of a trait and not an
+//!   enum of pools with a `match` in every method: each query is written once, as a string in
+//!   SQLite's dialect, and [`dialect`] rewrites it for the backend in use (`?` → `$n` for
+//!   PostgreSQL; `ON CONFLICT … DO UPDATE` → `ON DUPLICATE KEY UPDATE` for MySQL). Both rewrites
+//!   are small and unit-tested; the conformance suite (`store/conformance.rs`) runs every store
+//!   method against all three servers, so a query that only one dialect accepts fails a test.
+//!   `Any` limits column types to integers, floats, text and blobs, which is all the schema uses:
+//!   times are Unix seconds (BIGINT), booleans are 0/1 (BIGINT), JSON is text.
 //! - **sqlx with runtime queries** (`query`/`query_as` + `FromRow`), never the compile-time
 //!   macros: those check against one backend and need a database at build time.
-//! - **Portable SQL**: `?` placeholders (SQLite and MySQL; PostgreSQL will get its own query
-//!   module with `$n`), portable column types, no SQLite-only features, one migrations directory
-//!   per backend (`migrations/sqlite/`). A MySQL/PostgreSQL backend is a second implementation of
-//!   the same methods; the API layer sees only `Store`.
+//! - **One migrations directory per backend** (`migrations/{sqlite,mysql,postgres}/`), the same
+//!   versions with the same tables; column types are chosen per backend (MySQL: `utf8mb4_bin`
+//!   and `MEDIUMTEXT`; PostgreSQL: `COLLATE "C"`), so that keys compare and sort byte-wise as in
+//!   SQLite and pagination gives the same pages everywhere.
+//! - **One node per database**: the first start claims the database for the node's domain and
+//!   CA fingerprint (`node_identity`); another node pointed at it refuses to start
+//!   ([`StoreError::OtherNode`]) instead of silently sharing tables.
 //! - **Keyset pagination** on the primary key (`page_token` = last key of the previous page):
 //!   stable under concurrent inserts and O(page) per call, unlike `OFFSET`.
 //! - SQLite runs in WAL mode with a busy timeout, so CLI reads never block the node.
+//! - Passwords never leave [`StoreOptions`]: messages carry [`redact`]ed URLs only.
 
-use std::str::FromStr;
-use std::time::Duration;
+#[cfg(test)]
+mod conformance;
+mod connect;
+mod copy;
+pub mod dialect;
 
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::{Query, QueryAs};
+use sqlx::{Any, AnyPool, AssertSqlSafe, FromRow};
+
+pub use connect::{
+    DEFAULT_MAX_CONNECTIONS_SERVER, DEFAULT_MAX_CONNECTIONS_SQLITE, StoreError, StoreOptions,
+    redact,
+};
+pub use copy::{CopyReport, copy};
+pub use dialect::Backend;
 
 use crate::error::{NodeError, Result};
 use crate::trust::now_unix;
@@ -25,6 +49,24 @@ use crate::trust::now_unix;
 pub const MAX_PAGE_SIZE: i64 = 1000;
 /// Page size when the caller gives none.
 pub const DEFAULT_PAGE_SIZE: i64 = 100;
+
+/// The migration that creates `node_identity`.
+const OWNER_VERSION: i64 = 3;
+
+/// Every table of the schema, parents before children (the order `venn store copy` fills them).
+pub const TABLES: &[&str] = &[
+    "node_identity",
+    "domains",
+    "routes",
+    "invitations",
+    "datasources",
+    "domaindata",
+    "domaindatagrants",
+    "jobs",
+    "job_approvals",
+    "task_parties",
+    "job_messages",
+];
 
 /// A page of results and the token of the next page (empty when this is the last one).
 #[derive(Debug, Clone, Serialize)]
@@ -165,7 +207,75 @@ pub struct GrantRow {
 /// The store.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    backend: Backend,
+    opts: StoreOptions,
+}
+
+/// Who claimed a database (the `node_identity` row).
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq, Eq)]
+pub struct NodeClaim {
+    /// The domain of the node that keeps its state here.
+    pub domain_id: String,
+    /// Hex SHA-256 of that node's CA certificate.
+    pub ca_sha256: String,
+    /// Unix seconds.
+    pub claimed_at: i64,
+}
+
+/// What `venn store check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// `sqlite`, `mysql` or `postgres`.
+    pub backend: String,
+    /// The URL, redacted.
+    pub url: String,
+    /// The server's version string.
+    pub server_version: String,
+    /// Schema versions applied.
+    pub applied: Vec<i64>,
+    /// Schema versions this venn would apply (`venn store migrate`, or the next start).
+    pub pending: Vec<i64>,
+    /// Versions applied that this venn does not know (the database is from a newer venn).
+    pub unknown: Vec<i64>,
+    /// `None` when the user may create tables; otherwise the server's refusal.
+    pub ddl_refused: Option<String>,
+    /// The node that claimed this database, if any.
+    pub owner: Option<NodeClaim>,
+    /// Pool size the node would use.
+    pub pool_size: u32,
+    /// The server's connection limit (MySQL/PostgreSQL `max_connections`).
+    pub server_max_connections: Option<i64>,
+}
+
+impl CheckReport {
+    /// The problems that stop a node from starting or upgrading, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.unknown.is_empty() {
+            v.push(format!(
+                "schema versions {:?} were applied by a newer venn; run that version",
+                self.unknown
+            ));
+        }
+        if let Some(r) = &self.ddl_refused
+            && !self.pending.is_empty()
+        {
+            v.push(format!(
+                "migrations {:?} are pending but the user may not create tables: {r}",
+                self.pending
+            ));
+        }
+        if let Some(max) = self.server_max_connections
+            && i64::from(self.pool_size) >= max
+        {
+            v.push(format!(
+                "datastore_max_connections ({}) is not below the server's max_connections                  ({max}): lower it",
+                self.pool_size
+            ));
+        }
+        v
+    }
 }
 
 fn page_size(n: Option<i64>) -> i64 {
@@ -189,19 +299,177 @@ fn paged<T>(mut items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `url` and runs the migrations.
+    /// Opens (creating if needed) the database at `url` with default pool settings and brings
+    /// its schema up to date.
     pub async fn open(url: &str) -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Self::open_with(&StoreOptions::new(url)?).await
+    }
+
+    /// Connects and brings the schema up to date (what a node does at start).
+    pub async fn open_with(opts: &StoreOptions) -> Result<Self> {
+        let store = Self::connect(opts).await?;
+        if let Err(e) = store.migrate().await {
+            // Close now rather than in the background: the caller may drop the database next.
+            store.close().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// Connects without touching the schema (`venn store check`).
+    pub async fn connect(opts: &StoreOptions) -> Result<Self> {
+        let pool = connect::connect(opts).await?;
+        Ok(Self {
+            pool,
+            backend: opts.backend(),
+            opts: opts.clone(),
+        })
+    }
+
+    /// Applies pending migrations; returns the versions applied now.
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        Ok(connect::migrate(&self.pool, &self.opts).await?)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL, redacted.
+    pub fn url(&self) -> String {
+        self.opts.redacted()
+    }
+
+    /// Closes the pool (waits for connections in use).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A query written in SQLite's dialect, rewritten for this backend.
+    pub(crate) fn query<'q>(&self, sql: &'static str) -> Query<'q, Any, AnyArguments> {
+        sqlx::query(AssertSqlSafe(self.backend.rewrite(sql)))
+    }
+
+    /// A `query_as` written in SQLite's dialect, rewritten for this backend.
+    pub(crate) fn query_as<'q, O>(&self, sql: &'static str) -> QueryAs<'q, Any, O, AnyArguments>
+    where
+        O: for<'r> FromRow<'r, AnyRow>,
+    {
+        sqlx::query_as(AssertSqlSafe(self.backend.rewrite(sql)))
+    }
+
+    fn query_error(&self, source: sqlx::Error) -> NodeError {
+        StoreError::Query {
+            url: self.url(),
+            source,
+        }
+        .into()
+    }
+
+    // === the node's claim ===
+
+    /// Claims this database for a node, or checks that it already belongs to it: the first
+    /// start writes the node's domain and CA fingerprint; a different node gets
+    /// [`StoreError::OtherNode`].
+    pub async fn claim(&self, domain_id: &str, ca_sha256: &str) -> Result<()> {
+        self.query(
+            "INSERT INTO node_identity (id, domain_id, ca_sha256, claimed_at) VALUES (1, ?, ?, ?) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(domain_id)
+        .bind(ca_sha256)
+        .bind(now_unix())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.query_error(e))?;
+        let owner = self
+            .owner()
+            .await?
+            .ok_or_else(|| self.query_error(sqlx::Error::RowNotFound))?;
+        if owner.domain_id == domain_id && owner.ca_sha256 == ca_sha256 {
+            Ok(())
+        } else {
+            Err(StoreError::OtherNode {
+                url: self.url(),
+                owner_domain: owner.domain_id,
+                owner_ca: connect::short(&owner.ca_sha256),
+                domain: domain_id.to_owned(),
+                ca: connect::short(ca_sha256),
+            }
+            .into())
+        }
+    }
+
+    /// The node that claimed this database.
+    pub async fn owner(&self) -> Result<Option<NodeClaim>> {
+        self.query_as("SELECT domain_id, ca_sha256, claimed_at FROM node_identity WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.query_error(e))
+    }
+
+    /// Checks the database without changing it (apart from a scratch table created and
+    /// dropped to test DDL rights).
+    pub async fn check(&self) -> Result<CheckReport> {
+        let version_sql = match self.backend {
+            Backend::Sqlite => "SELECT sqlite_version()",
+            _ => "SELECT version()",
+        };
+        let (server_version,): (String,) = sqlx::query_as(version_sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.query_error(e))?;
+        let applied = connect::applied_versions(&self.pool, &self.opts).await?;
+        let known: Vec<i64> = connect::migrator(self.backend)
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        let pending = known
+            .iter()
+            .copied()
+            .filter(|v| !applied.contains(v))
+            .collect();
+        let unknown = applied
+            .iter()
+            .copied()
+            .filter(|v| !known.contains(v))
+            .collect();
+        let ddl_refused = connect::probe_ddl(&self.pool).await.err();
+        let owner = if applied.contains(&OWNER_VERSION) {
+            self.owner().await?
+        } else {
+            None
+        };
+        let server_max_connections = match self.backend {
+            Backend::Sqlite => None,
+            Backend::MySql => {
+                let (n,): (i64,) = sqlx::query_as("SELECT CAST(@@max_connections AS SIGNED)")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| self.query_error(e))?;
+                Some(n)
+            }
+            Backend::Postgres => {
+                let (n,): (String,) = sqlx::query_as("SHOW max_connections")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| self.query_error(e))?;
+                n.trim().parse().ok()
+            }
+        };
+        Ok(CheckReport {
+            backend: self.backend.name().into(),
+            url: self.url(),
+            server_version,
+            applied,
+            pending,
+            unknown,
+            ddl_refused,
+            owner,
+            pool_size: self.opts.pool_size(),
+            server_max_connections,
+        })
     }
 
     // === domains ===
@@ -209,7 +477,7 @@ impl Store {
     /// Inserts or updates a domain.
     pub async fn upsert_domain(&self, d: &DomainRow) -> Result<()> {
         let now = now_unix();
-        sqlx::query(
+        self.query(
             "INSERT INTO domains (domain_id, role, ca_cert, ca_sha256, endpoint, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (domain_id) DO UPDATE SET role = excluded.role, ca_cert = excluded.ca_cert, \
@@ -229,7 +497,8 @@ impl Store {
 
     /// One domain.
     pub async fn domain(&self, id: &str) -> Result<Option<DomainRow>> {
-        Ok(sqlx::query_as("SELECT * FROM domains WHERE domain_id = ?")
+        Ok(self
+            .query_as("SELECT * FROM domains WHERE domain_id = ?")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
@@ -238,22 +507,21 @@ impl Store {
     /// A page of domains.
     pub async fn list_domains(&self, after: &str, size: Option<i64>) -> Result<Page<DomainRow>> {
         let limit = page_size(size);
-        let rows =
-            sqlx::query_as("SELECT * FROM domains WHERE domain_id > ? ORDER BY domain_id LIMIT ?")
-                .bind(after)
-                .bind(limit + 1)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = self
+            .query_as("SELECT * FROM domains WHERE domain_id > ? ORDER BY domain_id LIMIT ?")
+            .bind(after)
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(paged(rows, limit, |r: &DomainRow| r.domain_id.clone()))
     }
 
     /// All partners.
     pub async fn partners(&self) -> Result<Vec<DomainRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM domains WHERE role = 'partner' ORDER BY domain_id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(self
+            .query_as("SELECT * FROM domains WHERE role = 'partner' ORDER BY domain_id")
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     // === routes ===
@@ -261,7 +529,7 @@ impl Store {
     /// Creates a route if missing (keeps the status of an existing one), updating its host.
     pub async fn ensure_route(&self, source: &str, destination: &str, host: &str) -> Result<()> {
         let now = now_unix();
-        sqlx::query(
+        self.query(
             "INSERT INTO routes (name, source, destination, host, authentication, ready, reason, message, last_heartbeat, updated_at) \
              VALUES (?, ?, ?, ?, 'MTLS', 0, 'Pending', 'no heartbeat yet', 0, ?) \
              ON CONFLICT (name) DO UPDATE SET host = excluded.host, updated_at = excluded.updated_at",
@@ -285,7 +553,7 @@ impl Store {
         message: &str,
     ) -> Result<()> {
         let now = now_unix();
-        sqlx::query(
+        self.query(
             "UPDATE routes SET ready = ?, reason = ?, message = ?, updated_at = ?, \
              last_heartbeat = CASE WHEN ? THEN ? ELSE last_heartbeat END WHERE name = ?",
         )
@@ -303,7 +571,8 @@ impl Store {
 
     /// One route.
     pub async fn route(&self, name: &str) -> Result<Option<RouteRow>> {
-        Ok(sqlx::query_as("SELECT * FROM routes WHERE name = ?")
+        Ok(self
+            .query_as("SELECT * FROM routes WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?)
@@ -312,7 +581,8 @@ impl Store {
     /// A page of routes.
     pub async fn list_routes(&self, after: &str, size: Option<i64>) -> Result<Page<RouteRow>> {
         let limit = page_size(size);
-        let rows = sqlx::query_as("SELECT * FROM routes WHERE name > ? ORDER BY name LIMIT ?")
+        let rows = self
+            .query_as("SELECT * FROM routes WHERE name > ? ORDER BY name LIMIT ?")
             .bind(after)
             .bind(limit + 1)
             .fetch_all(&self.pool)
@@ -322,7 +592,8 @@ impl Store {
 
     /// Every route (for the heartbeat loop).
     pub async fn all_routes(&self) -> Result<Vec<RouteRow>> {
-        Ok(sqlx::query_as("SELECT * FROM routes ORDER BY name")
+        Ok(self
+            .query_as("SELECT * FROM routes ORDER BY name")
             .fetch_all(&self.pool)
             .await?)
     }
@@ -337,7 +608,7 @@ impl Store {
         secret_sha256: &str,
         expires_at: i64,
     ) -> Result<()> {
-        sqlx::query(
+        self.query(
             "INSERT INTO invitations (id, peer, secret_sha256, expires_at, used_at, created_at) VALUES (?, ?, ?, ?, 0, ?)",
         )
         .bind(id)
@@ -352,7 +623,7 @@ impl Store {
 
     /// An unused, unexpired invitation: `(peer, secret_sha256)`.
     pub async fn open_invitation(&self, id: &str) -> Result<Option<(String, String)>> {
-        Ok(sqlx::query_as(
+        Ok(self.query_as(
             "SELECT peer, secret_sha256 FROM invitations WHERE id = ? AND used_at = 0 AND expires_at > ?",
         )
         .bind(id)
@@ -363,7 +634,8 @@ impl Store {
 
     /// Marks an invitation used; false if it was used concurrently (single use is enforced here).
     pub async fn consume_invitation(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE invitations SET used_at = ? WHERE id = ? AND used_at = 0")
+        let r = self
+            .query("UPDATE invitations SET used_at = ? WHERE id = ? AND used_at = 0")
             .bind(now_unix())
             .bind(id)
             .execute(&self.pool)
@@ -376,7 +648,7 @@ impl Store {
     /// Inserts a data source; `Conflict` if the ID exists.
     pub async fn insert_datasource(&self, d: &DataSourceRow) -> Result<()> {
         let now = now_unix();
-        sqlx::query(
+        self.query(
             "INSERT INTO datasources (datasource_id, domain_id, name, type, path, access_directly, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
@@ -396,7 +668,7 @@ impl Store {
 
     /// Updates a data source's mutable fields.
     pub async fn update_datasource(&self, d: &DataSourceRow) -> Result<()> {
-        let r = sqlx::query(
+        let r = self.query(
             "UPDATE datasources SET name = ?, type = ?, path = ?, access_directly = ?, updated_at = ? WHERE datasource_id = ?",
         )
         .bind(&d.name)
@@ -412,12 +684,11 @@ impl Store {
 
     /// One data source.
     pub async fn datasource(&self, id: &str) -> Result<Option<DataSourceRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM datasources WHERE datasource_id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(self
+            .query_as("SELECT * FROM datasources WHERE datasource_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// A page of data sources.
@@ -427,13 +698,14 @@ impl Store {
         size: Option<i64>,
     ) -> Result<Page<DataSourceRow>> {
         let limit = page_size(size);
-        let rows = sqlx::query_as(
-            "SELECT * FROM datasources WHERE datasource_id > ? ORDER BY datasource_id LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .query_as(
+                "SELECT * FROM datasources WHERE datasource_id > ? ORDER BY datasource_id LIMIT ?",
+            )
+            .bind(after)
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(paged(rows, limit, |r: &DataSourceRow| {
             r.datasource_id.clone()
         }))
@@ -441,17 +713,18 @@ impl Store {
 
     /// Deletes a data source; refused while DomainData use it.
     pub async fn delete_datasource(&self, id: &str) -> Result<()> {
-        let (n,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM domaindata WHERE datasource_id = ?")
-                .bind(id)
-                .fetch_one(&self.pool)
-                .await?;
+        let (n,): (i64,) = self
+            .query_as("SELECT COUNT(*) FROM domaindata WHERE datasource_id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
         if n > 0 {
             return Err(NodeError::Conflict(format!(
                 "datasource_id: {id} is used by {n} domaindata; delete them first"
             )));
         }
-        let r = sqlx::query("DELETE FROM datasources WHERE datasource_id = ?")
+        let r = self
+            .query("DELETE FROM datasources WHERE datasource_id = ?")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -463,7 +736,7 @@ impl Store {
     /// Inserts a DomainData; `Conflict` if the ID exists.
     pub async fn insert_domaindata(&self, d: &DomainDataRow) -> Result<()> {
         let now = now_unix();
-        sqlx::query(
+        self.query(
             "INSERT INTO domaindata (domaindata_id, domain_id, name, type, relative_uri, datasource_id, attributes, columns, vendor, author, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
@@ -487,7 +760,7 @@ impl Store {
 
     /// Replaces a DomainData's fields.
     pub async fn update_domaindata(&self, d: &DomainDataRow) -> Result<()> {
-        let r = sqlx::query(
+        let r = self.query(
             "UPDATE domaindata SET name = ?, type = ?, relative_uri = ?, datasource_id = ?, attributes = ?, columns = ?, \
              vendor = ?, author = ?, updated_at = ? WHERE domaindata_id = ?",
         )
@@ -508,12 +781,11 @@ impl Store {
 
     /// One DomainData.
     pub async fn domaindata(&self, id: &str) -> Result<Option<DomainDataRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM domaindata WHERE domaindata_id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(self
+            .query_as("SELECT * FROM domaindata WHERE domaindata_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// A page of DomainData, optionally of one data source.
@@ -524,7 +796,7 @@ impl Store {
         size: Option<i64>,
     ) -> Result<Page<DomainDataRow>> {
         let limit = page_size(size);
-        let rows = sqlx::query_as(
+        let rows = self.query_as(
             "SELECT * FROM domaindata WHERE domaindata_id > ? AND (? = '' OR datasource_id = ?) \
              ORDER BY domaindata_id LIMIT ?",
         )
@@ -541,7 +813,8 @@ impl Store {
 
     /// Deletes a DomainData (not the file).
     pub async fn delete_domaindata(&self, id: &str) -> Result<()> {
-        let r = sqlx::query("DELETE FROM domaindata WHERE domaindata_id = ?")
+        let r = self
+            .query("DELETE FROM domaindata WHERE domaindata_id = ?")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -553,7 +826,7 @@ impl Store {
     /// Inserts or replaces a grant (replacing is how a grantor's update reaches the grantee).
     pub async fn upsert_grant(&self, g: &GrantRow) -> Result<()> {
         let now = now_unix();
-        sqlx::query(
+        self.query(
             "INSERT INTO domaindatagrants (domaindatagrant_id, domain_id, domaindata_id, grant_domain, description, \
              expiration_time, use_count, used_count, limit_extra, signature, signer_cert, delivered, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
@@ -584,7 +857,7 @@ impl Store {
 
     /// Marks a grant delivered.
     pub async fn mark_grant_delivered(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE domaindatagrants SET delivered = 1 WHERE domaindatagrant_id = ?")
+        self.query("UPDATE domaindatagrants SET delivered = 1 WHERE domaindatagrant_id = ?")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -593,12 +866,11 @@ impl Store {
 
     /// One grant.
     pub async fn grant(&self, id: &str) -> Result<Option<GrantRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM domaindatagrants WHERE domaindatagrant_id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(self
+            .query_as("SELECT * FROM domaindatagrants WHERE domaindatagrant_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// A page of grants, filtered by grantor and/or grantee (empty = any).
@@ -610,7 +882,7 @@ impl Store {
         size: Option<i64>,
     ) -> Result<Page<GrantRow>> {
         let limit = page_size(size);
-        let rows = sqlx::query_as(
+        let rows = self.query_as(
             "SELECT * FROM domaindatagrants WHERE domaindatagrant_id > ? AND (? = '' OR domain_id = ?) \
              AND (? = '' OR grant_domain = ?) ORDER BY domaindatagrant_id LIMIT ?",
         )
@@ -629,7 +901,7 @@ impl Store {
 
     /// Grants made by `grantor` not yet acknowledged by their grantee.
     pub async fn undelivered_grants(&self, grantor: &str) -> Result<Vec<GrantRow>> {
-        Ok(sqlx::query_as(
+        Ok(self.query_as(
             "SELECT * FROM domaindatagrants WHERE domain_id = ? AND delivered = 0 ORDER BY domaindatagrant_id",
         )
         .bind(grantor)
@@ -639,7 +911,8 @@ impl Store {
 
     /// Deletes a grant.
     pub async fn delete_grant(&self, id: &str) -> Result<()> {
-        let r = sqlx::query("DELETE FROM domaindatagrants WHERE domaindatagrant_id = ?")
+        let r = self
+            .query("DELETE FROM domaindatagrants WHERE domaindatagrant_id = ?")
             .bind(id)
             .execute(&self.pool)
             .await?;

@@ -665,11 +665,7 @@ pub async fn deliver_all(state: &NodeState) {
                     .to_owned();
                 tracing::warn!(job = %row.job_id, to = %row.to_domain, kind = %row.kind, "message refused: {reason}");
                 // Refused for good: mark it so (delivered = 3) and tell the user.
-                let _ = sqlx::query("UPDATE job_messages SET delivered = 3, attempts = attempts + 1, last_error = ? WHERE id = ?")
-                    .bind(&reason)
-                    .bind(row.id)
-                    .execute(&state.store.pool)
-                    .await;
+                let _ = state.store.message_refused(row.id, &reason).await;
                 if row.kind == "create" {
                     let _ = state
                         .store

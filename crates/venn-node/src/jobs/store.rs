@@ -119,7 +119,7 @@ impl Store {
     /// Inserts a job (conflict if the ID exists).
     pub async fn insert_job(&self, j: &JobRow) -> Result<()> {
         let now = now_unix();
-        sqlx::query(
+        self.query(
             "INSERT INTO jobs (job_id, initiator, manifest, manifest_sha256, phase, reason, control, \
              created_at, start_time, end_time, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?)",
         )
@@ -145,7 +145,8 @@ impl Store {
 
     /// One job.
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
-        Ok(sqlx::query_as("SELECT * FROM jobs WHERE job_id = ?")
+        Ok(self
+            .query_as("SELECT * FROM jobs WHERE job_id = ?")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
@@ -153,16 +154,15 @@ impl Store {
 
     /// Every job, newest first.
     pub async fn jobs(&self) -> Result<Vec<JobRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM jobs ORDER BY created_at DESC, job_id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(self
+            .query_as("SELECT * FROM jobs ORDER BY created_at DESC, job_id")
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Jobs not in a final state, plus the jobs named in `also`.
     pub async fn live_jobs(&self, also: &[String]) -> Result<Vec<JobRow>> {
-        let mut rows: Vec<JobRow> = sqlx::query_as(
+        let mut rows: Vec<JobRow> = self.query_as(
             "SELECT * FROM jobs WHERE phase NOT IN \
              ('Succeeded', 'Failed', 'Cancelled', 'Suspended', 'ApprovalReject') ORDER BY created_at, job_id",
         )
@@ -188,7 +188,7 @@ impl Store {
         ended: bool,
     ) -> Result<()> {
         let now = now_unix();
-        sqlx::query(
+        self.query(
             "UPDATE jobs SET phase = ?, reason = ?, updated_at = ?, \
              start_time = CASE WHEN ? AND start_time = 0 THEN ? ELSE start_time END, \
              end_time = CASE WHEN ? THEN (CASE WHEN end_time = 0 THEN ? ELSE end_time END) ELSE 0 END \
@@ -209,7 +209,7 @@ impl Store {
 
     /// Sets the sticky command of a job.
     pub async fn set_job_control(&self, id: &str, control: &str, reason: &str) -> Result<()> {
-        sqlx::query("UPDATE jobs SET control = ?, reason = ?, updated_at = ? WHERE job_id = ?")
+        self.query("UPDATE jobs SET control = ?, reason = ?, updated_at = ? WHERE job_id = ?")
             .bind(control)
             .bind(reason)
             .bind(now_unix())
@@ -227,14 +227,14 @@ impl Store {
             "DELETE FROM task_parties WHERE job_id = ?",
             "DELETE FROM job_messages WHERE job_id = ?",
         ] {
-            sqlx::query(q).bind(id).execute(&self.pool).await?;
+            self.query(q).bind(id).execute(&self.pool).await?;
         }
         Ok(())
     }
 
     /// Inserts or replaces a party's approval.
     pub async fn upsert_approval(&self, a: &ApprovalRow) -> Result<()> {
-        sqlx::query(
+        self.query(
             "INSERT INTO job_approvals (job_id, domain_id, state, reason, signature, signer_cert, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, domain_id) DO UPDATE SET \
              state = excluded.state, reason = excluded.reason, signature = excluded.signature, \
@@ -254,17 +254,16 @@ impl Store {
 
     /// A job's approvals.
     pub async fn approvals(&self, job: &str) -> Result<Vec<ApprovalRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM job_approvals WHERE job_id = ? ORDER BY domain_id")
-                .bind(job)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(self
+            .query_as("SELECT * FROM job_approvals WHERE job_id = ? ORDER BY domain_id")
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Inserts a task party row if missing.
     pub async fn ensure_task_party(&self, job: &str, task: &str, domain: &str) -> Result<()> {
-        sqlx::query(
+        self.query(
             "INSERT INTO task_parties (job_id, task_id, domain_id, phase, reason, report, updated_at) \
              VALUES (?, ?, ?, 'Pending', '', '{}', ?) ON CONFLICT (job_id, task_id, domain_id) DO NOTHING",
         )
@@ -280,7 +279,7 @@ impl Store {
     /// Replaces the synced fields of a task party (phase, reason, progress, step, report,
     /// attempt, times); the process columns (pid, secret) are [`Store::set_task_process`]'s.
     pub async fn update_task_party(&self, r: &TaskPartyRow) -> Result<()> {
-        sqlx::query(
+        self.query(
             "UPDATE task_parties SET phase = ?, reason = ?, progress = ?, step = ?, report = ?, \
              attempt = ?, start_time = ?, end_time = ?, updated_at = ? \
              WHERE job_id = ? AND task_id = ? AND domain_id = ?",
@@ -311,7 +310,7 @@ impl Store {
         pid: i64,
         secret_sha256: &str,
     ) -> Result<()> {
-        sqlx::query(
+        self.query(
             "UPDATE task_parties SET pid = ?, secret_sha256 = ? WHERE job_id = ? AND task_id = ? AND domain_id = ?",
         )
         .bind(pid)
@@ -333,7 +332,7 @@ impl Store {
         progress: i64,
         step: &str,
     ) -> Result<()> {
-        sqlx::query(
+        self.query(
             "UPDATE task_parties SET progress = ?, step = ?, updated_at = ? \
              WHERE job_id = ? AND task_id = ? AND domain_id = ? AND phase = 'Running'",
         )
@@ -355,42 +354,51 @@ impl Store {
         task: &str,
         domain: &str,
     ) -> Result<Option<TaskPartyRow>> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM task_parties WHERE job_id = ? AND task_id = ? AND domain_id = ?",
-        )
-        .bind(job)
-        .bind(task)
-        .bind(domain)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(self
+            .query_as(
+                "SELECT * FROM task_parties WHERE job_id = ? AND task_id = ? AND domain_id = ?",
+            )
+            .bind(job)
+            .bind(task)
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Every party row of a job.
     pub async fn task_parties(&self, job: &str) -> Result<Vec<TaskPartyRow>> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM task_parties WHERE job_id = ? ORDER BY task_id, domain_id",
-        )
-        .bind(job)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(self
+            .query_as("SELECT * FROM task_parties WHERE job_id = ? ORDER BY task_id, domain_id")
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// This node's party rows that are Running (for re-attach after a restart).
     pub async fn running_parties(&self, domain: &str) -> Result<Vec<TaskPartyRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM task_parties WHERE domain_id = ? AND phase = 'Running'")
-                .bind(domain)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(self
+            .query_as("SELECT * FROM task_parties WHERE domain_id = ? AND phase = 'Running'")
+            .bind(domain)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Stores a message; returns its sequence number.
     pub async fn insert_message(&self, m: &MessageRow) -> Result<i64> {
-        let r = sqlx::query(
-            "INSERT INTO job_messages (job_id, from_domain, to_domain, kind, body, signature, delivered, \
-             attempts, last_error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, '', ?)",
-        )
+        macro_rules! insert {
+            () => {
+                "INSERT INTO job_messages (job_id, from_domain, to_domain, kind, body, signature, delivered, \
+                 attempts, last_error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, '', ?)"
+            };
+        }
+        // `Any` reports no last insert ID for PostgreSQL and SQLite; MySQL 8 has no
+        // INSERT … RETURNING (MariaDB has).
+        let returning = self.backend() != crate::store::Backend::MySql;
+        let q = if returning {
+            self.query(concat!(insert!(), " RETURNING id"))
+        } else {
+            self.query(insert!())
+        }
         .bind(&m.job_id)
         .bind(&m.from_domain)
         .bind(&m.to_domain)
@@ -398,24 +406,44 @@ impl Store {
         .bind(&m.body)
         .bind(&m.signature)
         .bind(m.delivered)
-        .bind(now_unix())
+        .bind(now_unix());
+        if returning {
+            use sqlx::Row as _;
+            let row = q.fetch_one(&self.pool).await?;
+            Ok(row.try_get::<i64, _>(0)?)
+        } else {
+            let r = q.execute(&self.pool).await?;
+            r.last_insert_id().ok_or_else(|| {
+                crate::NodeError::Store(sqlx::Error::Protocol(
+                    "the database reported no ID for the new message".into(),
+                ))
+            })
+        }
+    }
+
+    /// Marks a message refused for good by its receiver (`delivered = 3`).
+    pub async fn message_refused(&self, id: i64, reason: &str) -> Result<()> {
+        self.query(
+            "UPDATE job_messages SET delivered = 3, attempts = attempts + 1, last_error = ? WHERE id = ?",
+        )
+        .bind(reason)
+        .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok(r.last_insert_rowid())
+        Ok(())
     }
 
     /// Messages waiting for delivery, oldest first.
     pub async fn undelivered_messages(&self) -> Result<Vec<MessageRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM job_messages WHERE delivered = 0 ORDER BY id LIMIT 200")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(self
+            .query_as("SELECT * FROM job_messages WHERE delivered = 0 ORDER BY id LIMIT 200")
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Records a delivery attempt.
     pub async fn message_attempt(&self, id: i64, delivered: bool, error: &str) -> Result<()> {
-        sqlx::query(
+        self.query(
             "UPDATE job_messages SET delivered = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
         )
         .bind(delivered as i64)
@@ -428,7 +456,7 @@ impl Store {
 
     /// Gives up on a job's undelivered messages to `to` of `kind` (superseded).
     pub async fn drop_undelivered(&self, job: &str, to: &str, kind: &str) -> Result<()> {
-        sqlx::query(
+        self.query(
             "UPDATE job_messages SET delivered = 2, last_error = 'superseded' \
              WHERE job_id = ? AND to_domain = ? AND kind = ? AND delivered = 0",
         )
@@ -442,17 +470,16 @@ impl Store {
 
     /// A job's messages.
     pub async fn messages(&self, job: &str) -> Result<Vec<MessageRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM job_messages WHERE job_id = ? ORDER BY id")
-                .bind(job)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(self
+            .query_as("SELECT * FROM job_messages WHERE job_id = ? ORDER BY id")
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Counts one use of a grant (the caller checked the limit).
     pub async fn use_grant(&self, id: &str) -> Result<()> {
-        sqlx::query(
+        self.query(
             "UPDATE domaindatagrants SET used_count = used_count + 1, updated_at = ? WHERE domaindatagrant_id = ?",
         )
         .bind(now_unix())
@@ -469,7 +496,7 @@ impl Store {
         data: &str,
         grantee: &str,
     ) -> Result<Vec<crate::store::GrantRow>> {
-        Ok(sqlx::query_as(
+        Ok(self.query_as(
             "SELECT * FROM domaindatagrants WHERE domain_id = ? AND domaindata_id = ? AND grant_domain = ? \
              ORDER BY domaindatagrant_id",
         )
@@ -486,7 +513,7 @@ impl Store {
         data: &str,
         grantee: &str,
     ) -> Result<Vec<crate::store::GrantRow>> {
-        Ok(sqlx::query_as(
+        Ok(self.query_as(
             "SELECT * FROM domaindatagrants WHERE domaindata_id = ? AND grant_domain = ? ORDER BY domaindatagrant_id",
         )
         .bind(data)
