@@ -29,7 +29,7 @@ enum Command {
     Psi(Box<psi_cmd::PsiArgs>),
     /// Generate two CSV files for trying or benchmarking PSI.
     Gen(gen_cmd::GenArgs),
-    /// Run a complete local PSI between two processes on sample data.
+    /// Start two local nodes, onboard them and run a PSI job between them on sample data.
     Demo(demo::DemoArgs),
     /// Benchmarks: whole PSI runs between two local processes.
     #[command(subcommand)]
