@@ -119,6 +119,8 @@ pub struct RouteRow {
     pub last_heartbeat: i64,
     /// Unix seconds.
     pub updated_at: i64,
+    /// The domain whose gateway carries this route (transit), or empty for a direct route.
+    pub transit: String,
 }
 
 /// A data source.
@@ -525,6 +527,18 @@ impl Store {
     }
 
     // === routes ===
+
+    /// Sets the transit domain of a route ('' = direct). False when the route does not exist.
+    pub async fn set_route_transit(&self, name: &str, transit: &str) -> Result<bool> {
+        let done = self
+            .query("UPDATE routes SET transit = ?, updated_at = ? WHERE name = ?")
+            .bind(transit)
+            .bind(now_unix())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
 
     /// Creates a route if missing (keeps the status of an existing one), updating its host.
     pub async fn ensure_route(&self, source: &str, destination: &str, host: &str) -> Result<()> {
