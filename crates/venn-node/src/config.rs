@@ -101,6 +101,87 @@ pub enum Runtime {
     Kubernetes,
 }
 
+/// Resource quantities for a task pod (Kubernetes notation: `500m`, `2`, `512Mi`, `4Gi`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodResources {
+    /// CPU request.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu_request: String,
+    /// CPU limit.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu_limit: String,
+    /// Memory request.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub memory_request: String,
+    /// Memory limit.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub memory_limit: String,
+}
+
+/// The `kubernetes` section: where and how the `kubernetes` runtime launches task pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Namespace of the task pods and their Secrets. Empty: the node pod's own namespace
+    /// (in-cluster), else the kubeconfig's.
+    #[serde(default)]
+    pub namespace: String,
+    /// Image of the task pods: a venn image (`venn task run` is its entry point's sub-command).
+    pub image: String,
+    /// `Always`, `IfNotPresent` (default) or `Never`.
+    #[serde(default = "default_pull_policy")]
+    pub image_pull_policy: String,
+    /// Image pull secret name, if the registry needs one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_pull_secret: String,
+    /// ServiceAccount of the task pods (its token is never mounted). Empty: `default`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account: String,
+    /// A kubeconfig file for the node's own API access. Empty: in-cluster (the node pod's
+    /// ServiceAccount token), falling back to `KUBECONFIG` / `~/.kube/config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// `host:port` where task pods reach this node's task port over the pod network, e.g.
+    /// `venn.lite-alice.svc.cluster.local:1081` (a Service port to `gateway.task_listen`).
+    pub task_address: String,
+    /// The PersistentVolumeClaim that holds `data_dir`; each task pod mounts it at the same
+    /// path as the node (`data_mount_path`). ReadWriteMany, or ReadWriteOnce with task pods on
+    /// the node's machine (see docs/deploy-kubernetes.md).
+    pub data_volume_claim: String,
+    /// Where the node mounts that claim (a parent of `data_dir`), default `/var/lib/venn`.
+    #[serde(default = "default_data_mount")]
+    pub data_mount_path: PathBuf,
+    /// Resources of a task pod when the job names none.
+    #[serde(default = "default_pod_resources")]
+    pub default_resources: PodResources,
+    /// A pod whose image cannot be pulled for this long is Failed, default 120.
+    #[serde(default = "default_pull_grace")]
+    pub image_pull_grace_seconds: u64,
+    /// Extra labels of the task pods (venn always sets `app.kubernetes.io/name: venn-task`,
+    /// which the NetworkPolicy selects, and its own `venn.dev/*` labels).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+}
+
+fn default_pull_policy() -> String {
+    "IfNotPresent".into()
+}
+fn default_data_mount() -> PathBuf {
+    PathBuf::from("/var/lib/venn")
+}
+fn default_pull_grace() -> u64 {
+    120
+}
+fn default_pod_resources() -> PodResources {
+    PodResources {
+        cpu_request: "500m".into(),
+        cpu_limit: "2".into(),
+        memory_request: "512Mi".into(),
+        memory_limit: "2Gi".into(),
+    }
+}
+
 /// The gateway section: the one port partners reach.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,8 +199,9 @@ pub struct GatewayConfig {
     /// empty for direct connections. Only set explicitly: no `HTTPS_PROXY` guessing.
     #[serde(default)]
     pub proxy: String,
-    /// Loopback address where this node's task processes reach the gateway (task links and
-    /// progress reports), default `127.0.0.1:0` (a free port, chosen at start).
+    /// Address where this node's tasks reach the gateway (task links and progress reports),
+    /// default `127.0.0.1:0` (a free port, chosen at start). Loopback, except with the
+    /// `kubernetes` runtime, whose task pods connect over the pod network (`0.0.0.0:1081`).
     #[serde(default = "default_task_listen")]
     pub task_listen: String,
 }
@@ -183,6 +265,9 @@ pub struct Config {
     /// How task parties are launched.
     #[serde(default)]
     pub runtime: Runtime,
+    /// Settings of the `kubernetes` runtime (required with it, refused without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
     /// The gateway.
     #[serde(default)]
     pub gateway: GatewayConfig,
@@ -252,6 +337,7 @@ impl Default for Config {
             datastore_password_file: None,
             datastore_max_connections: None,
             runtime: Runtime::Process,
+            kubernetes: None,
             gateway: GatewayConfig::default(),
             api: ApiConfig::default(),
             jobs: JobsConfig::default(),
@@ -287,6 +373,28 @@ pub fn check_domain_id(id: &str) -> std::result::Result<(), String> {
         return Err(format!("{id:?} is a reserved name"));
     }
     Ok(())
+}
+
+/// True for a Kubernetes resource quantity of the forms venn writes and accepts: a decimal
+/// number with an optional suffix (`m`, `k`, `M`, `G`, `T`, `Ki`, `Mi`, `Gi`, `Ti`).
+pub fn is_quantity(s: &str) -> bool {
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(num_end);
+    !num.is_empty()
+        && num.parse::<f64>().is_ok()
+        && ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
+}
+
+/// True for an RFC 1123 label (a Kubernetes namespace or object name part): 1 to 63
+/// lower-case letters, digits and '-', starting and ending with a letter or digit.
+pub fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// A parsed `https://host:port[/]` endpoint.
@@ -450,8 +558,18 @@ impl Config {
         {
             bad.push("datastore_max_connections: must be between 1 and 1000".into());
         }
-        if self.runtime == Runtime::Kubernetes {
-            bad.push("runtime: kubernetes is not implemented yet; use process".into());
+        match (self.runtime, &self.kubernetes) {
+            (Runtime::Kubernetes, None) => bad.push(
+                "kubernetes: runtime kubernetes needs a kubernetes section (image, \
+                 task_address, data_volume_claim)"
+                    .into(),
+            ),
+            (Runtime::Kubernetes, Some(k)) => self.validate_kubernetes(k, &mut bad),
+            (Runtime::Process, Some(_)) => bad.push(
+                "kubernetes: only used with runtime: kubernetes; remove it or set the runtime"
+                    .into(),
+            ),
+            (Runtime::Process, None) => {}
         }
         if let Err(e) = self.gateway.listen.parse::<SocketAddr>() {
             bad.push(format!(
@@ -471,6 +589,16 @@ impl Config {
             bad.push(format!("gateway.proxy: {e}"));
         }
         match self.gateway.task_listen.parse::<SocketAddr>() {
+            Ok(a) if self.runtime == Runtime::Kubernetes => {
+                if a.ip().is_loopback() || a.port() == 0 {
+                    bad.push(format!(
+                        "gateway.task_listen: {:?}: task pods connect over the pod network; use \
+                         a non-loopback address with a fixed port, e.g. 0.0.0.0:1081 (the port \
+                         behind kubernetes.task_address)",
+                        self.gateway.task_listen
+                    ));
+                }
+            }
             Ok(a) if a.ip().is_loopback() => {}
             Ok(_) => bad.push(format!(
                 "gateway.task_listen: {:?} must be a loopback address (tasks run on this machine)",
@@ -498,6 +626,80 @@ impl Config {
             Ok(())
         } else {
             Err(NodeError::Config(bad))
+        }
+    }
+
+    fn validate_kubernetes(&self, k: &KubernetesConfig, bad: &mut Vec<String>) {
+        if !k.namespace.is_empty() && !is_dns_label(&k.namespace) {
+            bad.push(format!(
+                "kubernetes.namespace: {:?} is not a namespace name (RFC 1123 label)",
+                k.namespace
+            ));
+        }
+        if k.image.trim().is_empty() || k.image.contains(char::is_whitespace) {
+            bad.push("kubernetes.image: name the venn image of the task pods".into());
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&k.image_pull_policy.as_str()) {
+            bad.push(format!(
+                "kubernetes.image_pull_policy: {:?} is not Always, IfNotPresent or Never",
+                k.image_pull_policy
+            ));
+        }
+        for (field, v) in [
+            ("service_account", &k.service_account),
+            ("image_pull_secret", &k.image_pull_secret),
+            ("data_volume_claim", &k.data_volume_claim),
+        ] {
+            let ok = v.len() <= 253 && v.split('.').all(is_dns_label);
+            if (field == "data_volume_claim" || !v.is_empty()) && !ok {
+                bad.push(format!(
+                    "kubernetes.{field}: {v:?} is not a Kubernetes object name"
+                ));
+            }
+        }
+        match k.task_address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            }
+            _ => bad.push(format!(
+                "kubernetes.task_address: {:?} must be host:port (how task pods reach this \
+                 node's gateway.task_listen)",
+                k.task_address
+            )),
+        }
+        if !k.data_mount_path.is_absolute() {
+            bad.push("kubernetes.data_mount_path: must be an absolute path".into());
+        }
+        if !(self.data_dir.is_absolute() && self.data_dir.starts_with(&k.data_mount_path)) {
+            bad.push(format!(
+                "data_dir: {} must be an absolute path inside kubernetes.data_mount_path {} \
+                 (task pods mount the claim at the same path)",
+                self.data_dir.display(),
+                k.data_mount_path.display()
+            ));
+        }
+        for (field, v) in [
+            ("cpu_request", &k.default_resources.cpu_request),
+            ("cpu_limit", &k.default_resources.cpu_limit),
+            ("memory_request", &k.default_resources.memory_request),
+            ("memory_limit", &k.default_resources.memory_limit),
+        ] {
+            if !v.is_empty() && !is_quantity(v) {
+                bad.push(format!(
+                    "kubernetes.default_resources.{field}: {v:?} is not a quantity (500m, 2, 512Mi)"
+                ));
+            }
+        }
+        if !(10..=3600).contains(&k.image_pull_grace_seconds) {
+            bad.push("kubernetes.image_pull_grace_seconds: must be between 10 and 3600".into());
+        }
+        for (key, v) in &k.pod_labels {
+            if key.starts_with("venn.dev/") || key.starts_with("app.kubernetes.io/") {
+                bad.push(format!("kubernetes.pod_labels: {key} is set by venn"));
+            } else if !crate::runtime::kubernetes::is_label_value(v) || key.is_empty() {
+                bad.push(format!(
+                    "kubernetes.pod_labels: {key}={v:?} is not a valid label"
+                ));
+            }
         }
     }
 

@@ -51,6 +51,10 @@ pub enum NodeError {
     /// the message names the setting and what to do.
     #[error(transparent)]
     Datastore(#[from] crate::store::StoreError),
+    /// The Kubernetes API refused or failed a call of the kubernetes runtime; the message
+    /// names the object and the API's reason.
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
     /// Key, certificate or TLS set-up failure.
     #[error("crypto: {0}")]
     Crypto(String),

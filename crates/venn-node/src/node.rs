@@ -119,6 +119,19 @@ impl Node {
             config,
         });
         state.load_partners().await?;
+        if let (crate::config::Runtime::Kubernetes, Some(k)) =
+            (state.config.runtime, &state.config.kubernetes)
+        {
+            let kube =
+                crate::runtime::kubernetes::Kubernetes::connect(k, state.domain_id()).await?;
+            tracing::info!(
+                namespace = %kube.namespace(),
+                image = %k.image,
+                task_address = %k.task_address,
+                "kubernetes runtime: tasks run as pods"
+            );
+            state.runtime.use_kubernetes(kube)?;
+        }
         let api = bind("api.listen", &state.config.api.listen).await?;
         if !api.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
             tracing::warn!(

@@ -26,6 +26,12 @@
 //! - Outputs are written by the task to a temporary name next to the target and renamed when
 //!   the PSI has succeeded; the node then registers the file as DomainData (columns from the
 //!   header) in the data source that holds the party's input.
+//!
+//! With `runtime: kubernetes` the same [`TaskConfig`] goes to a pod instead ([`kubernetes`]):
+//! the functions below branch to it where launching, stopping, re-attaching and reading logs
+//! differ, and share the rest (the config, `finish`, progress).
+
+pub mod kubernetes;
 
 use std::collections::HashMap;
 
@@ -139,6 +145,22 @@ pub struct TaskResult {
 pub struct Runtime {
     pids: Mutex<HashMap<(String, String), u32>>,
     last_report: Mutex<HashMap<(String, String), (Instant, String)>>,
+    /// Set at start with `runtime: kubernetes`: tasks run as pods.
+    kubernetes: std::sync::OnceLock<kubernetes::Kubernetes>,
+}
+
+impl Runtime {
+    /// Switches this runtime to pods (once, at node start).
+    pub fn use_kubernetes(&self, k: kubernetes::Kubernetes) -> Result<()> {
+        self.kubernetes
+            .set(k)
+            .map_err(|_| NodeError::Conflict("the kubernetes runtime is set already".into()))
+    }
+
+    /// The kubernetes runtime, when configured.
+    pub fn kubernetes(&self) -> Option<&kubernetes::Kubernetes> {
+        self.kubernetes.get()
+    }
 }
 
 /// `<data dir>/jobs/<job>`.
@@ -168,6 +190,9 @@ pub fn running_jobs(state: &NodeState) -> Vec<String> {
         .lock()
         .map(|m| m.keys().map(|(j, _)| j.clone()).collect())
         .unwrap_or_default();
+    if let Some(k) = state.runtime.kubernetes() {
+        v.extend(k.tracked().into_iter().map(|(j, _)| j));
+    }
     v.sort();
     v.dedup();
     v
@@ -263,6 +288,9 @@ pub async fn start_task(
         work_dir: dir.join("tmp"),
         result: result.clone(),
     };
+    if let Some(k) = state.runtime.kubernetes() {
+        return kubernetes::start(state, k, m, t, row, config).await;
+    }
     let config_path = dir.join("task.json");
     let text = serde_json::to_vec_pretty(&config).map_err(|e| NodeError::Invalid(e.to_string()))?;
     crate::atomic::write_file(&config_path, &text, true)?;
@@ -474,6 +502,12 @@ pub async fn stop_task(state: &SharedState, job: &str, task: &str, why: &str) {
         if let Err(e) = report_party(state, &row).await {
             tracing::error!(job, task, "recording the stop: {e}");
         }
+        if let Some(k) = state.runtime.kubernetes() {
+            state.links.forget(job, task);
+            tracing::info!(job, task, "stopping task pod: {why}");
+            kubernetes::stop(state, k, job, task, row.attempt).await;
+            return;
+        }
         let pid = state
             .runtime
             .pids
@@ -495,7 +529,7 @@ pub async fn stop_task(state: &SharedState, job: &str, task: &str, why: &str) {
 
 /// Stops every party of `job` this node runs.
 pub async fn stop_job(state: &SharedState, job: &str, why: &str) {
-    let tasks: Vec<String> = state
+    let mut tasks: Vec<String> = state
         .runtime
         .pids
         .lock()
@@ -506,6 +540,14 @@ pub async fn stop_job(state: &SharedState, job: &str, why: &str) {
                 .collect()
         })
         .unwrap_or_default();
+    if let Some(k) = state.runtime.kubernetes() {
+        tasks.extend(
+            k.tracked()
+                .into_iter()
+                .filter(|(j, _)| j == job)
+                .map(|(_, t)| t),
+        );
+    }
     for t in tasks {
         stop_task(state, job, &t, why).await;
     }
@@ -513,6 +555,9 @@ pub async fn stop_job(state: &SharedState, job: &str, why: &str) {
 
 /// After a node start: re-attaches to task processes that still run, fails the others.
 pub async fn reattach(state: &SharedState) -> Result<()> {
+    if let Some(k) = state.runtime.kubernetes() {
+        return kubernetes::reattach(state, k).await;
+    }
     for row in state.store.running_parties(state.domain_id()).await? {
         let pid = row.pid as u32;
         let config = task_dir(state, &row.job_id, &row.task_id).join("task.json");
@@ -601,7 +646,21 @@ pub async fn progress(
     Ok(())
 }
 
-/// The end of a task's log (at most `max` bytes).
+/// The end of a task's log (at most `max` bytes): the live pod's log with the kubernetes
+/// runtime while the pod runs, else `task.log`.
+pub async fn task_log(state: &NodeState, job: &str, task: &str, max: u64) -> Result<String> {
+    if let Some(k) = state.runtime.kubernetes()
+        && let Some(pod) = k.pod_of(job, task)
+    {
+        match k.logs(&pod, max).await {
+            Ok(log) => return Ok(log),
+            Err(e) => tracing::warn!(job, task, "pod log: {e}; showing task.log"),
+        }
+    }
+    log_tail(state, job, task, max)
+}
+
+/// The end of a task's log file (at most `max` bytes).
 pub fn log_tail(state: &NodeState, job: &str, task: &str, max: u64) -> Result<String> {
     let path = task_dir(state, job, task).join("task.log");
     let bytes = match std::fs::read(&path) {

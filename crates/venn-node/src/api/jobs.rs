@@ -162,7 +162,7 @@ async fn logs(State(state): State<SharedState>, ApiJson(req): ApiJson<LogReq>) -
         if !req.task_id.is_empty() && req.task_id != task && t["alias"] != json!(req.task_id) {
             continue;
         }
-        let log = crate::runtime::log_tail(&state, &id, &task, max)?;
+        let log = crate::runtime::task_log(&state, &id, &task, max).await?;
         out.push(json!({ "task_id": task, "log": log }));
     }
     if out.is_empty() {

@@ -150,6 +150,10 @@ pub struct PartySpec {
     pub domain_id: String,
     /// Role.
     pub role: String,
+    /// Kuscia's party `resources` as requested (`cpu`, `memory`, `min_cpu`, `max_cpu`,
+    /// `min_memory`, `max_memory`): the kubernetes runtime sizes the party's pod from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Value>,
 }
 
 /// The normalised configuration of the built-in `psi` app.
@@ -766,6 +770,7 @@ mod tests {
                     .map(|d| PartySpec {
                         domain_id: d.clone(),
                         role: String::new(),
+                        resources: None,
                     })
                     .collect(),
                 dependencies: vec![],

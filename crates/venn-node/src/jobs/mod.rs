@@ -403,6 +403,7 @@ async fn build_manifest(state: &NodeState, req: CreateJobRequest) -> Result<Mani
                 .map(|p| PartySpec {
                     domain_id: p.domain_id,
                     role: p.role,
+                    resources: p.resources.filter(|r| r.is_object()),
                 })
                 .collect(),
             dependencies: t.dependencies,
