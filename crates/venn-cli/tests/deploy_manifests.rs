@@ -10,7 +10,11 @@
 //! - the node configurations in the ConfigMaps and next to the compose file are valid venn
 //!   configurations, with the data dir inside the volume and the paths the image expects;
 //! - the probe command of the Deployment really is a health check: it fails while the node is
-//!   down and succeeds once it runs.
+//!   down and succeeds once it runs;
+//! - master and lite (issue 6) and the kubernetes runtime: deploy tokens and passwords only in
+//!   Secrets, the lite's `kubernetes:` section agrees with its Deployment, Services, claim and
+//!   namespace, every Role is limited to pods, pods/log and secrets (no reading Secrets), and
+//!   task pods may reach only the node.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -191,15 +195,78 @@ fn check_kustomization(path: &Path) {
     }
 }
 
-/// Checks a venn configuration as the image runs it; problems go to `problems`.
-fn check_venn_config(origin: &str, text: &str, problems: &mut Vec<String>) -> Option<Config> {
-    let cfg = match Config::from_yaml(text).and_then(|c| c.validate().map(|()| c)) {
-        Ok(c) => c,
+/// The keys of master and lite configurations (issue 6, merged separately).
+const CENTRALIZED_KEYS: &[&str] = &["master_endpoint", "deploy_token_file"];
+
+/// Validates a venn configuration. A master or lite configuration that this build's `Config`
+/// does not know yet (issue 6 not merged) is validated as the same file in autonomy mode
+/// without the centralized keys, which are checked here instead; once issue 6 is in, the
+/// file is validated as it stands, and a key named differently there fails this test.
+fn validate_config(origin: &str, text: &str, problems: &mut Vec<String>) -> Option<Config> {
+    let direct = Config::from_yaml(text).and_then(|c| c.validate().map(|()| c));
+    let err = match direct {
+        Ok(c) => return Some(c),
+        Err(e) => e.to_string(),
+    };
+    let raw: Value = serde_yaml_ng::from_str(text).expect("YAML");
+    let mode = raw["mode"].as_str().unwrap_or_default().to_owned();
+    let pending = matches!(mode.as_str(), "master" | "lite")
+        && (err.contains("not implemented yet")
+            || CENTRALIZED_KEYS
+                .iter()
+                .any(|k| err.contains(&format!("unknown field `{k}`"))));
+    if !pending {
+        problems.push(format!("{origin}: {err}"));
+        return None;
+    }
+    let mut rest = raw.clone();
+    let obj = rest.as_object_mut().expect("a mapping");
+    obj.insert("mode".into(), Value::from("autonomy"));
+    for k in CENTRALIZED_KEYS {
+        obj.remove(*k);
+    }
+    match mode.as_str() {
+        "lite" => {
+            let master = raw["master_endpoint"].as_str().unwrap_or_default();
+            if venn_node::config::Endpoint::parse(master).is_err() {
+                problems.push(format!(
+                    "{origin}: master_endpoint {master:?} is not https://host:port"
+                ));
+            }
+            let token = raw["deploy_token_file"].as_str().unwrap_or_default();
+            if !token.starts_with('/') {
+                problems.push(format!(
+                    "{origin}: a lite names its deploy token by deploy_token_file (absolute path)"
+                ));
+            }
+        }
+        _ => {
+            for k in CENTRALIZED_KEYS {
+                if raw.get(*k).is_some() {
+                    problems.push(format!("{origin}: {k} is for lites only"));
+                }
+            }
+        }
+    }
+    let text = serde_yaml_ng::to_string(&rest).expect("YAML");
+    match Config::from_yaml(&text).and_then(|c| c.validate().map(|()| c)) {
+        Ok(c) => Some(c),
         Err(e) => {
             problems.push(format!("{origin}: {e}"));
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// Checks a venn configuration as the image runs it; problems go to `problems`.
+fn check_venn_config(origin: &str, text: &str, problems: &mut Vec<String>) -> Option<Config> {
+    if text.contains("deploy_token:") || text.contains("password:") {
+        problems.push(format!(
+            "{origin}: a secret in a configuration file (deploy tokens and passwords go in \
+             Secrets, named by deploy_token_file / datastore_password_file)"
+        ));
+    }
+    let cfg = validate_config(origin, text, problems)?;
     if !(cfg.data_dir.starts_with(VOLUME) && cfg.data_dir != Path::new(VOLUME)) {
         problems.push(format!(
             "{origin}: data_dir {} must be a directory inside the volume {VOLUME} (the node \
@@ -221,6 +288,13 @@ fn check_venn_config(origin: &str, text: &str, problems: &mut Vec<String>) -> Op
 struct Manifests {
     deployments: Vec<(String, Deployment)>,
     configs: BTreeMap<String, Config>,
+    /// The same configurations as YAML values (with the keys `Config` may not know yet).
+    raw_configs: BTreeMap<String, Value>,
+    services: Vec<(String, Service)>,
+    roles: Vec<(String, Role)>,
+    policies: Vec<(String, NetworkPolicy)>,
+    secrets: Vec<(String, Secret)>,
+    claims: Vec<(String, PersistentVolumeClaim)>,
     count: usize,
     problems: Vec<String>,
 }
@@ -232,6 +306,12 @@ fn load_manifests() -> Manifests {
     let mut m = Manifests {
         deployments: Vec::new(),
         configs: BTreeMap::new(),
+        raw_configs: BTreeMap::new(),
+        services: Vec::new(),
+        roles: Vec::new(),
+        policies: Vec::new(),
+        secrets: Vec::new(),
+        claims: Vec::new(),
         count: 0,
         problems: Vec::new(),
     };
@@ -251,15 +331,33 @@ fn load_manifests() -> Manifests {
             let p = &mut m.problems;
             match kind.as_str() {
                 "Namespace" => drop(check_typed::<Namespace>(&file, &doc, p)),
-                "Service" => drop(check_typed::<Service>(&file, &doc, p)),
+                "Service" => {
+                    if let Some(t) = check_typed::<Service>(&file, &doc, p) {
+                        m.services.push((file.clone(), t));
+                    }
+                }
                 "ServiceAccount" => drop(check_typed::<ServiceAccount>(&file, &doc, p)),
                 "PersistentVolumeClaim" => {
-                    drop(check_typed::<PersistentVolumeClaim>(&file, &doc, p))
+                    if let Some(t) = check_typed::<PersistentVolumeClaim>(&file, &doc, p) {
+                        m.claims.push((file.clone(), t));
+                    }
                 }
-                "NetworkPolicy" => drop(check_typed::<NetworkPolicy>(&file, &doc, p)),
-                "Role" => drop(check_typed::<Role>(&file, &doc, p)),
+                "NetworkPolicy" => {
+                    if let Some(t) = check_typed::<NetworkPolicy>(&file, &doc, p) {
+                        m.policies.push((file.clone(), t));
+                    }
+                }
+                "Role" => {
+                    if let Some(t) = check_typed::<Role>(&file, &doc, p) {
+                        m.roles.push((file.clone(), t));
+                    }
+                }
                 "RoleBinding" => drop(check_typed::<RoleBinding>(&file, &doc, p)),
-                "Secret" => drop(check_typed::<Secret>(&file, &doc, p)),
+                "Secret" => {
+                    if let Some(t) = check_typed::<Secret>(&file, &doc, p) {
+                        m.secrets.push((file.clone(), t));
+                    }
+                }
                 "Deployment" => {
                     if let Some(d) = check_typed::<Deployment>(&file, &doc, p) {
                         m.deployments.push((file.clone(), d));
@@ -272,6 +370,8 @@ fn load_manifests() -> Manifests {
                         let origin = format!("{file}: data.venn.yaml");
                         if let Some(cfg) = check_venn_config(&origin, text, p) {
                             m.configs.insert(file.clone(), cfg);
+                            m.raw_configs
+                                .insert(file.clone(), serde_yaml_ng::from_str(text).expect("YAML"));
                         }
                     }
                 }
@@ -298,8 +398,8 @@ fn k8s_manifests_parse_into_the_api_types_without_unknown_fields() {
         m.count
     );
     assert!(
-        m.configs.len() >= 2,
-        "alice's ConfigMap and bob's patch carry a venn.yaml"
+        m.configs.len() >= 4,
+        "autonomy (alice, bob's patch), master and lite ConfigMaps carry a venn.yaml"
     );
     // The node configuration ConfigMap is mounted where the image and the probes look for it,
     // and the data dir is inside the mounted volume.
@@ -411,7 +511,11 @@ fn probe_command_tracks_the_node() {
     let cfg_path = tmp.path().join("venn.yaml");
     std::fs::write(&cfg_path, cfg.to_yaml()).expect("write config");
 
-    let (_, d) = &m.deployments[0];
+    let (_, d) = m
+        .deployments
+        .iter()
+        .find(|(f, _)| f.ends_with("autonomy/deployment.yaml"))
+        .expect("autonomy deployment");
     let probe = d
         .spec
         .as_ref()
@@ -479,4 +583,393 @@ fn probe_command_tracks_the_node() {
         String::from_utf8_lossy(&up.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&up.stdout).trim(), "ok");
+}
+
+/// The directory of a manifest file (`deploy/k8s/lite/x.yaml` → `deploy/k8s/lite`).
+fn dir_of(file: &str) -> &str {
+    file.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+/// Every Role grants only what the kubernetes runtime uses: pods, pods/log and secrets in the
+/// core group, named verbs (no `*`), and never reading Secrets.
+#[test]
+fn roles_are_limited_to_the_kubernetes_runtime() {
+    let m = load_manifests();
+    assert!(m.problems.is_empty(), "{}", m.problems.join("\n"));
+    assert!(m.roles.len() >= 2, "autonomy and lite have a Role");
+    for (file, role) in &m.roles {
+        let rules = role.rules.as_deref().unwrap_or_default();
+        let mut granted = BTreeMap::new();
+        for r in rules {
+            assert_eq!(
+                r.api_groups.as_deref(),
+                Some(&[String::new()][..]),
+                "{file}"
+            );
+            assert!(
+                r.resource_names.is_none() && r.non_resource_urls.is_none(),
+                "{file}"
+            );
+            for res in r.resources.as_deref().unwrap_or_default() {
+                granted
+                    .entry(res.clone())
+                    .or_insert_with(Vec::new)
+                    .extend(r.verbs.iter().cloned());
+            }
+        }
+        let expect: BTreeMap<String, Vec<String>> = [
+            ("pods", &["create", "get", "list", "watch", "delete"][..]),
+            ("pods/log", &["get"][..]),
+            ("secrets", &["create", "delete"][..]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
+        .collect();
+        assert_eq!(granted, expect, "{file}: the Role's rules");
+    }
+}
+
+/// The lite's configuration agrees with the objects next to it: the kubernetes runtime's
+/// namespace, claim, task Service and image, the deploy token Secret mounted where
+/// `deploy_token_file` points, the task port reachable by task pods only.
+#[test]
+fn lite_manifests_fit_together() {
+    let m = load_manifests();
+    assert!(m.problems.is_empty(), "{}", m.problems.join("\n"));
+    let dir = "deploy/k8s/lite";
+    let (cfg_file, cfg) = m
+        .configs
+        .iter()
+        .find(|(f, _)| dir_of(f) == dir)
+        .expect("lite configmap");
+    let raw = &m.raw_configs[cfg_file];
+    assert_eq!(raw["mode"], "lite");
+    assert_eq!(
+        raw["master_endpoint"], "https://venn.venn-master.svc.cluster.local:1080",
+        "the master's Service in deploy/k8s/master"
+    );
+    let k = cfg.kubernetes.as_ref().expect("kubernetes section");
+    assert_eq!(k.namespace, "lite-alice");
+    assert_eq!(k.data_volume_claim, "venn-data");
+    assert!(cfg.data_dir.starts_with(&k.data_mount_path));
+
+    let (_, d) = m
+        .deployments
+        .iter()
+        .find(|(f, _)| dir_of(f) == dir)
+        .expect("lite deployment");
+    let spec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.automount_service_account_token,
+        Some(true),
+        "the runtime needs its token"
+    );
+    let c = &spec.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some(k.image.as_str()),
+        "task pods use the node's image"
+    );
+    let vols = spec.volumes.as_deref().unwrap();
+    let claim_vol = vols
+        .iter()
+        .find(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|p| p.claim_name == k.data_volume_claim)
+        })
+        .expect("the data claim is the node's volume");
+    let mounts = c.volume_mounts.as_deref().unwrap();
+    let data_mount = mounts.iter().find(|vm| vm.name == claim_vol.name).unwrap();
+    assert_eq!(
+        Path::new(&data_mount.mount_path),
+        k.data_mount_path,
+        "same path in node and task pods"
+    );
+    let claim = m
+        .claims
+        .iter()
+        .find(|(f, c)| dir_of(f) == dir && c.metadata.name.as_deref() == Some("venn-data"))
+        .expect("claim");
+    assert_eq!(
+        claim.1.spec.as_ref().unwrap().access_modes.as_deref(),
+        Some(&["ReadWriteMany".to_owned()][..]),
+        "task pods on other machines mount the data"
+    );
+
+    // The deploy token: a Secret, mounted where the configuration reads it.
+    let token_file = Path::new(raw["deploy_token_file"].as_str().unwrap());
+    let mount = mounts
+        .iter()
+        .find(|vm| token_file.parent() == Some(Path::new(&vm.mount_path)))
+        .expect("deploy_token_file's directory is mounted");
+    let vol = vols.iter().find(|v| v.name == mount.name).unwrap();
+    let secret_name = vol
+        .secret
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .expect("from a Secret");
+    let (_, secret) = m
+        .secrets
+        .iter()
+        .find(|(f, s)| dir_of(f) == dir && s.metadata.name.as_deref() == Some(secret_name.as_str()))
+        .expect("the Secret is in the directory");
+    let key = token_file.file_name().unwrap().to_str().unwrap();
+    assert!(
+        secret
+            .string_data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(key)),
+        "key {key}"
+    );
+
+    // The task port: task_listen, the venn-tasks Service and task_address agree.
+    let task_port: i32 = cfg
+        .gateway
+        .task_listen
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let (host, port) = k.task_address.rsplit_once(':').unwrap();
+    let svc_name = host.split('.').next().unwrap();
+    assert_eq!(
+        host,
+        format!("{svc_name}.{}.svc.cluster.local", k.namespace)
+    );
+    let (_, svc) = m
+        .services
+        .iter()
+        .find(|(f, s)| dir_of(f) == dir && s.metadata.name.as_deref() == Some(svc_name))
+        .expect("the task Service");
+    let sp = &svc.spec.as_ref().unwrap().ports.as_deref().unwrap()[0];
+    assert_eq!(sp.port.to_string(), port);
+    assert_eq!(
+        svc.spec.as_ref().unwrap().type_.as_deref(),
+        Some("ClusterIP")
+    );
+    let named = c
+        .ports
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            Some(p.name.as_deref().unwrap_or_default())
+                == sp.target_port.as_ref().map(|t| match t {
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => {
+                        s.as_str()
+                    }
+                    _ => "",
+                })
+        })
+        .expect("the Service's target port is a container port");
+    assert_eq!(named.container_port, task_port);
+
+    // NetworkPolicies: the task port admits task pods only; task pods reach only the node.
+    let policies: Vec<&NetworkPolicy> = m
+        .policies
+        .iter()
+        .filter(|(f, _)| dir_of(f) == dir)
+        .map(|(_, p)| p)
+        .collect();
+    let task_label = |sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector| {
+        sel.match_labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/name"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let node_policy = policies
+        .iter()
+        .find(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.pod_selector.as_ref())
+                .map(task_label)
+                .unwrap_or_default()
+                == "venn"
+        })
+        .expect("node policy");
+    let rule = node_policy
+        .spec
+        .as_ref()
+        .unwrap()
+        .ingress
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r.ports.as_deref().unwrap_or_default().iter().any(|p| {
+                p.port
+                    == Some(
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(task_port),
+                    )
+            })
+        })
+        .expect("an ingress rule for the task port");
+    let from = rule.from.as_deref().expect("restricted sources");
+    assert!(
+        from.iter()
+            .all(
+                |f| f.pod_selector.as_ref().map(task_label).as_deref() == Some("venn-task")
+                    && f.namespace_selector.is_none()
+                    && f.ip_block.is_none()
+            )
+    );
+    let task_policy = policies
+        .iter()
+        .find(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.pod_selector.as_ref())
+                .map(task_label)
+                .unwrap_or_default()
+                == "venn-task"
+        })
+        .expect("task pod policy");
+    let ts = task_policy.spec.as_ref().unwrap();
+    let types = ts.policy_types.as_deref().unwrap();
+    assert!(types.contains(&"Ingress".to_owned()) && types.contains(&"Egress".to_owned()));
+    assert!(
+        ts.ingress.as_deref().unwrap_or_default().is_empty(),
+        "nothing comes in"
+    );
+    for e in ts.egress.as_deref().unwrap() {
+        let ports: Vec<_> = e
+            .ports
+            .as_deref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port.clone())
+            .collect();
+        let to_node = e.to.as_deref().unwrap().iter().all(|t| {
+            t.pod_selector.as_ref().map(task_label).as_deref() == Some("venn")
+                && t.namespace_selector.is_none()
+        });
+        let dns = ports.iter().all(|p| {
+            p == &Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(53))
+        });
+        assert!(
+            (to_node
+                && ports
+                    == [Some(
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(task_port)
+                    )])
+                || dns,
+            "{file}: task pods may reach the node's task port and DNS only",
+            file = dir
+        );
+    }
+}
+
+/// The master's configuration: mode master, a database password from a Secret.
+#[test]
+fn master_manifests_fit_together() {
+    let m = load_manifests();
+    assert!(m.problems.is_empty(), "{}", m.problems.join("\n"));
+    let dir = "deploy/k8s/master";
+    let (cfg_file, cfg) = m
+        .configs
+        .iter()
+        .find(|(f, _)| dir_of(f) == dir)
+        .expect("master configmap");
+    assert_eq!(m.raw_configs[cfg_file]["mode"], "master");
+    assert_eq!(cfg.domain_id, "corp-master");
+    assert!(cfg.kubernetes.is_none(), "the master runs no task");
+    let pw = cfg
+        .datastore_password_file
+        .as_ref()
+        .expect("password from a file");
+    let (_, d) = m
+        .deployments
+        .iter()
+        .find(|(f, _)| dir_of(f) == dir)
+        .expect("deployment");
+    let spec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let mount = spec.containers[0]
+        .volume_mounts
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|vm| pw.parent() == Some(Path::new(&vm.mount_path)))
+        .expect("datastore_password_file's directory is mounted");
+    let vol = spec
+        .volumes
+        .as_deref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert!(vol.secret.is_some(), "the password comes from a Secret");
+    assert!(
+        !m.roles.iter().any(|(f, _)| dir_of(f) == dir),
+        "no Role for the master"
+    );
+}
+
+#[test]
+fn centralized_compose_configs_are_valid() {
+    let dir = repo().join("deploy/compose/centralized");
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).expect("compose.yaml");
+    let compose: Value = serde_yaml_ng::from_str(&compose).expect("compose.yaml is YAML");
+    let services = compose["services"].as_object().expect("services");
+    assert_eq!(
+        {
+            let mut names: Vec<&String> = services.keys().collect();
+            names.sort();
+            names
+        },
+        ["alice", "bob", "master"],
+        "seed 002: a master and two lites"
+    );
+    let secrets = compose["secrets"].as_object().expect("top-level secrets");
+    for (name, svc) in services {
+        let volumes = svc["volumes"].as_array().expect("volumes");
+        let cfg_file = volumes
+            .iter()
+            .filter_map(Value::as_str)
+            .find_map(|v| v.strip_suffix(&format!(":{CONFIG_PATH}:ro")))
+            .unwrap_or_else(|| panic!("{name}: no read-only mount of {CONFIG_PATH}"));
+        let text = std::fs::read_to_string(dir.join(cfg_file)).expect("node config");
+        let mut problems = Vec::new();
+        let cfg = check_venn_config(&format!("compose {name}: {cfg_file}"), &text, &mut problems);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        let cfg = cfg.expect("valid config");
+        let raw: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert!(
+            volumes
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|v| v.ends_with(&format!(":{VOLUME}"))),
+            "{name}: the data volume is mounted at {VOLUME}"
+        );
+        if name == "master" {
+            assert_eq!(raw["mode"], "master");
+            assert_eq!(cfg.domain_id, "corp-master");
+            assert_eq!(cfg.endpoint, "https://master:1080");
+            assert!(svc.get("secrets").is_none());
+            continue;
+        }
+        assert_eq!(raw["mode"], "lite");
+        assert_eq!(cfg.domain_id, *name, "service name = domain ID");
+        assert_eq!(cfg.endpoint, format!("https://{name}:1080"));
+        assert_eq!(raw["master_endpoint"], "https://master:1080");
+        // The deploy token: a compose secret mounted where deploy_token_file points.
+        let token = raw["deploy_token_file"]
+            .as_str()
+            .expect("deploy_token_file");
+        let s = &svc["secrets"][0];
+        assert_eq!(
+            format!("/run/secrets/{}", s["target"].as_str().unwrap()),
+            token
+        );
+        let source = s["source"].as_str().unwrap();
+        let file = secrets[source]["file"].as_str().expect("a file secret");
+        assert!(file.starts_with("./tokens/"), "{file}");
+    }
+    // tokens/ is ignored by git: a deploy token is never committed.
+    let ignore = std::fs::read_to_string(dir.join("tokens/.gitignore")).expect("tokens/.gitignore");
+    assert!(ignore.lines().any(|l| l.trim() == "*"));
 }
