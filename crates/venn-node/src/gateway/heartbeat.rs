@@ -22,7 +22,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::config::Endpoint;
+use crate::central;
+use crate::config::{Endpoint, Mode};
 use crate::gateway::client::{Step, post_json};
 use crate::grants;
 use crate::state::SharedState;
@@ -104,6 +105,14 @@ async fn beat(state: &SharedState, peer: &str, host: &str) -> Result<(), (String
         .ok_or_else(|| ("Pending".to_owned(), format!("{peer}'s CA is not pinned")))?;
     let ep = Endpoint::parse(host).map_err(|e| ("DNS".to_owned(), e))?;
     let sent = now_unix();
+    // To its master, a lite also reports its version and routes (see `central`).
+    let to_master = state.config.mode == Mode::Lite && central::master_of(state) == peer;
+    let mut report = json!({ "time": sent });
+    if to_master {
+        let extra = central::lite_report(state).await;
+        report["version"] = extra["version"].clone();
+        report["routes"] = extra["routes"].clone();
+    }
     let (status, body) = post_json(
         partner.client_config,
         &ep,
@@ -111,7 +120,7 @@ async fn beat(state: &SharedState, peer: &str, host: &str) -> Result<(), (String
         peer,
         state.domain_id(),
         "/venn/v1/heartbeat",
-        &json!({ "time": sent }),
+        &report,
     )
     .await
     .map_err(|s: Step| (s.reason().to_owned(), s.detail()))?;
@@ -129,6 +138,9 @@ async fn beat(state: &SharedState, peer: &str, host: &str) -> Result<(), (String
             "ClockSkew".into(),
             format!("{peer}'s clock differs by {skew} s (more than {max} s)"),
         ));
+    }
+    if to_master && let Err(e) = central::apply_master_answer(state, peer, &body).await {
+        tracing::warn!("installing the master's routes: {e}");
     }
     Ok(())
 }
