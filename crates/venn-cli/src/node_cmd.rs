@@ -649,6 +649,7 @@ async fn online(cmd: NodeCommand) -> Result<()> {
                         s(r, "/source"),
                         s(r, "/destination"),
                         s(r, "/host"),
+                        s(r, "/transit"),
                         s(r, "/authentication_type"),
                         if r.pointer("/status/ready") == Some(&json!(true)) {
                             "True"
@@ -666,6 +667,7 @@ async fn online(cmd: NodeCommand) -> Result<()> {
                     "SOURCE",
                     "DESTINATION",
                     "HOST",
+                    "TRANSIT",
                     "AUTHENTICATION",
                     "READY",
                     "REASON",

@@ -224,7 +224,13 @@ async fn forward(state: &SharedState, path: &str, body: &Value) -> Result<(u16, 
                     {
                         for (k, v) in from {
                             if let (Some(Value::Array(a)), Value::Array(b)) = (into.get_mut(k), v) {
-                                a.extend(b.iter().cloned());
+                                // A job or grant is known at several lites: list it once.
+                                for item in b {
+                                    let id = item_id(item);
+                                    if id.is_none() || !a.iter().any(|x| item_id(x) == id) {
+                                        a.push(item.clone());
+                                    }
+                                }
                             }
                         }
                     }
@@ -243,6 +249,14 @@ async fn forward(state: &SharedState, path: &str, body: &Value) -> Result<(u16, 
             "a lite that knows it (or a registered lite that answers)".into(),
         )),
     }
+}
+
+/// The ID of a listed job, grant or domain data (for merging lists from several lites).
+fn item_id(v: &Value) -> Option<String> {
+    ["job_id", "domaindatagrant_id", "domaindata_id"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
 }
 
 async fn health() -> Envelope {
