@@ -847,3 +847,168 @@ pub fn forwarded(path: &str) -> bool {
         || path.starts_with("/api/v1/domaindatagrant")
         || path.starts_with("/api/v1/job/")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::state::NodeState;
+    use crate::store::Store;
+    use crate::trust::{PeerSet, TokenCheck, ensure_token};
+
+    async fn master(dir: &std::path::Path) -> Arc<NodeState> {
+        let config = Config {
+            mode: Mode::Master,
+            data_dir: dir.to_path_buf(),
+            domain_id: "corp-master".into(),
+            ..Config::default()
+        };
+        let identity =
+            Identity::load_or_create(dir, "corp-master", &config.endpoint().unwrap()).unwrap();
+        ensure_token(&config.token_path()).unwrap();
+        Arc::new(NodeState {
+            token: TokenCheck::new(config.token_path()),
+            peers: PeerSet::default(),
+            store: Store::open(&config.datastore_url()).await.unwrap(),
+            identity,
+            heartbeat_now: tokio::sync::Notify::new(),
+            jobs_wake: tokio::sync::Notify::new(),
+            runtime: crate::runtime::Runtime::default(),
+            links: crate::gateway::link::Broker::default(),
+            task_addr: "127.0.0.1:9".parse().unwrap(),
+            deliver: tokio::sync::Mutex::new(()),
+            config,
+        })
+    }
+
+    fn csr(dir: &std::path::Path, domain: &str) -> String {
+        trust::lite_csr(dir, domain).unwrap()
+    }
+
+    #[test]
+    fn csr_signing_gives_a_leaf_for_the_domain_only() {
+        let m = tempfile::tempdir().unwrap();
+        let l = tempfile::tempdir().unwrap();
+        let ep = Endpoint::parse("https://127.0.0.1:1080").unwrap();
+        let ca = Identity::load_or_create(m.path(), "corp-master", &ep).unwrap();
+        let issued =
+            trust::sign_lite_csr(m.path(), &ca.ca_der, "alice", &csr(l.path(), "alice")).unwrap();
+        let der = trust::cert_from_pem(&issued.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        // CA:FALSE, no certSign / cRLSign, server + client auth, CN and SAN = the domain.
+        assert!(!cert.is_ca());
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && !ku.key_cert_sign() && !ku.crl_sign());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert_eq!(trust::common_name(&der).as_deref(), Some("alice"));
+        assert!(trust::chain_names_domain(
+            &[der.clone()],
+            &ca.ca_der,
+            "alice"
+        ));
+        assert_eq!(trust::key_sha256(&der).unwrap(), issued.key_sha256);
+        // The lite accepts it (right CA fingerprint), and loads it as its identity.
+        assert!(Identity::load_lite(l.path(), "alice").unwrap().is_none());
+        trust::save_lite_cert(
+            l.path(),
+            "alice",
+            &issued.cert_pem,
+            &ca.ca_pem(),
+            &ca.ca_fingerprint,
+        )
+        .unwrap();
+        let id = Identity::load_lite(l.path(), "alice").unwrap().unwrap();
+        assert_eq!(id.ca_fingerprint, ca.ca_fingerprint);
+        // A CA with another fingerprint is refused.
+        assert!(
+            trust::save_lite_cert(l.path(), "alice", &issued.cert_pem, &ca.ca_pem(), "00").is_err()
+        );
+        // A CSR naming another domain is refused, as is one for "alice" signed as "bob".
+        let other = tempfile::tempdir().unwrap();
+        assert!(
+            trust::sign_lite_csr(m.path(), &ca.ca_der, "alice", &csr(other.path(), "bob")).is_err()
+        );
+        assert!(trust::sign_lite_csr(m.path(), &ca.ca_der, "alice", "garbage").is_err());
+        // A leaf is no CA: nothing it signs chains to the network CA.
+        let peers = PeerSet::default();
+        peers.insert(&id, "alice", ca.ca_der.clone()).unwrap();
+        assert_eq!(peers.authenticate(&id.chain).as_deref(), Some("alice"));
+        peers.pin_key("alice", "another-key");
+        assert_eq!(peers.authenticate(&id.chain), None, "key pin enforced");
+    }
+
+    #[tokio::test]
+    async fn deploy_token_lifecycle() {
+        let m = tempfile::tempdir().unwrap();
+        let l = tempfile::tempdir().unwrap();
+        let st = master(m.path()).await;
+        let t1 = add_domain(&st, "alice", DEFAULT_DEPLOY_TOKEN_TTL)
+            .await
+            .unwrap();
+        assert_eq!(t1.ca_sha256, st.identity.ca_fingerprint);
+        assert!(t1.secret.len() >= 43, "256 bits of secret");
+        assert!(matches!(
+            add_domain(&st, "alice", DEFAULT_DEPLOY_TOKEN_TTL).await,
+            Err(NodeError::Conflict(_))
+        ));
+        let req = |token: &DeployToken, domain: &str| RegisterRequest {
+            domain_id: domain.into(),
+            csr: csr(l.path(), domain),
+            token: token.encode(),
+            endpoint: String::new(),
+            version: VERSION.into(),
+        };
+        // A new token revokes the first; the first is then refused.
+        let t2 = issue_token(&st, "alice", DEFAULT_DEPLOY_TOKEN_TTL)
+            .await
+            .unwrap();
+        assert!(matches!(
+            accept_register(&st, None, req(&t1, "alice")).await,
+            Err(NodeError::Unauthorized)
+        ));
+        // A wrong secret, and a token used for another domain, are refused.
+        let mut wrong = t2.clone();
+        wrong.secret = "x".into();
+        assert!(
+            accept_register(&st, None, req(&wrong, "alice"))
+                .await
+                .is_err()
+        );
+        add_domain(&st, "bob", DEFAULT_DEPLOY_TOKEN_TTL)
+            .await
+            .unwrap();
+        assert!(accept_register(&st, None, req(&t2, "bob")).await.is_err());
+        // The right one registers, once.
+        let a = accept_register(&st, None, req(&t2, "alice")).await.unwrap();
+        assert_eq!(a.master, "corp-master");
+        assert!(accept_register(&st, None, req(&t2, "alice")).await.is_err());
+        // Renewal without a token: only as the authenticated domain, with the same key.
+        let mut renew = req(&t2, "alice");
+        renew.token.clear();
+        assert!(accept_register(&st, None, renew.clone()).await.is_err());
+        assert!(
+            accept_register(&st, Some("bob"), renew.clone())
+                .await
+                .is_err()
+        );
+        accept_register(&st, Some("alice"), renew.clone())
+            .await
+            .unwrap();
+        // Reset: the registered key is forgotten; renewal no longer works; a new token does.
+        let t3 = reset_domain(&st, "alice", DEFAULT_DEPLOY_TOKEN_TTL)
+            .await
+            .unwrap();
+        assert!(accept_register(&st, Some("alice"), renew).await.is_err());
+        accept_register(&st, None, req(&t3, "alice")).await.unwrap();
+        // Expired tokens are refused.
+        let t4 = issue_token(&st, "bob", Duration::from_secs(1))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(accept_register(&st, None, req(&t4, "bob")).await.is_err());
+        assert!(DeployToken::decode(&t4.encode()).unwrap() == t4);
+    }
+}
