@@ -905,7 +905,7 @@ mod tests {
         assert!(eku.server_auth && eku.client_auth);
         assert_eq!(trust::common_name(&der).as_deref(), Some("alice"));
         assert!(trust::chain_names_domain(
-            &[der.clone()],
+            std::slice::from_ref(&der),
             &ca.ca_der,
             "alice"
         ));

@@ -488,7 +488,7 @@ pub fn save_lite_cert(
         ));
     }
     let leaf = cert_from_pem(cert_pem)?;
-    if !chain_names_domain(&[leaf.clone()], &ca, domain_id) {
+    if !chain_names_domain(std::slice::from_ref(&leaf), &ca, domain_id) {
         return Err(NodeError::Peer(format!(
             "the master sent a certificate that is not valid for {domain_id} under the network CA"
         )));
@@ -537,7 +537,7 @@ impl Identity {
             .map_err(|e| NodeError::Crypto(format!("{}: {e}", key_path.display())))?;
         let leaf = cert_from_pem(&crt)?;
         let ca_der = cert_from_pem(&ca)?;
-        if !chain_names_domain(&[leaf.clone()], &ca_der, domain_id) {
+        if !chain_names_domain(std::slice::from_ref(&leaf), &ca_der, domain_id) {
             return Err(NodeError::Config(vec![format!(
                 "domain_id: {} is not a certificate for {domain_id:?} (another domain's data dir?)",
                 crt_path.display()
