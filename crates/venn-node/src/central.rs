@@ -550,6 +550,15 @@ pub async fn lite_identity(config: &Config) -> Result<Identity> {
                     return Ok(id);
                 }
             }
+            Ok(Err(NodeError::Peer(m))) if config.deploy_token()?.is_some() => {
+                // Refused (e.g. after `venn domain reset`): register with the configured token.
+                tracing::warn!("renewing the certificate: {m}; registering with the deploy token");
+                register(config, config.deploy_token()?.as_ref(), None).await?;
+                tracing::info!("registered with the master");
+                if let Some(id) = Identity::load_lite(&config.data_dir, &config.domain_id)? {
+                    return Ok(id);
+                }
+            }
             Ok(Err(e)) => tracing::warn!("renewing the certificate: {e}; keeping the current one"),
             Err(_) => {
                 tracing::warn!("renewing the certificate: timed out; keeping the current one")
