@@ -644,7 +644,13 @@ fn start_refuses_bad_config_files() {
         .args(["start", "-c", bad.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mode:"));
+    // A lite needs its master's gateway.
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("master_endpoint: a lite needs"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

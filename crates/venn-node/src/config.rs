@@ -658,6 +658,40 @@ mod tests {
     }
 
     #[test]
+    fn master_and_lite_fields() {
+        let check = |yaml: &str| Config::from_yaml(yaml).unwrap().validate();
+        check("mode: master\ndomain_id: corp-master\nendpoint: https://m:1080\n").unwrap();
+        let lite = "mode: lite\ndomain_id: alice\nendpoint: https://a:1080\n";
+        let err = check(lite).unwrap_err().to_string();
+        assert!(err.contains("master_endpoint: a lite needs"), "{err}");
+        check(&format!("{lite}master_endpoint: https://m:1080\n")).unwrap();
+        let err = check(&format!(
+            "{lite}master_endpoint: https://m:1080\ndeploy_token: nonsense\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("deploy_token: deploy token: must start with"),
+            "{err}"
+        );
+        let err = check(&format!(
+            "{lite}master_endpoint: https://m:1080\ndeploy_token: x\ndeploy_token_file: /t\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("deploy_token_file: give the deploy token or"),
+            "{err}"
+        );
+        let err = check(
+            "mode: autonomy\ndomain_id: alice\nendpoint: https://a:1080\nmaster_endpoint: https://m:1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("master_endpoint: only for a lite"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_refused() {
         let err =
             Config::from_yaml("mode: autonomy\ndomain_id: a\nendpoint: https://a:1\nport: 3\n")
