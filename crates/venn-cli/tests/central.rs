@@ -626,10 +626,29 @@ fn lites_register_with_deploy_tokens_and_receive_routes() {
         assert!(t0.elapsed() < Duration::from_secs(20), "{a}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A lost key: the new token in alice's configuration; her refused renewal falls back to it.
     net.alice.kill();
-    let _ = std::fs::remove_dir_all(&net.alice.data_dir);
-    let mut fresh_alice = lite(&dir, "alice", ns_of(&net.alice), &ip_of(1), &murl, &reset);
-    fresh_alice.start();
+    let yaml = std::fs::read_to_string(&net.alice.config).unwrap();
+    let yaml: String = yaml
+        .lines()
+        .map(|l| {
+            if l.starts_with("deploy_token:") {
+                format!("deploy_token: {reset}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&net.alice.config, yaml + "\n").unwrap();
+    net.alice.start();
+    assert!(
+        net.alice
+            .log_text()
+            .contains("registering with the deploy token"),
+        "{}",
+        net.alice.log_text()
+    );
     wait_domains_ready(master);
 }
 
