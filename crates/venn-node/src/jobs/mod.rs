@@ -1449,7 +1449,7 @@ mod tests {
         crate::trust::Identity::load_or_create(
             dir,
             name,
-            &Endpoint::parse("https://127.0.0.1:1080").unwrap(),
+            &crate::config::Endpoint::parse("https://127.0.0.1:1080").unwrap(),
         )
         .unwrap()
     }
