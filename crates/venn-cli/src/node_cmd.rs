@@ -235,6 +235,34 @@ pub(crate) enum RouteCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Carry the route SOURCE-DESTINATION through a third domain's gateway (transit), end-to-end
+    /// encrypted. Run it at all three nodes: at SOURCE and DESTINATION it makes their route use
+    /// the relay, at the relay it permits carrying it (give --endpoint there: the DESTINATION's
+    /// gateway). In a centralized network the master does this for you
+    /// (`venn route create ... --transit`).
+    #[command(after_help = "Example:
+          alice$ venn route transit alice bob --via carol -c alice.yaml
+          bob$   venn route transit alice bob --via carol -c bob.yaml
+          carol$ venn route transit alice bob --via carol --endpoint https://bob.example:1080 -c carol.yaml
+          alice$ venn route transit alice bob --direct -c alice.yaml    # back to the direct path")]
+    Transit {
+        /// The route's source domain.
+        source: String,
+        /// The route's destination domain.
+        destination: String,
+        /// The domain whose gateway carries the route.
+        #[arg(long, required_unless_present = "direct", conflicts_with = "direct")]
+        via: Option<String>,
+        /// Use the direct path again.
+        #[arg(long)]
+        direct: bool,
+        /// The destination's gateway endpoint (needed at the relay unless it already has a route
+        /// to the destination).
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 /// `venn domain ...` (master).
@@ -634,6 +662,35 @@ async fn online(cmd: NodeCommand) -> Result<()> {
             Ok(())
         }
         NodeCommand::Route {
+            command:
+                RouteCommand::Transit {
+                    source,
+                    destination,
+                    via,
+                    direct: _,
+                    endpoint,
+                    config,
+                },
+        } => {
+            let r = config
+                .client()?
+                .post(
+                    "/api/v1/route/transit",
+                    &json!({
+                        "source": source,
+                        "destination": destination,
+                        "transit": via.unwrap_or_default(),
+                        "endpoint": endpoint.unwrap_or_default(),
+                    }),
+                )
+                .await?;
+            match s(&r, "/transit").as_str() {
+                "" => println!("route {} is direct", s(&r, "/name")),
+                t => println!("route {} goes through {t}", s(&r, "/name")),
+            }
+            Ok(())
+        }
+        NodeCommand::Route {
             command: RouteCommand::List { output, config },
         } => {
             let routes =
@@ -648,8 +705,10 @@ async fn online(cmd: NodeCommand) -> Result<()> {
                         s(r, "/name"),
                         s(r, "/source"),
                         s(r, "/destination"),
-                        s(r, "/host"),
-                        s(r, "/transit"),
+                        match s(r, "/transit").as_str() {
+                            "" => s(r, "/host"),
+                            t => format!("{} (via {t})", s(r, "/host")),
+                        },
                         s(r, "/authentication_type"),
                         if r.pointer("/status/ready") == Some(&json!(true)) {
                             "True"
@@ -667,7 +726,6 @@ async fn online(cmd: NodeCommand) -> Result<()> {
                     "SOURCE",
                     "DESTINATION",
                     "HOST",
-                    "TRANSIT",
                     "AUTHENTICATION",
                     "READY",
                     "REASON",

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiResult, RequestHeader, ok};
 use crate::central;
-use crate::config::Mode;
+use crate::config::{Endpoint, Mode, check_domain_id};
 use crate::error::NodeError;
 use crate::onboarding::{self, DEFAULT_INVITATION_TTL};
 use crate::state::SharedState;
@@ -32,6 +32,7 @@ pub(super) fn routes() -> Router<SharedState> {
         .route("/api/v1/domain/reset", post(domain_reset))
         .route("/api/v1/route/create", post(route_create))
         .route("/api/v1/route/delete", post(route_delete))
+        .route("/api/v1/route/transit", post(route_transit))
         .route("/api/v1/peer/invite", post(peer_invite))
         .route("/api/v1/peer/join", post(peer_join))
         .route("/api/v1/peer/export", post(peer_export))
@@ -354,6 +355,103 @@ async fn route_list(State(state): State<SharedState>, ApiJson(req): ApiJson<Page
         "routes": page.items.iter().map(route_json).collect::<Vec<_>>(),
         "next_page_token": page.next_page_token,
     }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitReq {
+    #[serde(default)]
+    #[allow(dead_code)]
+    header: Option<RequestHeader>,
+    source: String,
+    destination: String,
+    /// The relay; empty = direct.
+    #[serde(default)]
+    transit: String,
+    /// The destination's gateway (at the relay).
+    #[serde(default)]
+    endpoint: String,
+}
+
+/// `route/transit`: sets the transit domain of a route (see `gateway::transit`). At either end
+/// of the route it switches the route to the relay (or back to direct); at the relay itself it
+/// records the permission to carry the route, with the destination's endpoint.
+async fn route_transit(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<TransitReq>,
+) -> ApiResult {
+    let me = state.domain_id().to_owned();
+    for (field, v) in [("source", &req.source), ("destination", &req.destination)] {
+        check_domain_id(v).map_err(|e| NodeError::Invalid(format!("{field}: {e}")))?;
+    }
+    if !req.transit.is_empty() {
+        check_domain_id(&req.transit).map_err(|e| NodeError::Invalid(format!("transit: {e}")))?;
+    }
+    if req.source == req.destination || req.transit == req.source || req.transit == req.destination
+    {
+        return Err(ApiError(NodeError::Invalid(
+            "transit: source, destination and transit must be three different domains".into(),
+        )));
+    }
+    if !req.endpoint.is_empty() {
+        Endpoint::parse(&req.endpoint).map_err(|e| NodeError::Invalid(format!("endpoint: {e}")))?;
+    }
+    let partner = |d: &str| {
+        if state.peers.get(d).is_some() {
+            Ok(())
+        } else {
+            Err(ApiError(NodeError::Invalid(format!(
+                "{d} is not a partner of {me}: pin its CA first (venn peer join, or venn peer add)"
+            ))))
+        }
+    };
+    let name = format!("{}-{}", req.source, req.destination);
+    let existing = state.store.route(&name).await?;
+    if req.source == me || req.destination == me {
+        let other = if req.source == me {
+            &req.destination
+        } else {
+            &req.source
+        };
+        partner(other)?;
+        if !req.transit.is_empty() {
+            partner(&req.transit)?;
+        }
+        let host = if req.source == me && !req.endpoint.is_empty() {
+            req.endpoint.clone()
+        } else {
+            existing.map(|r| r.host).unwrap_or_default()
+        };
+        state
+            .store
+            .ensure_route(&req.source, &req.destination, &host)
+            .await?;
+    } else if req.transit == me {
+        partner(&req.source)?;
+        partner(&req.destination)?;
+        let host = if req.endpoint.is_empty() {
+            existing.map(|r| r.host).unwrap_or_default()
+        } else {
+            req.endpoint.clone()
+        };
+        state
+            .store
+            .ensure_route(&req.source, &req.destination, &host)
+            .await?;
+    } else {
+        return Err(ApiError(NodeError::Invalid(format!(
+            "{me} is neither an end of route {name} nor its transit: run this at {}, {} or the relay",
+            req.source, req.destination
+        ))));
+    }
+    state.store.set_route_transit(&name, &req.transit).await?;
+    state.heartbeat_now.notify_one();
+    let r = state
+        .store
+        .route(&name)
+        .await?
+        .ok_or_else(|| NodeError::NotFound(format!("route {name}")))?;
+    ok(route_json(&r))
 }
 
 #[derive(Debug, Deserialize)]

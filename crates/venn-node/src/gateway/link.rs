@@ -37,14 +37,12 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
 use super::Partner;
-use crate::config::Endpoint;
 use crate::jobs::{JobPhase, Manifest};
 use crate::runtime::{TaskHello, secret_hash};
 use crate::state::SharedState;
@@ -273,76 +271,30 @@ where
     }
 }
 
-/// Opens the link's upgraded connection to `peer`'s gateway.
+/// Opens the link's upgraded connection to `peer`'s gateway (directly or through the route's
+/// transit domain: [`super::transit::open`]).
 async fn dial(
     state: &SharedState,
     peer: &str,
     job: &str,
     task: &str,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let partner = state
-        .peers
-        .get(peer)
-        .ok_or_else(|| format!("{peer} is not a partner"))?;
-    let row = state
-        .store
-        .domain(peer)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{peer} is not a partner"))?;
-    let ep = Endpoint::parse(&row.endpoint).map_err(|e| format!("{peer}'s endpoint: {e}"))?;
-    let tcp = super::client::connect(&ep, state.config.proxy().as_ref())
+) -> Result<super::client::GatewayStream, String> {
+    let mut tls = super::transit::open(state, peer)
         .await
         .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(peer.to_owned()).map_err(|e| e.to_string())?;
-    let mut tls = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_rustls::TlsConnector::from(partner.client_config).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "TLS: handshake timed out".to_owned())?
-    .map_err(|e| format!("TLS: {e}"))?;
     let req = format!(
         "POST /venn/v1/link HTTP/1.1\r\nHost: {peer}\r\nvenn-source: {}\r\nvenn-job: {job}\r\n\
          venn-task: {task}\r\nConnection: Upgrade\r\nUpgrade: venn-link\r\nContent-Length: 0\r\n\r\n",
         state.domain_id()
     );
-    tls.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    tls.flush().await.map_err(|e| e.to_string())?;
-    // The answer head, byte by byte (what follows belongs to the link).
-    let head = tokio::time::timeout(PAIR_WAIT + Duration::from_secs(10), async {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
-            if tls.read(&mut b).await? == 0 {
-                break;
-            }
-            head.push(b[0]);
+    match super::client::request_upgrade(&mut tls, &req, PAIR_WAIT + Duration::from_secs(10)).await
+    {
+        Ok(()) => Ok(tls),
+        Err((status, reason)) if status.is_empty() => {
+            Err(format!("{peer} did not answer the link request: {reason}"))
         }
-        Ok::<_, std::io::Error>(head)
-    })
-    .await
-    .map_err(|_| format!("{peer} did not answer the link request in time"))?
-    .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let status = text.split_whitespace().nth(1).unwrap_or("");
-    if status == "101" {
-        return Ok(tls);
+        Err((status, reason)) => Err(format!("{peer} refused the link: HTTP {status}: {reason}")),
     }
-    // Read a short body for the reason.
-    let mut body = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut body))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
-    let reason = serde_json::from_slice::<serde_json::Value>(&body[..n])
-        .ok()
-        .and_then(|v| v.get("reason").and_then(|r| r.as_str().map(str::to_owned)))
-        .unwrap_or_else(|| text.lines().next().unwrap_or("no answer").to_owned());
-    Err(format!("{peer} refused the link: HTTP {status}: {reason}"))
 }
 
 fn refuse(code: StatusCode, reason: impl Into<String>) -> Response {

@@ -21,8 +21,8 @@
 pub mod client;
 pub mod heartbeat;
 pub mod link;
+pub mod transit;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -285,6 +286,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/venn/v1/grant/revoke", post(revoke))
         .route("/venn/v1/job/message", post(job_message))
         .route("/venn/v1/link", post(link::upgrade))
+        .route("/venn/v1/transit", post(transit::relay))
+        .route("/venn/v1/tunnel", post(transit::tunnel_in))
         .fallback(fallback)
         .layer(middleware::from_fn(gate))
         .layer(Extension(state))
@@ -330,21 +333,42 @@ pub async fn serve(
         let app = app.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            connection(acceptor, tcp, addr, app, state).await;
+            let _ = tcp.set_nodelay(true);
+            connection(acceptor, tcp, addr.to_string(), app, state, None).await;
             drop(slot);
         });
     }
 }
 
-async fn connection(
+/// Serves one gateway connection that arrived some other way than the listener: the inner
+/// session of a transit tunnel ([`transit::tunnel_in`]). When `expect` is given, the
+/// connection is dropped unless its client certificate authenticates as that domain.
+pub async fn serve_one<S>(state: SharedState, io: S, label: String, expect: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let acceptor = match server_config(&state) {
+        Ok(c) => tokio_rustls::TlsAcceptor::from(c),
+        Err(e) => {
+            tracing::error!("gateway TLS configuration: {e}");
+            return;
+        }
+    };
+    let app = router(state.clone());
+    connection(acceptor, io, label, app, state, expect).await;
+}
+
+async fn connection<S>(
     acceptor: tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    addr: SocketAddr,
+    io: S,
+    addr: String,
     app: Router,
     state: SharedState,
-) {
-    let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+    expect: Option<String>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%addr, "gateway TLS handshake failed: {e}");
@@ -363,6 +387,12 @@ async fn connection(
         .unwrap_or_default();
     let domain = state.peers.authenticate(&certs);
     tracing::debug!(%addr, partner = ?domain, "gateway connection");
+    if let Some(want) = &expect
+        && domain.as_deref() != Some(want.as_str())
+    {
+        tracing::warn!(%addr, partner = ?domain, "tunnelled connection is not {want}; closed");
+        return;
+    }
     let caller = Caller {
         domain,
         certs: Arc::new(certs),
