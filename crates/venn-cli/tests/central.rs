@@ -7,7 +7,9 @@
 //! loopback, so the flows are still exercised; only the transit test (which needs lites that
 //! cannot reach each other) is skipped then.
 
-use std::collections::HashMap;
+mod common;
+
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,6 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use common::capture::{Capture, assert_no_plaintext};
 
 fn venn_bin() -> &'static str {
     env!("CARGO_BIN_EXE_venn")
@@ -861,6 +865,9 @@ fn job_through_the_master_as_transit_when_lites_cannot_reach_each_other() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    // Everything the master's namespace carries during the job is captured.
+    let ns_master = net.master.ns.clone().expect("namespaces");
+    let capture = Capture::start(&ns_master, &net.dir.path().join("master.pcap"));
     let (fa, fb) = seed002_data(&net, 5000);
     net.master.api_ok("/api/v1/job/create", &psi_job("job-t1"));
     let j = net
@@ -870,5 +877,9 @@ fn job_through_the_master_as_transit_when_lites_cannot_reach_each_other() {
     let mut a_out = rows_of(&net.alice.data_dir.join("data/job-t1.csv"));
     a_out.sort();
     assert!(!a_out.is_empty());
-    assert_eq!(a_out, naive(&rows_of(&fa), &rows_of(&fb)));
+    let (a_in, b_in) = (rows_of(&fa), rows_of(&fb));
+    assert_eq!(a_out, naive(&a_in, &b_in));
+    // The master carried the link but saw no key of either input in plaintext.
+    let keys: HashSet<&str> = a_in.iter().chain(&b_in).map(|r| key(r)).collect();
+    assert_no_plaintext(&capture.stop(), &keys, 100_000, "corp-master");
 }

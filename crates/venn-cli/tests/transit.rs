@@ -17,13 +17,17 @@
 //! Without network namespaces the same steps run on loopback (the direct path then exists, so
 //! only the relaying and the job are checked; the capture is skipped with a `SKIPPED` line).
 
-use std::collections::HashMap;
+mod common;
+
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use common::capture::{Capture, assert_no_plaintext};
 
 fn venn_bin() -> &'static str {
     env!("CARGO_BIN_EXE_venn")
@@ -404,35 +408,8 @@ fn psi_job_through_a_transit_relay_sees_no_plaintext() {
     assert!(table.contains("(via carol)"), "{table}");
 
     // Capture everything carol's namespace sees during the job.
-    let pcap = dir.path().join("carol.pcap");
-    let mut capture = match &carol.ns {
-        Some(ns) if Command::new("tcpdump").arg("--version").output().is_ok() => {
-            let mut c = Command::new("ip")
-                .args([
-                    "netns", "exec", ns, "tcpdump", "-i", "any", "-s", "0", "-U", "-w",
-                ])
-                .arg(&pcap)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            // tcpdump says "listening on ..." once it captures.
-            let mut err = c.stderr.take().unwrap();
-            let mut seen = Vec::new();
-            let mut b = [0u8; 256];
-            let t0 = Instant::now();
-            while !String::from_utf8_lossy(&seen).contains("listening on") {
-                use std::io::Read;
-                let n = err.read(&mut b).unwrap_or(0);
-                assert!(
-                    n > 0 && t0.elapsed() < Duration::from_secs(10),
-                    "tcpdump did not start"
-                );
-                seen.extend_from_slice(&b[..n]);
-            }
-            Some((c, err))
-        }
-        Some(_) => panic!("tcpdump is needed for the capture (apt-get install tcpdump)"),
+    let capture = match &carol.ns {
+        Some(ns) => Some(Capture::start(ns, &dir.path().join("carol.pcap"))),
         None => {
             println!("SKIPPED capture: no network namespaces");
             None
@@ -511,57 +488,8 @@ fn psi_job_through_a_transit_relay_sees_no_plaintext() {
         carol.log_text()
     );
 
-    if let Some((mut c, _err)) = capture.take() {
-        // SIGTERM lets tcpdump flush the file.
-        let _ = Command::new("kill").arg(c.id().to_string()).status();
-        let _ = c.wait();
-        let bytes = std::fs::read(&pcap).unwrap();
-        assert!(
-            bytes.len() > 100_000,
-            "the capture holds only {} bytes: did the job pass through carol?",
-            bytes.len()
-        );
-        let keys: std::collections::HashSet<&str> =
-            a_in.iter().chain(&b_in).map(|r| key(r)).collect();
-        assert!(
-            keys.iter().all(|k| k.len() >= 12),
-            "keys too short for a meaningful search"
-        );
-        // The search finds a key embedded in binary bytes (so an empty result means something).
-        let probe = key(&a_in[0]);
-        let mut planted = b"\x00\x17,9".to_vec();
-        planted.extend_from_slice(probe.as_bytes());
-        planted.extend_from_slice(b"7\xff");
-        assert_eq!(digit_windows_in(&planted, &keys), vec![probe.to_owned()]);
-        let plaintext = digit_windows_in(&bytes, &keys);
-        assert!(
-            plaintext.is_empty(),
-            "carol's interfaces carried {} plaintext rows, e.g. {:?}",
-            plaintext.len(),
-            &plaintext[..plaintext.len().min(3)]
-        );
-        println!(
-            "capture: {} bytes on carol's interfaces, none of {} keys in plaintext",
-            bytes.len(),
-            a_in.len() + b_in.len()
-        );
+    if let Some(c) = capture {
+        let keys: HashSet<&str> = a_in.iter().chain(&b_in).map(|r| key(r)).collect();
+        assert_no_plaintext(&c.stop(), &keys, 100_000, "carol");
     }
-}
-
-/// The keys (ASCII digit strings) that occur anywhere in `hay`: every run of digits is cut into
-/// windows of each key length and looked up, so a key inside a longer run is found too.
-fn digit_windows_in(hay: &[u8], keys: &std::collections::HashSet<&str>) -> Vec<String> {
-    let lens: std::collections::BTreeSet<usize> = keys.iter().map(|k| k.len()).collect();
-    let mut found = Vec::new();
-    for run in hay.split(|b| !b.is_ascii_digit()) {
-        for &l in &lens {
-            for w in run.windows(l) {
-                let w = std::str::from_utf8(w).unwrap_or_default();
-                if keys.contains(w) {
-                    found.push(w.to_owned());
-                }
-            }
-        }
-    }
-    found
 }
