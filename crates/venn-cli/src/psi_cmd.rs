@@ -237,7 +237,7 @@ pub(crate) fn run(a: PsiArgs) -> anyhow::Result<()> {
     let first = open(0)?;
     let plan = workers::negotiate(&first, &set, 0, leader)?;
     if plan.ours() > plan.pairs() {
-        tracing::info!(
+        tracing::warn!(
             "the peer runs {} worker(s): {} of our {} workers have no partner and stop; {} pair(s) run",
             plan.theirs(),
             plan.ours() - plan.pairs(),
