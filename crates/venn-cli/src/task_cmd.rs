@@ -224,7 +224,10 @@ fn execute_worker(
     t0: std::time::Instant,
 ) -> anyhow::Result<Value> {
     let Some(parts) = &cfg.parts_dir else {
-        bail!("the task config names no parts_dir for its {} workers", cfg.workers);
+        bail!(
+            "the task config names no parts_dir for its {} workers",
+            cfg.workers
+        );
     };
     let part = worker_part(parts, cfg.worker);
     let report = workers::run_part(pc, plan, &cfg.input, &part, &chan)?;

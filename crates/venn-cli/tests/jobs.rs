@@ -536,10 +536,19 @@ fn psi_job_with_two_workers_equals_the_naive_join() {
         assert_eq!(report["self"]["rows"], rows as u64, "{report}");
         // both workers ran and logged; no worker process is left, nor its parts
         let logs = n.cli_ok(&["job", "logs", "job-w2"]);
-        assert!(logs.contains("worker=1") && logs.matches("task succeeded").count() == 2, "{logs}");
-        assert!(task_pid(&n.data_dir).is_none(), "a worker outlived its task");
+        assert!(
+            logs.contains("worker=1") && logs.matches("task succeeded").count() == 2,
+            "{logs}"
+        );
+        assert!(
+            task_pid(&n.data_dir).is_none(),
+            "a worker outlived its task"
+        );
         let task_dir = n.data_dir.join("jobs").join("job-w2");
-        let leftovers: Vec<_> = walk(&task_dir).into_iter().filter(|p| p.to_string_lossy().contains("/parts")).collect();
+        let leftovers: Vec<_> = walk(&task_dir)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("/parts"))
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

@@ -1045,9 +1045,12 @@ fn run_inner(
 
     let tw = Instant::now();
     let mut out_stats = None;
-    if let (Some(d), Sink::Runs {
-        matched, unmatched, ..
-    }) = (part_dir, &sink)
+    if let (
+        Some(d),
+        Sink::Runs {
+            matched, unmatched, ..
+        },
+    ) = (part_dir, &sink)
     {
         crate::workers::write_part_meta(
             d,

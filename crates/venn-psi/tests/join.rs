@@ -710,7 +710,10 @@ fn with_duplicates(n: usize, start: usize, payload: &str) -> String {
     let mut s = String::from("id,payload\n");
     for i in start..start + n {
         for d in 0..1 + i % 3 {
-            s.push_str(&format!("{:018},{payload}{i}-{d}\n", 300_000_000_000_000_000u64 + i as u64));
+            s.push_str(&format!(
+                "{:018},{payload}{i}-{d}\n",
+                300_000_000_000_000_000u64 + i as u64
+            ));
         }
     }
     s
@@ -755,8 +758,14 @@ fn one_two_and_three_workers_write_identical_outputs() {
             for n in [1, 2, 3] {
                 let [(ra, an), (rb, bn)] = run_case_workers(&c, [n, n]).unwrap();
                 assert_eq!(an, a1, "{protocol:?}/{mode} {join:?} listener, {n} workers");
-                assert_eq!(bn, b1, "{protocol:?}/{mode} {join:?} connector, {n} workers");
-                assert_eq!(ra.intersection.as_ref().unwrap().keys, r1.intersection.as_ref().unwrap().keys);
+                assert_eq!(
+                    bn, b1,
+                    "{protocol:?}/{mode} {join:?} connector, {n} workers"
+                );
+                assert_eq!(
+                    ra.intersection.as_ref().unwrap().keys,
+                    r1.intersection.as_ref().unwrap().keys
+                );
                 assert_eq!(ra.self_.rows, r1.self_.rows);
                 assert_eq!(rb.peer.unique_keys, r1.self_.unique_keys);
                 cases += 1;

@@ -782,11 +782,16 @@ mod tests {
         let one = parse_psi("t", &format!("{base}}}"), &parties, &out, &owner).unwrap();
         assert_eq!(one.workers, 1);
         assert!(!serde_json::to_string(&one).unwrap().contains("workers"));
-        let four = parse_psi("t", &format!("{base},\"workers\":4}}"), &parties, &out, &owner)
-            .unwrap();
+        let four = parse_psi(
+            "t",
+            &format!("{base},\"workers\":4}}"),
+            &parties,
+            &out,
+            &owner,
+        )
+        .unwrap();
         assert_eq!(four.workers, 4);
-        let back: PsiSpec =
-            serde_json::from_str(&serde_json::to_string(&four).unwrap()).unwrap();
+        let back: PsiSpec = serde_json::from_str(&serde_json::to_string(&four).unwrap()).unwrap();
         assert_eq!(back.workers, 4);
         let set: BTreeSet<&str> = ["alice", "bob"].into();
         assert!(four.check("t", &set).is_ok());
