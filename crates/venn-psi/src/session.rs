@@ -2,6 +2,8 @@
 //!
 //! The order of messages (every frame is tagged, see `wire`):
 //!
+//! 0. With workers (`crate::workers`), `PLAN` both ways first, on every
+//!    worker link; the plan it gives is compared again in `HELLO`.
 //! 1. `HELLO` both ways: version and every option both parties must agree on
 //!    (protocol, key column count, join, receivers, left side, normalisation,
 //!    security parameter). Compared before any input is read or any key
