@@ -13,6 +13,7 @@ use crate::gen_cmd;
 const EXAMPLE: &str = "\
 Example:
   venn bench psi --rows 1048576 --protocol ecdh
+  venn bench psi --rows 1048576 --protocol rr22 --workers 2
   # one JSON line: wall seconds, bytes, peak RSS of each party, correctness";
 
 /// Benchmarks.
@@ -62,6 +63,9 @@ pub(crate) struct BenchPsiArgs {
     /// Threads per party (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Workers per party (`venn psi --workers`).
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
     /// Where data and outputs go (data is reused across runs).
     #[arg(long, default_value = "venn-bench")]
     dir: PathBuf,
@@ -200,6 +204,7 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     if let Some(t) = a.threads {
         common.extend(["--threads".into(), t.to_string()]);
     }
+    common.extend(["--workers".into(), a.workers.to_string()]);
     common.extend(a.extra.iter().cloned());
     let (oa, ob) = (a.dir.join("out_a.csv"), a.dir.join("out_b.csv"));
     let mut walls = Vec::new();
@@ -222,6 +227,7 @@ pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         "protocol": a.protocol,
         "low_comm": a.low_comm,
         "malicious": a.malicious,
+        "workers": pick(0, "workers"),
         "wall_s": walls,
         "median_wall_s": median(&mut walls.clone()),
         "bytes_sent": [pick(0, "bytes_sent"), pick(1, "bytes_sent")],

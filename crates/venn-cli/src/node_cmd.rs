@@ -49,18 +49,27 @@ pub(crate) enum Output {
 /// `venn init` arguments.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  venn init --mode autonomy --domain alice --endpoint https://alice.example:1080 > alice.yaml\n  venn start -c alice.yaml"
+    after_help = "Examples:\n  venn init --mode autonomy --domain alice --endpoint https://alice.example:1080 > alice.yaml\n  venn start -c alice.yaml\n  venn init --mode master --domain corp-master > master.yaml\n  venn init --mode lite --domain alice --master-endpoint https://master:1080 --deploy-token venn-deploy-... > alice.yaml"
 )]
 pub(crate) struct InitArgs {
-    /// Network mode (only autonomy, peer-to-peer, is implemented).
+    /// Network mode: autonomy (peer-to-peer), master or lite (centralized network).
     #[arg(long, value_enum, default_value = "autonomy")]
     pub(crate) mode: InitMode,
     /// This node's domain ID (RFC 1123 label, e.g. alice).
     #[arg(short = 'd', long)]
     pub(crate) domain: String,
-    /// URL partners use to reach this node's gateway, e.g. https://alice.example:1080.
+    /// URL partners use to reach this node's gateway (default https://<domain>:1080).
     #[arg(short = 'e', long)]
-    pub(crate) endpoint: String,
+    pub(crate) endpoint: Option<String>,
+    /// Lite: the master's gateway URL, e.g. https://master:1080.
+    #[arg(long)]
+    pub(crate) master_endpoint: Option<String>,
+    /// Lite: the deploy token printed by `venn domain add <domain>` on the master.
+    #[arg(long, conflicts_with = "deploy_token_file")]
+    pub(crate) deploy_token: Option<String>,
+    /// Lite: a file holding the deploy token (kept out of the YAML).
+    #[arg(long)]
+    pub(crate) deploy_token_file: Option<PathBuf>,
     /// Data dir (keys, database, default data source).
     #[arg(long, default_value = "./venn-data")]
     pub(crate) data_dir: PathBuf,
@@ -96,9 +105,9 @@ pub(crate) struct InitArgs {
 pub(crate) enum InitMode {
     /// Peer-to-peer node.
     Autonomy,
-    /// Centralized master (not implemented yet).
+    /// Centralized master: domains, deploy tokens, routes.
     Master,
-    /// Centralized lite (not implemented yet).
+    /// Centralized lite: registers with a master, holds data, runs tasks.
     Lite,
 }
 
@@ -189,8 +198,124 @@ pub(crate) enum PeerCommand {
 /// `venn route ...`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum RouteCommand {
+    /// Master: create (or update) the route from one lite to another.
+    #[command(
+        after_help = "Examples:\n  venn route create alice bob https://bob:1080 -c master.yaml\n  venn route create alice bob https://bob:1080 --transit corp-master -c master.yaml"
+    )]
+    Create {
+        /// Source domain.
+        source: String,
+        /// Destination domain.
+        destination: String,
+        /// The destination's gateway URL.
+        endpoint: String,
+        /// Carry the route through this domain's gateway (the master).
+        #[arg(long, default_value = "")]
+        transit: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Master: delete the route from one lite to another.
+    #[command(after_help = "Example:\n  venn route delete alice bob -c master.yaml")]
+    Delete {
+        /// Source domain.
+        source: String,
+        /// Destination domain.
+        destination: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// List routes with their status (NAME SOURCE DESTINATION HOST AUTHENTICATION READY REASON).
     #[command(after_help = "Example:\n  venn route list -c alice.yaml\n  venn route list -o json")]
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Carry the route SOURCE-DESTINATION through a third domain's gateway (transit), end-to-end
+    /// encrypted. Run it at all three nodes: at SOURCE and DESTINATION it makes their route use
+    /// the relay, at the relay it permits carrying it (give --endpoint there: the DESTINATION's
+    /// gateway). In a centralized network the master does this for you
+    /// (`venn route create ... --transit`).
+    #[command(after_help = "Example:
+          alice$ venn route transit alice bob --via carol -c alice.yaml
+          bob$   venn route transit alice bob --via carol -c bob.yaml
+          carol$ venn route transit alice bob --via carol --endpoint https://bob.example:1080 -c carol.yaml
+          alice$ venn route transit alice bob --direct -c alice.yaml    # back to the direct path")]
+    Transit {
+        /// The route's source domain.
+        source: String,
+        /// The route's destination domain.
+        destination: String,
+        /// The domain whose gateway carries the route.
+        #[arg(long, required_unless_present = "direct", conflicts_with = "direct")]
+        via: Option<String>,
+        /// Use the direct path again.
+        #[arg(long)]
+        direct: bool,
+        /// The destination's gateway endpoint (needed at the relay unless it already has a route
+        /// to the destination).
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// `venn domain ...` (master).
+#[derive(Debug, Subcommand)]
+pub(crate) enum DomainCommand {
+    /// Master: create a lite domain and print its deploy token (shown once; single use).
+    #[command(
+        after_help = "Example:\n  venn domain add alice -c master.yaml\n  venn domain add alice --ttl 2h -c master.yaml"
+    )]
+    Add {
+        /// The lite's domain ID.
+        domain: String,
+        /// Token lifetime: seconds, or with s/m/h/d (default 24h).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Master: issue a new deploy token for a domain; unused earlier tokens stop working
+    /// (tokens are stored hashed, so an old one cannot be shown again).
+    #[command(after_help = "Example:\n  venn domain token alice -c master.yaml")]
+    Token {
+        /// The lite's domain ID.
+        domain: String,
+        /// Token lifetime: seconds, or with s/m/h/d (default 24h).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Master: forget a lite's registered key (lost or stolen) and print a new deploy token.
+    #[command(
+        after_help = "Example:\n  venn domain reset alice -c master.yaml\n  alice$ rm venn-data/keys/lite.crt; venn init --mode lite ... --deploy-token <new>"
+    )]
+    Reset {
+        /// The lite's domain ID.
+        domain: String,
+        /// Token lifetime: seconds, or with s/m/h/d (default 24h).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List domains: DOMAIN ROLE STATUS LAST HEARTBEAT VERSION (on a master: lite node status).
+    #[command(
+        after_help = "Example:\n  venn domain list -c master.yaml\n  venn domain list -o json"
+    )]
     List {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
@@ -290,6 +415,14 @@ pub(crate) enum NodeCommand {
         #[command(subcommand)]
         command: PeerCommand,
     },
+    /// Domains of a centralized network (master): add, token, reset, list.
+    #[command(
+        after_help = "Examples:\n  venn domain add alice -c master.yaml\n  venn domain list -c master.yaml"
+    )]
+    Domain {
+        #[command(subcommand)]
+        command: DomainCommand,
+    },
     /// Routes to and from partners.
     #[command(after_help = "Example:\n  venn route list -c alice.yaml")]
     Route {
@@ -347,10 +480,16 @@ fn init(a: InitArgs) -> Result<()> {
         InitMode::Master => Mode::Master,
         InitMode::Lite => Mode::Lite,
     };
+    let endpoint = a
+        .endpoint
+        .unwrap_or_else(|| format!("https://{}:1080", a.domain));
     let mut cfg = Config {
         mode,
+        endpoint,
+        master_endpoint: a.master_endpoint.unwrap_or_default(),
+        deploy_token: a.deploy_token.unwrap_or_default(),
+        deploy_token_file: a.deploy_token_file,
         domain_id: a.domain,
-        endpoint: a.endpoint,
         data_dir: a.data_dir,
         datastore: a.datastore.into(),
         datastore_password_file: a.datastore_password_file,
@@ -470,6 +609,87 @@ async fn list_all(
 async fn online(cmd: NodeCommand) -> Result<()> {
     match cmd {
         NodeCommand::Peer { command } => peer(command).await,
+        NodeCommand::Domain { command } => domain(command).await,
+        NodeCommand::Route {
+            command:
+                RouteCommand::Create {
+                    source,
+                    destination,
+                    endpoint,
+                    transit,
+                    output,
+                    config,
+                },
+        } => {
+            let mut body =
+                json!({ "source": source, "destination": destination, "host": endpoint });
+            if !transit.is_empty() {
+                body["transit"] =
+                    json!({ "transit_method": "THIRD-DOMAIN", "domain": { "domain_id": transit } });
+            }
+            let r = config.client()?.post("/api/v1/route/create", &body).await?;
+            if output == Output::Json {
+                return print_json(&r);
+            }
+            let via = s(&r, "/transit");
+            if via.is_empty() {
+                println!("route {} created ({})", s(&r, "/name"), s(&r, "/host"));
+            } else {
+                println!(
+                    "route {} created ({} through {via})",
+                    s(&r, "/name"),
+                    s(&r, "/host")
+                );
+            }
+            Ok(())
+        }
+        NodeCommand::Route {
+            command:
+                RouteCommand::Delete {
+                    source,
+                    destination,
+                    config,
+                },
+        } => {
+            let r = config
+                .client()?
+                .post(
+                    "/api/v1/route/delete",
+                    &json!({ "source": source, "destination": destination }),
+                )
+                .await?;
+            println!("route {} deleted", s(&r, "/name"));
+            Ok(())
+        }
+        NodeCommand::Route {
+            command:
+                RouteCommand::Transit {
+                    source,
+                    destination,
+                    via,
+                    direct: _,
+                    endpoint,
+                    config,
+                },
+        } => {
+            let r = config
+                .client()?
+                .post(
+                    "/api/v1/route/transit",
+                    &json!({
+                        "source": source,
+                        "destination": destination,
+                        "transit": via.unwrap_or_default(),
+                        "endpoint": endpoint.unwrap_or_default(),
+                    }),
+                )
+                .await?;
+            match s(&r, "/transit").as_str() {
+                "" => println!("route {} is direct", s(&r, "/name")),
+                t => println!("route {} goes through {t}", s(&r, "/name")),
+            }
+            Ok(())
+        }
         NodeCommand::Route {
             command: RouteCommand::List { output, config },
         } => {
@@ -485,7 +705,10 @@ async fn online(cmd: NodeCommand) -> Result<()> {
                         s(r, "/name"),
                         s(r, "/source"),
                         s(r, "/destination"),
-                        s(r, "/host"),
+                        match s(r, "/transit").as_str() {
+                            "" => s(r, "/host"),
+                            t => format!("{} (via {t})", s(r, "/host")),
+                        },
                         s(r, "/authentication_type"),
                         if r.pointer("/status/ready") == Some(&json!(true)) {
                             "True"
@@ -527,6 +750,112 @@ async fn online(cmd: NodeCommand) -> Result<()> {
             unreachable!("handled before the runtime starts")
         }
     }
+}
+
+/// Parses a lifetime: plain seconds or a number with s, m, h or d.
+fn parse_ttl(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1),
+        Some('m') => (&t[..t.len() - 1], 60),
+        Some('h') => (&t[..t.len() - 1], 3600),
+        Some('d') => (&t[..t.len() - 1], 86_400),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--ttl {text:?}: give seconds or e.g. 30m, 24h, 7d"))?;
+    Ok(n.saturating_mul(mult))
+}
+
+fn fmt_time(unix: i64) -> String {
+    if unix <= 0 {
+        return "-".into();
+    }
+    let ago = venn_node::trust::now_unix() - unix;
+    format!("{}s ago", ago.max(0))
+}
+
+async fn domain(cmd: DomainCommand) -> Result<()> {
+    let (path, domain, ttl, output, config) = match cmd {
+        DomainCommand::List { output, config } => {
+            let domains = list_all(
+                &config.client()?,
+                "/api/v1/domain/list",
+                json!({}),
+                "domains",
+            )
+            .await?;
+            if output == Output::Json {
+                return print_json(&json!(domains));
+            }
+            let rows: Vec<Vec<String>> = domains
+                .iter()
+                .map(|d| {
+                    let role = match s(d, "/role").as_str() {
+                        "" => "self".to_owned(),
+                        r => r.to_owned(),
+                    };
+                    let st = d
+                        .pointer("/node_statuses/0")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    let status = match s(&st, "/status").as_str() {
+                        "" => "-".to_owned(),
+                        x => x.to_owned(),
+                    };
+                    let beat = st
+                        .get("last_heartbeat_time")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    let version = match s(&st, "/version").as_str() {
+                        "" => "-".to_owned(),
+                        v => v.to_owned(),
+                    };
+                    vec![s(d, "/domain_id"), role, status, fmt_time(beat), version]
+                })
+                .collect();
+            print_table(
+                &["DOMAIN", "ROLE", "STATUS", "LAST HEARTBEAT", "VERSION"],
+                &rows,
+            );
+            return Ok(());
+        }
+        DomainCommand::Add {
+            domain,
+            ttl,
+            output,
+            config,
+        } => ("/api/v1/domain/create", domain, ttl, output, config),
+        DomainCommand::Token {
+            domain,
+            ttl,
+            output,
+            config,
+        } => ("/api/v1/domain/token", domain, ttl, output, config),
+        DomainCommand::Reset {
+            domain,
+            ttl,
+            output,
+            config,
+        } => ("/api/v1/domain/reset", domain, ttl, output, config),
+    };
+    let ttl = parse_ttl(&ttl)?;
+    let data = config
+        .client()?
+        .post(path, &json!({ "domain_id": domain, "ttl_seconds": ttl }))
+        .await?;
+    if output == Output::Json {
+        return print_json(&data);
+    }
+    // The token alone on stdout (scripts: T=$(venn domain add alice)); the advice on stderr.
+    println!("{}", s(&data, "/deploy_token"));
+    eprintln!(
+        "deploy token for {domain}: single use, expires in {ttl} s; on {domain}'s machine:\n  \
+         venn init --mode lite --domain {domain} --master-endpoint <this master's gateway URL> \
+         --deploy-token <token> > {domain}.yaml"
+    );
+    Ok(())
 }
 
 fn reason_text(r: &Value) -> String {

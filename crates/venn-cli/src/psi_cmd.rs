@@ -1,4 +1,12 @@
 //! `venn psi`: one party of a two-party PSI over a direct link.
+//!
+//! With `--workers N` the party runs N worker threads, each with its own link
+//! to the peer's worker of the same index (venn_psi::workers). All links use
+//! the one `--listen` port, opened one after the other: link 0 first, whose
+//! `PLAN` exchange fixes the number of pairs (the smaller of the two counts),
+//! then links 1, 2, ... Each link's `PLAN` carries its worker index, so links
+//! that paired out of order are an error, not a wrong result. One port keeps
+//! firewall rules as they are for a single worker.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use venn_link::{Link, LinkOptions};
+use venn_psi::workers::{self, WorkerSet};
 use venn_psi::{
     Channel, ChannelError, JoinType, Normalize, Protocol, PsiConfig, Receiver, Report, Side,
 };
@@ -16,6 +25,12 @@ Examples:
   venn psi --listen 0.0.0.0:7000 --token \"$SECRET\" --input alice.csv --keys id --output alice_out.csv
   # at bob (connects)
   venn psi --connect alice.example:7000 --token \"$SECRET\" --input bob.csv --keys id --output bob_out.csv
+
+  # the same with 4 workers at each party (4 links through the same port)
+  venn psi --listen 0.0.0.0:7000 --workers 4 --token \"$SECRET\" --input alice.csv --keys id --output alice_out.csv
+
+--workers may differ between the parties: min(N_alice, N_bob) worker pairs run
+and the output is the same file a single worker writes.
 
 Both parties must agree on --protocol, the number of --keys columns, --join,
 --receiver, --left, --normalize, --low-comm and --malicious; a difference stops both before any key
@@ -101,6 +116,10 @@ pub(crate) struct PsiArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Workers: N pairs of links and engines, each on its own bucket of the
+    /// key space (the peer may give another N; the smaller one is used).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers: u32,
     /// Write the JSON report to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -194,26 +213,50 @@ pub(crate) fn run(a: PsiArgs) -> anyhow::Result<()> {
     if a.insecure {
         tracing::warn!("--insecure: traffic is not encrypted; use it on loopback only");
     }
-    let link = match (&a.listen, &a.connect) {
-        (Some(addr), _) => {
-            tracing::info!("listening on {addr} for the peer");
-            Link::listen(addr, &opts)?
-        }
-        (_, Some(addr)) => Link::connect(addr, &opts)?,
-        _ => bail!("give --listen ADDR or --connect ADDR"),
+    let set = WorkerSet::new(a.workers)?;
+    let open = |i: u32| -> anyhow::Result<LinkChannel> {
+        let link = match (&a.listen, &a.connect) {
+            (Some(addr), _) => {
+                tracing::info!("listening on {addr} for the peer's worker {i}");
+                Link::listen(addr, &opts)?
+            }
+            (_, Some(addr)) => Link::connect(addr, &opts)?,
+            _ => bail!("give --listen ADDR or --connect ADDR"),
+        };
+        tracing::info!(
+            "worker {i}: connected to {} ({})",
+            link.peer_addr(),
+            if a.insecure {
+                "plaintext"
+            } else {
+                "TLS 1.3, token verified"
+            }
+        );
+        Ok(LinkChannel(link))
     };
-    tracing::info!(
-        "connected to {} ({})",
-        link.peer_addr(),
-        if a.insecure {
-            "plaintext"
-        } else {
-            "TLS 1.3, token verified"
-        }
-    );
-    let chan = LinkChannel(link);
-    let report = venn_psi::run(&cfg, &a.input, a.output.as_deref(), &chan)?;
-    chan.0.close().context("closing the link")?;
+    let first = open(0)?;
+    let plan = workers::negotiate(&first, &set, 0, leader)?;
+    if plan.ours() > plan.pairs() {
+        tracing::warn!(
+            "the peer runs {} worker(s): {} of our {} workers have no partner and stop; {} pair(s) run",
+            plan.theirs(),
+            plan.ours() - plan.pairs(),
+            plan.ours(),
+            plan.pairs()
+        );
+    }
+    let mut chans = vec![first];
+    let mut plans = vec![plan.clone()];
+    for i in 1..plan.pairs() {
+        let chan = open(i)?;
+        plans.push(workers::negotiate(&chan, &set, i, leader)?);
+        chans.push(chan);
+    }
+    let refs: Vec<&dyn Channel> = chans.iter().map(|c| c as &dyn Channel).collect();
+    let report = workers::run_local(&cfg, &plans, &a.input, a.output.as_deref(), &refs)?;
+    for c in chans {
+        c.0.close().context("closing the link")?;
+    }
     print_report(&report, &a)?;
     Ok(())
 }
@@ -240,6 +283,9 @@ fn print_report(r: &Report, a: &PsiArgs) -> anyhow::Result<()> {
     match &r.output {
         Some(o) => msg.push_str(&format!("; wrote {} rows to {}", o.rows, o.path)),
         None => msg.push_str("; this party does not receive the result"),
+    }
+    if r.workers > 1 {
+        msg.push_str(&format!("; {} worker pairs", r.workers));
     }
     msg.push_str(&format!(
         "; {:.2} s, sent {:.1} MB, received {:.1} MB",

@@ -5,6 +5,13 @@
 //! run the PSI, write the output under a temporary name and rename it, and leave a
 //! `result.json` for the node. Uses venn-psi and venn-link only; the config type comes from
 //! venn-node's runtime module (it is the contract).
+//!
+//! With `workers` > 1 in the config, this process is one worker of its party: it asks the
+//! gateway for the link of its worker index, agrees the bucket plan with the peer's worker
+//! (venn_psi::workers), and writes its part under `parts_dir`. Workers 1.. leave their
+//! result for worker 0 ([`worker_result`]); worker 0 waits for every one of them, merges the
+//! parts into the output (temporary name, renamed when complete) and writes the party's
+//! result with the combined report. Only worker 0 reports progress.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -15,8 +22,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use venn_link::{Link, LinkOptions};
-use venn_node::runtime::{TaskConfig, TaskHello, TaskResult};
-use venn_psi::{JoinType, Protocol, PsiConfig, Receiver, Side};
+use venn_node::runtime::{TaskConfig, TaskHello, TaskResult, worker_part, worker_result};
+use venn_psi::workers::{self, Plan, WorkerSet};
+use venn_psi::{JoinType, Protocol, PsiConfig, Receiver, Report, Side};
 
 use crate::psi_cmd::LinkChannel;
 
@@ -51,7 +59,7 @@ pub(crate) fn run(cmd: TaskCommand) -> anyhow::Result<()> {
             cfg.version
         );
     }
-    tracing::info!(job = %cfg.job_id, task = %cfg.task_id, party = %cfg.party, peer = %cfg.peer, attempt = cfg.attempt, "task starting");
+    tracing::info!(job = %cfg.job_id, task = %cfg.task_id, party = %cfg.party, peer = %cfg.peer, attempt = cfg.attempt, worker = cfg.worker, workers = cfg.workers, "task starting");
     let outcome = execute(&cfg);
     let result = match &outcome {
         Ok(report) => TaskResult {
@@ -78,7 +86,7 @@ pub(crate) fn run(cmd: TaskCommand) -> anyhow::Result<()> {
     crate::write_atomic(&cfg.result, &serde_json::to_vec(&result)?)?;
     match outcome {
         Ok(_) => {
-            tracing::info!("task succeeded");
+            tracing::info!(worker = cfg.worker, "task succeeded");
             Ok(())
         }
         Err(e) => Err(e),
@@ -94,12 +102,16 @@ fn hello(cfg: &TaskConfig, kind: &str, progress: f64, step: &str) -> Vec<u8> {
         secret: cfg.secret.clone(),
         progress,
         step: step.into(),
+        worker: cfg.worker,
     })
     .unwrap_or_default()
 }
 
 /// Reports progress to the node (best effort: a lost report only delays the display).
 fn progress(cfg: &TaskConfig, fraction: f64, step: &str) {
+    if cfg.worker != 0 {
+        return;
+    }
     let send = || -> std::io::Result<()> {
         let mut s = TcpStream::connect(&cfg.gateway)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -124,6 +136,7 @@ fn temp_output(out: &Path) -> PathBuf {
 }
 
 fn execute(cfg: &TaskConfig) -> anyhow::Result<Value> {
+    let t0 = std::time::Instant::now();
     let mut pc = PsiConfig::new(cfg.psi.keys.clone(), cfg.leader);
     pc.protocol = cfg
         .psi
@@ -160,9 +173,18 @@ fn execute(cfg: &TaskConfig) -> anyhow::Result<Value> {
     )
     .with_context(|| format!("linking to {} through the gateway", cfg.peer))?;
     tracing::info!(peer = %cfg.peer, "linked through the gateway");
-    progress(cfg, 0.1, "intersecting");
-    let tmp = cfg.output.as_deref().map(temp_output);
+    let set = if cfg.plan_nonce.is_empty() {
+        WorkerSet::new(cfg.workers)?
+    } else {
+        WorkerSet::with_nonce(cfg.workers, &cfg.plan_nonce)?
+    };
     let chan = LinkChannel(link);
+    let plan = workers::negotiate(&chan, &set, cfg.worker, cfg.leader)?;
+    progress(cfg, 0.1, "intersecting");
+    if plan.pairs() > 1 {
+        return execute_worker(cfg, &pc, &plan, chan, t0);
+    }
+    let tmp = cfg.output.as_deref().map(temp_output);
     let report = venn_psi::run(&pc, &cfg.input, tmp.as_deref(), &chan);
     let report = match report {
         Ok(r) => r,
@@ -179,7 +201,11 @@ fn execute(cfg: &TaskConfig) -> anyhow::Result<Value> {
         std::fs::rename(t, out)
             .with_context(|| format!("moving the output to {}", out.display()))?;
     }
-    let mut v = serde_json::to_value(&report)?;
+    report_value(cfg, &report)
+}
+
+fn report_value(cfg: &TaskConfig, report: &Report) -> anyhow::Result<Value> {
+    let mut v = serde_json::to_value(report)?;
     if let (Some(out), Some(o)) = (&cfg.output, v.get_mut("output"))
         && let Some(obj) = o.as_object_mut()
     {
@@ -187,4 +213,72 @@ fn execute(cfg: &TaskConfig) -> anyhow::Result<Value> {
     }
     tracing::info!("{}", serde_json::to_string(&v)?);
     Ok(v)
+}
+
+/// One worker of several: its pair's part; at worker 0 also the merge.
+fn execute_worker(
+    cfg: &TaskConfig,
+    pc: &PsiConfig,
+    plan: &Plan,
+    chan: LinkChannel,
+    t0: std::time::Instant,
+) -> anyhow::Result<Value> {
+    let Some(parts) = &cfg.parts_dir else {
+        bail!(
+            "the task config names no parts_dir for its {} workers",
+            cfg.workers
+        );
+    };
+    let part = worker_part(parts, cfg.worker);
+    let report = workers::run_part(pc, plan, &cfg.input, &part, &chan)?;
+    chan.0.close().context("closing the link")?;
+    if cfg.worker != 0 {
+        return Ok(serde_json::to_value(&report)?);
+    }
+    progress(cfg, 0.9, "waiting for the other workers");
+    let mut reports = vec![report];
+    for i in 1..plan.pairs() {
+        let path = worker_result(parts, i);
+        let r = loop {
+            match std::fs::read(&path) {
+                Ok(b) => {
+                    break serde_json::from_slice::<TaskResult>(&b)
+                        .with_context(|| format!("{}: not a worker result", path.display()))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // a worker that dies without a result gets the whole group stopped by the
+                    // node, this process included: no time limit needed here
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            }
+        };
+        if !r.ok {
+            bail!("worker {i} failed: {}", r.error);
+        }
+        reports.push(
+            serde_json::from_value::<Report>(r.report)
+                .with_context(|| format!("{}: not a PSI report", path.display()))?,
+        );
+    }
+    let mut combined = workers::combine_reports(&reports, 0.0).expect("worker 0's report");
+    if let (true, Some(out)) = (pc.self_receives(), &cfg.output) {
+        progress(cfg, 0.95, "merging the workers' outputs");
+        let tw = std::time::Instant::now();
+        let tmp = temp_output(out);
+        let dirs: Vec<PathBuf> = (0..plan.pairs()).map(|i| worker_part(parts, i)).collect();
+        let rows = workers::merge_parts(pc, plan, &dirs, &tmp)?;
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("moving the output to {}", out.display()))?;
+        combined.output = Some(venn_psi::report::OutputStats {
+            path: out.display().to_string(),
+            rows,
+        });
+        combined.seconds.write += tw.elapsed().as_secs_f64();
+    }
+    // worker 0 started with the others: its wall time is the party's
+    combined.seconds.total = (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    combined.seconds.write = (combined.seconds.write * 1000.0).round() / 1000.0;
+    let _ = std::fs::remove_dir_all(parts);
+    report_value(cfg, &combined)
 }

@@ -381,7 +381,11 @@ fn pair(test: &str, rows: u64, bob_manual: bool, grant_bob_to_alice: bool) -> Pa
 }
 
 fn job_file(p: &Pair, id: &str, protocol: &str) -> PathBuf {
-    let config = json!({
+    job_file_workers(p, id, protocol, 1)
+}
+
+fn job_file_workers(p: &Pair, id: &str, protocol: &str, workers: u32) -> PathBuf {
+    let mut config = json!({
         "protocol": protocol,
         "inputs": {"alice": {"domaindata_id": "alice-table", "keys": ["id"]},
                    "bob": {"domaindata_id": "bob-table", "keys": ["id"]}},
@@ -389,6 +393,9 @@ fn job_file(p: &Pair, id: &str, protocol: &str) -> PathBuf {
         "outputs": {"alice": {"domaindata_id": format!("{id}-out"), "relative_uri": format!("{id}.csv")},
                     "bob": {"domaindata_id": format!("{id}-out"), "relative_uri": format!("{id}.csv")}}
     });
+    if workers != 1 {
+        config["workers"] = json!(workers);
+    }
     let body = json!({
         "job_id": id,
         "initiator": "alice",
@@ -495,6 +502,67 @@ fn psi_job_succeeds_and_outputs_equal_the_naive_join() {
     // The same job ID again is a conflict; the used grant is counted.
     let again = p.alice.cli(&["job", "create", "-f", f.to_str().unwrap()]);
     assert!(!again.status.success());
+}
+
+#[test]
+fn psi_job_with_two_workers_equals_the_naive_join() {
+    let p = pair("psi_job_workers", 4000, false, true);
+    let f = job_file_workers(&p, "job-w2", "rr22", 2);
+    p.alice
+        .cli_ok(&["job", "create", "-f", f.to_str().unwrap()]);
+    let j = p.alice.wait_state("job-w2", &["Succeeded", "Failed"], 90);
+    assert_eq!(j["status"]["state"], "Succeeded", "{j:#}");
+    let jb = p.bob.wait_state("job-w2", &["Succeeded", "Failed"], 20);
+    assert_eq!(jb["status"]["state"], "Succeeded", "{jb:#}");
+    let (_, a_in) = rows_of(&p.files[0]);
+    let (_, b_in) = rows_of(&p.files[1]);
+    let (_, a_out) = rows_of(&p.alice.file("job-w2.csv"));
+    let (_, b_out) = rows_of(&p.bob.file("job-w2.csv"));
+    let keys_a: Vec<&str> = a_out.iter().map(|r| key(r)).collect();
+    let keys_b: Vec<&str> = b_out.iter().map(|r| key(r)).collect();
+    assert_eq!(keys_a, keys_b, "outputs not aligned");
+    let mut sorted = keys_a.clone();
+    sorted.sort();
+    assert_eq!(keys_a, sorted, "merged output sorted by key");
+    let (mut sa, mut sb) = (a_out.clone(), b_out.clone());
+    sa.sort();
+    sb.sort();
+    assert_eq!(sa, naive(&a_in, &b_in));
+    assert_eq!(sb, naive(&b_in, &a_in));
+    assert!(!sa.is_empty());
+    for (n, jj, rows) in [(&p.alice, &j, a_in.len()), (&p.bob, &jb, b_in.len())] {
+        let report = &jj["status"]["tasks"][0]["parties"][0]["report"];
+        assert_eq!(report["workers"], 2, "{report}");
+        assert_eq!(report["self"]["rows"], rows as u64, "{report}");
+        // both workers ran and logged; no worker process is left, nor its parts
+        let logs = n.cli_ok(&["job", "logs", "job-w2"]);
+        assert!(
+            logs.contains("worker=1") && logs.matches("task succeeded").count() == 2,
+            "{logs}"
+        );
+        assert!(
+            task_pid(&n.data_dir).is_none(),
+            "a worker outlived its task"
+        );
+        let task_dir = n.data_dir.join("jobs").join("job-w2");
+        let leftovers: Vec<_> = walk(&task_dir)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("/parts"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
 }
 
 #[test]

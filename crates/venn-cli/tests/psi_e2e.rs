@@ -381,3 +381,58 @@ fn rr22_variants_exact_at_odd_sizes() {
         }
     }
 }
+
+#[test]
+fn workers_write_the_single_worker_output_byte_for_byte() {
+    let p = Pair::new();
+    let tok = ("a-long-random-shared-token", "a-long-random-shared-token");
+    let mut runs = 0;
+    for (protocol, join) in [("ecdh", "full"), ("rr22", "left"), ("rr22", "difference")] {
+        let common = ["--protocol", protocol, "--join", join];
+        // the listener is the left side
+        let side = |leader: bool| {
+            let mut v = common.to_vec();
+            v.extend(["--left", if leader { "self" } else { "peer" }]);
+            v
+        };
+        let (a, b) = p.run(&side(true), &side(false), tok);
+        let (r1, _) = (report(&a), report(&b));
+        assert_eq!(r1["workers"], 1);
+        let base = (
+            std::fs::read(p.p("a_out.csv")).unwrap(),
+            std::fs::read(p.p("b_out.csv")).unwrap(),
+        );
+        for (wa, wb) in [("2", "2"), ("3", "3"), ("2", "3")] {
+            let with = |w: &'static str, leader: bool| {
+                let mut v = side(leader);
+                v.extend(["--workers", w]);
+                v
+            };
+            let (a, b) = p.run(&with(wa, true), &with(wb, false), tok);
+            let (ra, rb) = (report(&a), report(&b));
+            let pairs = wa.min(wb).parse::<u64>().unwrap();
+            assert_eq!(ra["workers"], pairs, "{}", text(&a));
+            assert_eq!(rb["workers"], pairs);
+            assert_eq!(ra["self"]["rows"], r1["self"]["rows"]);
+            assert_eq!(ra["intersection"], r1["intersection"]);
+            let got = (
+                std::fs::read(p.p("a_out.csv")).unwrap(),
+                std::fs::read(p.p("b_out.csv")).unwrap(),
+            );
+            assert!(
+                got == base,
+                "{protocol} {join} with {wa}/{wb} workers differs from one worker"
+            );
+            if wa != wb {
+                // the party with the surplus worker says so
+                assert!(
+                    String::from_utf8_lossy(&b.stderr).contains("have no partner"),
+                    "{}",
+                    text(&b)
+                );
+            }
+            runs += 1;
+        }
+    }
+    assert_eq!(runs, 9);
+}

@@ -42,9 +42,11 @@ pub const RESERVED_DOMAIN_IDS: &[&str] = &[
 pub enum Mode {
     /// Peer-to-peer node (Kuscia "autonomy"): its own catalogue, partners by mutual TLS.
     Autonomy,
-    /// Centralized master (not implemented yet: refused by `validate`).
+    /// Centralized master: holds the network CA, the domains, their lite nodes and the routes;
+    /// runs no task itself.
     Master,
-    /// Centralized lite node (not implemented yet: refused by `validate`).
+    /// Centralized lite node: registers with the master (deploy token), receives its routes from
+    /// the master, holds its data and runs its parties of tasks.
     Lite,
 }
 
@@ -239,7 +241,7 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `autonomy` (peer-to-peer); `master` and `lite` come later.
+    /// `autonomy` (peer-to-peer), `master` or `lite` (centralized network).
     pub mode: Mode,
     /// This node's domain ID, an RFC 1123 label.
     pub domain_id: String,
@@ -280,6 +282,16 @@ pub struct Config {
     /// Log filter (`error|warn|info|debug|trace` or a tracing filter), default `info`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Lite only: the master's gateway, `https://host:port`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub master_endpoint: String,
+    /// Lite only: the deploy token from `venn domain add` on the master. Needed only until the
+    /// lite has registered (it is single-use and expires); then it may be removed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deploy_token: String,
+    /// Lite only: a file holding the deploy token instead (e.g. a mounted Kubernetes Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_token_file: Option<PathBuf>,
 }
 
 fn default_gateway_listen() -> String {
@@ -342,6 +354,9 @@ impl Default for Config {
             api: ApiConfig::default(),
             jobs: JobsConfig::default(),
             log_level: default_log_level(),
+            master_endpoint: String::new(),
+            deploy_token: String::new(),
+            deploy_token_file: None,
         }
     }
 }
@@ -500,11 +515,38 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let mut bad = Vec::new();
         match self.mode {
-            Mode::Autonomy => {}
-            Mode::Master | Mode::Lite => bad.push(format!(
-                "mode: {:?} is not implemented yet; use autonomy (peer-to-peer)",
-                self.mode
-            )),
+            Mode::Lite => {
+                if self.master_endpoint.is_empty() {
+                    bad.push("master_endpoint: a lite needs the master's gateway URL".into());
+                } else if let Err(e) = Endpoint::parse(&self.master_endpoint) {
+                    bad.push(format!("master_endpoint: {e}"));
+                }
+                if !self.deploy_token.is_empty() && self.deploy_token_file.is_some() {
+                    bad.push(
+                        "deploy_token_file: give the deploy token or the file, not both".into(),
+                    );
+                }
+                if !self.deploy_token.is_empty()
+                    && let Err(e) = crate::trust::DeployToken::decode(&self.deploy_token)
+                {
+                    bad.push(format!("deploy_token: {e}"));
+                }
+            }
+            Mode::Autonomy | Mode::Master => {
+                let mode = if self.mode == Mode::Master {
+                    "master"
+                } else {
+                    "autonomy"
+                };
+                if !self.master_endpoint.is_empty() {
+                    bad.push(format!(
+                        "master_endpoint: only for a lite, not a {mode} node"
+                    ));
+                }
+                if !self.deploy_token.is_empty() || self.deploy_token_file.is_some() {
+                    bad.push(format!("deploy_token: only for a lite, not a {mode} node"));
+                }
+            }
         }
         if let Err(e) = check_domain_id(&self.domain_id) {
             bad.push(format!("domain_id: {e}"));
@@ -743,6 +785,25 @@ impl Config {
     pub fn token_path(&self) -> PathBuf {
         self.data_dir.join("token")
     }
+
+    /// A lite's deploy token (from `deploy_token` or `deploy_token_file`), if configured.
+    pub fn deploy_token(&self) -> Result<Option<crate::trust::DeployToken>> {
+        let text = match &self.deploy_token_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                NodeError::Config(vec![format!(
+                    "deploy_token_file: cannot read {}: {e}",
+                    path.display()
+                )])
+            })?,
+            None => self.deploy_token.clone(),
+        };
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        crate::trust::DeployToken::decode(&text)
+            .map(Some)
+            .map_err(|e| NodeError::Config(vec![format!("deploy_token: {e}")]))
+    }
 }
 
 #[cfg(test)]
@@ -796,6 +857,40 @@ mod tests {
         assert!(err.contains("domain_id:"), "{err}");
         assert!(err.contains("endpoint:"), "{err}");
         assert!(err.contains("gateway.listen:"), "{err}");
+    }
+
+    #[test]
+    fn master_and_lite_fields() {
+        let check = |yaml: &str| Config::from_yaml(yaml).unwrap().validate();
+        check("mode: master\ndomain_id: corp-master\nendpoint: https://m:1080\n").unwrap();
+        let lite = "mode: lite\ndomain_id: alice\nendpoint: https://a:1080\n";
+        let err = check(lite).unwrap_err().to_string();
+        assert!(err.contains("master_endpoint: a lite needs"), "{err}");
+        check(&format!("{lite}master_endpoint: https://m:1080\n")).unwrap();
+        let err = check(&format!(
+            "{lite}master_endpoint: https://m:1080\ndeploy_token: nonsense\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("deploy_token: deploy token: must start with"),
+            "{err}"
+        );
+        let err = check(&format!(
+            "{lite}master_endpoint: https://m:1080\ndeploy_token: x\ndeploy_token_file: /t\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("deploy_token_file: give the deploy token or"),
+            "{err}"
+        );
+        let err = check(
+            "mode: autonomy\ndomain_id: alice\nendpoint: https://a:1080\nmaster_endpoint: https://m:1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("master_endpoint: only for a lite"), "{err}");
     }
 
     #[test]

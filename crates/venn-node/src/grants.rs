@@ -16,9 +16,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::Endpoint;
 use crate::error::{NodeError, Result};
-use crate::gateway::client::{Step, post_json};
+use crate::gateway::client::Step;
 use crate::state::NodeState;
 use crate::store::GrantRow;
 use crate::trust::{cert_to_pem, now_unix, verify_signature};
@@ -162,28 +161,7 @@ async fn call_partner(
     path: &str,
     body: &Value,
 ) -> std::result::Result<(u16, Value), Step> {
-    let p = state
-        .peers
-        .get(partner)
-        .ok_or_else(|| Step::Peer(format!("{partner} is not a partner")))?;
-    let row = state
-        .store
-        .domain(partner)
-        .await
-        .map_err(|e| Step::Peer(e.to_string()))?
-        .ok_or_else(|| Step::Peer(format!("{partner} is not a partner")))?;
-    let ep = Endpoint::parse(&row.endpoint)
-        .map_err(|_| Step::Peer(format!("{partner} has no endpoint this node can reach")))?;
-    post_json(
-        p.client_config,
-        &ep,
-        state.config.proxy().as_ref(),
-        partner,
-        state.domain_id(),
-        path,
-        body,
-    )
-    .await
+    crate::gateway::client::call(state, partner, path, body).await
 }
 
 /// Sends a stored grant to its grantee.

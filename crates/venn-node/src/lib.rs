@@ -34,6 +34,7 @@
 pub mod api;
 pub mod atomic;
 pub mod catalog;
+pub mod central;
 pub mod client;
 pub mod config;
 mod error;

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::DEFAULT_DATASOURCE;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::error::{NodeError, Result};
 use crate::state::{NodeState, SharedState};
 use crate::store::{DataSourceRow, DomainRow, Store};
@@ -33,6 +33,12 @@ pub struct Node {
 /// Creates the data dir layout, keys and token without starting anything (used by `start` and
 /// by offline commands such as `venn token rotate`).
 pub fn prepare_data_dir(config: &Config) -> Result<Identity> {
+    prepare_dirs(config)?;
+    Identity::load_or_create(&config.data_dir, &config.domain_id, &config.endpoint()?)
+}
+
+/// Creates the data dir (0700), its `data/` folder and the API token.
+fn prepare_dirs(config: &Config) -> Result<()> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir.join("data")).map_err(|e| NodeError::io(dir.join("data"), e))?;
     // The data dir holds keys, the token and the database: owner only.
@@ -42,9 +48,7 @@ pub fn prepare_data_dir(config: &Config) -> Result<Identity> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| NodeError::io(dir, e))?;
     }
-    let identity = Identity::load_or_create(dir, &config.domain_id, &config.endpoint()?)?;
-    trust::ensure_token(&config.token_path())?;
-    Ok(identity)
+    trust::ensure_token(&config.token_path())
 }
 
 async fn bind(field: &str, addr: &str) -> Result<TcpListener> {
@@ -61,7 +65,13 @@ impl Node {
     pub async fn build(config: Config) -> Result<Self> {
         let started = Instant::now();
         config.validate()?;
-        let identity = prepare_data_dir(&config)?;
+        // A lite's identity is the certificate its master issues: register (or renew) first.
+        let identity = if config.mode == Mode::Lite {
+            prepare_dirs(&config)?;
+            crate::central::lite_identity(&config).await?
+        } else {
+            prepare_data_dir(&config)?
+        };
         let store = Store::open_with(&config.store_options()?).await?;
         // One node per database: refuse one that another node claimed.
         if let Err(e) = store
@@ -131,6 +141,11 @@ impl Node {
                 "kubernetes runtime: tasks run as pods"
             );
             state.runtime.use_kubernetes(kube)?;
+        }
+        match state.config.mode {
+            Mode::Master => crate::central::load_lites(&state).await?,
+            Mode::Lite => crate::central::lite_start(&state).await?,
+            Mode::Autonomy => {}
         }
         let api = bind("api.listen", &state.config.api.listen).await?;
         if !api.local_addr().is_ok_and(|a| a.ip().is_loopback()) {

@@ -23,6 +23,15 @@
 //!   reason. Nothing stays Running for ever. (A task's link runs through the gateway of the
 //!   node that restarted, so in practice a re-attached task ends Failed "connection lost" and
 //!   `venn job restart` runs it again.)
+//! - **Workers** (`workers: N` in the task's PSI config): the party runs N `venn task run`
+//!   processes, one config each (`task.json` for worker 0, `task-w<i>.json`), all with the
+//!   same plan nonce and secret. Workers 1.. join worker 0's process group, so the party is
+//!   still one group to stop and one PID to track and re-attach (worker 0's). Each worker
+//!   links to the peer's worker of the same index (the index is in its [`TaskHello`]; the
+//!   gateway pairs links by it) and writes its part under `parts/`; worker 1.. leave their
+//!   result in [`worker_result`]; worker 0 waits for them, merges the parts into the output
+//!   and writes the party's `result.json`. A worker that fails makes worker 0 fail with its
+//!   reason; a worker that dies without a result gets the whole group stopped.
 //! - Outputs are written by the task to a temporary name next to the target and renamed when
 //!   the PSI has succeeded; the node then registers the file as DomainData (columns from the
 //!   header) in the data source that holds the party's input.
@@ -86,6 +95,33 @@ pub struct TaskConfig {
     pub work_dir: PathBuf,
     /// Where the task writes its [`TaskResult`].
     pub result: PathBuf,
+    /// This process's worker index (0 when the party runs one worker).
+    #[serde(default)]
+    pub worker: u32,
+    /// The party's worker count (`workers` of the task's PSI config).
+    #[serde(default = "one")]
+    pub workers: u32,
+    /// The worker plan nonce (32 hex digits) every worker of the party shares; empty: the
+    /// task draws one (a single worker).
+    #[serde(default)]
+    pub plan_nonce: String,
+    /// Where workers leave their parts and results (with more than one worker).
+    #[serde(default)]
+    pub parts_dir: Option<PathBuf>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Where worker `i` (> 0) of a party leaves its [`TaskResult`] for worker 0.
+pub fn worker_result(parts_dir: &Path, i: u32) -> PathBuf {
+    parts_dir.join(format!("w{i}.result.json"))
+}
+
+/// Where worker `i` of a party writes its part.
+pub fn worker_part(parts_dir: &Path, i: u32) -> PathBuf {
+    parts_dir.join(format!("w{i}"))
 }
 
 /// The PSI parameters of a task party.
@@ -124,6 +160,9 @@ pub struct TaskHello {
     /// For `progress`: what the task is doing.
     #[serde(default)]
     pub step: String,
+    /// For `link`: the worker index; the gateways pair worker i with the peer's worker i.
+    #[serde(default)]
+    pub worker: u32,
 }
 
 /// What a task leaves in `result.json`.
@@ -259,7 +298,14 @@ pub async fn start_task(
     let result = dir.join("result.json");
     let _ = std::fs::remove_file(&result);
     let secret = hex::encode(random_bytes(32)?);
-    let config = TaskConfig {
+    let workers = t.psi.workers.max(1);
+    let parts_dir = (workers > 1).then(|| dir.join("parts"));
+    if let Some(p) = &parts_dir {
+        // parts of an earlier attempt must not be merged into this one
+        let _ = std::fs::remove_dir_all(p);
+        std::fs::create_dir_all(p).map_err(io(p))?;
+    }
+    let base = TaskConfig {
         version: 1,
         job_id: m.job_id.clone(),
         task_id: t.task_id.clone(),
@@ -287,30 +333,39 @@ pub async fn start_task(
         secret: secret.clone(),
         work_dir: dir.join("tmp"),
         result: result.clone(),
+        worker: 0,
+        workers,
+        plan_nonce: hex::encode(random_bytes(16)?),
+        parts_dir: parts_dir.clone(),
     };
     if let Some(k) = state.runtime.kubernetes() {
-        return kubernetes::start(state, k, m, t, row, config).await;
+        if workers > 1 {
+            return Err(NodeError::Invalid(format!(
+                "task {}: workers: {workers} needs the process runtime; the kubernetes runtime \
+                 runs one pod per party",
+                t.task_id
+            )));
+        }
+        return kubernetes::start(state, k, m, t, row, base).await;
     }
-    let config_path = dir.join("task.json");
-    let text = serde_json::to_vec_pretty(&config).map_err(|e| NodeError::Invalid(e.to_string()))?;
-    crate::atomic::write_file(&config_path, &text, true)?;
-    let log_path = dir.join("task.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(io(&log_path))?;
-    let log2 = log.try_clone().map_err(io(&log_path))?;
-    let exe = std::env::current_exe().map_err(|e| NodeError::io("current executable", e))?;
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(["task", "run", "--config"])
-        .arg(&config_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .env("VENN_LOG", "info")
-        .process_group(0)
-        .kill_on_drop(false);
+    let mut cmds = Vec::with_capacity(workers as usize);
+    for w in 0..workers {
+        let mut config = base.clone();
+        let config_path = if w == 0 {
+            dir.join("task.json")
+        } else {
+            config.worker = w;
+            config.work_dir = dir.join(format!("tmp-w{w}"));
+            if let Some(p) = &parts_dir {
+                config.result = worker_result(p, w);
+            }
+            dir.join(format!("task-w{w}.json"))
+        };
+        let text =
+            serde_json::to_vec_pretty(&config).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        crate::atomic::write_file(&config_path, &text, true)?;
+        cmds.push(task_command(&dir, &config_path)?);
+    }
     // The row first: the task may report before spawn returns.
     let mut r = row.clone();
     r.phase = "Running".into();
@@ -325,11 +380,36 @@ pub async fn start_task(
         .store
         .set_task_process(&m.job_id, &t.task_id, &me, 0, &r.secret_sha256)
         .await?;
-    let mut child = match cmd.spawn() {
+    let mut cmds = cmds.into_iter();
+    let mut first = cmds.next().expect("at least one worker");
+    first.process_group(0);
+    let mut child = match first.spawn() {
         Ok(c) => c,
         Err(e) => return Err(NodeError::io("venn task run", e)),
     };
     let pid = child.id().unwrap_or(0);
+    // Workers 1.. join worker 0's group: one group to signal, one PID to track.
+    for (i, mut cmd) in cmds.enumerate() {
+        cmd.process_group(pid as i32);
+        let w = i + 1;
+        match cmd.spawn() {
+            Ok(mut c) => {
+                let (job, task) = (m.job_id.clone(), t.task_id.clone());
+                tokio::spawn(async move {
+                    let status = c.wait().await;
+                    if !status.as_ref().is_ok_and(|s| s.success()) {
+                        let why = status.map_or_else(|e| e.to_string(), exit_text);
+                        tracing::warn!(%job, %task, worker = w, "worker failed ({why}); stopping the party's workers");
+                        signal_group(pid, Signal::SIGTERM);
+                    }
+                });
+            }
+            Err(e) => {
+                signal_group(pid, Signal::SIGTERM);
+                return Err(NodeError::io("venn task run (worker)", e));
+            }
+        }
+    }
     r.pid = pid as i64;
     state
         .store
@@ -340,18 +420,44 @@ pub async fn start_task(
         pids.insert(key.clone(), pid);
     }
     report_party(state, &r).await?;
-    tracing::info!(job = %m.job_id, task = %t.task_id, pid, "task started");
+    tracing::info!(job = %m.job_id, task = %t.task_id, pid, workers, "task started");
     let st = state.clone();
     let attempt = r.attempt;
     tokio::spawn(async move {
         let status = child.wait().await;
+        let ok = status.as_ref().is_ok_and(|s| s.success());
         let why = match status {
             Ok(s) => exit_text(s),
             Err(e) => format!("waiting for the task process failed: {e}"),
         };
+        if workers > 1 && !ok {
+            // worker 0 failed: its workers must not run on alone
+            signal_group(pid, Signal::SIGTERM);
+        }
         finish(&st, &key.0, &key.1, attempt, &why).await;
     });
     Ok(())
+}
+
+/// `venn task run --config <config>`, logging to the task's `task.log`.
+fn task_command(dir: &Path, config_path: &Path) -> Result<tokio::process::Command> {
+    let log_path = dir.join("task.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io(&log_path))?;
+    let log2 = log.try_clone().map_err(io(&log_path))?;
+    let exe = std::env::current_exe().map_err(|e| NodeError::io("current executable", e))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["task", "run", "--config"])
+        .arg(config_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .env("VENN_LOG", "info")
+        .kill_on_drop(false);
+    Ok(cmd)
 }
 
 fn exit_text(s: std::process::ExitStatus) -> String {
@@ -405,13 +511,31 @@ async fn finish(state: &SharedState, job: &str, task: &str, attempt: i64, exit: 
         }
         None => {
             row.phase = "Failed".into();
-            row.reason = format!("{exit} without writing a result; see venn job logs {job}");
+            row.reason = worker_failure(&dir).unwrap_or_else(|| {
+                format!("{exit} without writing a result; see venn job logs {job}")
+            });
         }
     }
     tracing::info!(job, task, phase = %row.phase, reason = %row.reason, "task ended");
     if let Err(e) = report_party(state, &row).await {
         tracing::error!(job, task, "recording the task result: {e}");
     }
+}
+
+/// The first failed worker's reason, when a party's workers left results.
+fn worker_failure(dir: &Path) -> Option<String> {
+    let mut results: Vec<PathBuf> = std::fs::read_dir(dir.join("parts"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".result.json"))
+        .collect();
+    results.sort();
+    results
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|b| serde_json::from_slice::<TaskResult>(&b).ok())
+        .find(|r| !r.ok)
+        .map(|r| r.error)
 }
 
 async fn register_output(state: &NodeState, job: &str, task: &str) -> Result<()> {

@@ -24,6 +24,7 @@
 //! - SQLite runs in WAL mode with a busy timeout, so CLI reads never block the node.
 //! - Passwords never leave [`StoreOptions`]: messages carry [`redact`]ed URLs only.
 
+mod central;
 #[cfg(test)]
 mod conformance;
 mod connect;
@@ -35,6 +36,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::{Query, QueryAs};
 use sqlx::{Any, AnyPool, AssertSqlSafe, FromRow};
 
+pub use central::{LiteNodeRow, OpenDeployToken};
 pub use connect::{
     DEFAULT_MAX_CONNECTIONS_SERVER, DEFAULT_MAX_CONNECTIONS_SQLITE, StoreError, StoreOptions,
     redact,
@@ -66,6 +68,8 @@ pub const TABLES: &[&str] = &[
     "job_approvals",
     "task_parties",
     "job_messages",
+    "deploy_tokens",
+    "lite_nodes",
 ];
 
 /// A page of results and the token of the next page (empty when this is the last one).

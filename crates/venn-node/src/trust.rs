@@ -334,6 +334,226 @@ impl TokenCheck {
     }
 }
 
+// === Centralized network: lite certificates ===
+
+/// Hex SHA-256 of a certificate's subject public key (the bits of the key, not the whole
+/// SubjectPublicKeyInfo): the form in which a lite's registered key is pinned.
+pub fn key_sha256(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(hex::encode(Sha256::digest(
+        cert.public_key().subject_public_key.data.as_ref(),
+    )))
+}
+
+/// Where a lite keeps the certificate the master issued and the network CA.
+fn lite_paths(data_dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = data_dir.join("keys");
+    (
+        dir.join("gateway.key"),
+        dir.join("lite.crt"),
+        dir.join("network-ca.crt"),
+    )
+}
+
+fn ensure_keys_dir(data_dir: &Path) -> Result<()> {
+    let dir = data_dir.join("keys");
+    std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(&dir, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| NodeError::io(&dir, e))?;
+    }
+    Ok(())
+}
+
+/// A certificate signing request for a lite's gateway key (created if missing): CN and the
+/// only DNS SAN are the domain ID. Returns the CSR as PEM.
+pub fn lite_csr(data_dir: &Path, domain_id: &str) -> Result<String> {
+    ensure_keys_dir(data_dir)?;
+    let key = read_or_create_key(&lite_paths(data_dir).0)?;
+    let mut params = CertificateParams::new(vec![domain_id.to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, domain_id);
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+/// A certificate the master issued to a lite, checked before it is used.
+pub struct IssuedCert {
+    /// The lite's leaf certificate (PEM).
+    pub cert_pem: String,
+    /// Hex SHA-256 of the key it certifies ([`key_sha256`]).
+    pub key_sha256: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("key_sha256", &self.key_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Signs a lite's CSR with the network CA (the master's CA, key in `<data_dir>/keys/ca.key`).
+///
+/// The CSR's signature must verify and its subject CN and every SAN must name exactly
+/// `domain_id` (anything else is refused, not silently dropped). The certificate is built
+/// here, not copied from the request: CA:FALSE (no basic-constraints CA), key usage
+/// digitalSignature only (no keyCertSign, no cRLSign), EKU serverAuth + clientAuth, CN and DNS
+/// SAN = the domain ID.
+pub fn sign_lite_csr(
+    data_dir: &Path,
+    ca_der: &CertificateDer<'static>,
+    domain_id: &str,
+    csr_pem: &str,
+) -> Result<IssuedCert> {
+    use rcgen::PublicKeyData as _;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| NodeError::Invalid(format!("csr: {e}")))?;
+    let cns: Vec<String> = csr
+        .params
+        .distinguished_name
+        .iter()
+        .filter(|(t, _)| **t == DnType::CommonName)
+        .map(|(_, v)| match v {
+            rcgen::DnValue::Utf8String(s) => s.clone(),
+            rcgen::DnValue::PrintableString(s) => s.as_str().to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    if cns != [domain_id.to_owned()] {
+        return Err(NodeError::Invalid(format!(
+            "csr: the subject must be CN={domain_id}"
+        )));
+    }
+    for san in &csr.params.subject_alt_names {
+        match san {
+            SanType::DnsName(n) if n.as_str() == domain_id => {}
+            _ => {
+                return Err(NodeError::Invalid(format!(
+                    "csr: every subject alternative name must be the DNS name {domain_id}"
+                )));
+            }
+        }
+    }
+    if !matches!(csr.params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa) {
+        return Err(NodeError::Invalid("csr: asks for a CA certificate".into()));
+    }
+    let key_sha = hex::encode(Sha256::digest(csr.public_key.der_bytes()));
+    let ca_key_path = data_dir.join("keys").join("ca.key");
+    let ca_pem =
+        std::fs::read_to_string(&ca_key_path).map_err(|e| NodeError::io(&ca_key_path, e))?;
+    let ca_key = KeyPair::from_pem(&ca_pem)
+        .map_err(|e| NodeError::Crypto(format!("network CA key: {e}")))?;
+    let issuer = Issuer::from_ca_cert_der(ca_der, &ca_key)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, domain_id);
+    params.subject_alt_names = vec![SanType::DnsName(domain_id.try_into()?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let signed = rcgen::CertificateSigningRequestParams {
+        params,
+        public_key: csr.public_key,
+    }
+    .signed_by(&issuer)?;
+    Ok(IssuedCert {
+        cert_pem: signed.pem(),
+        key_sha256: key_sha,
+    })
+}
+
+/// Checks and stores what the master answered to a registration: `cert_pem` must be issued by
+/// the CA `ca_pem` (whose SHA-256 must be `ca_sha256`), name `domain_id` and certify this
+/// lite's key. Written atomically.
+pub fn save_lite_cert(
+    data_dir: &Path,
+    domain_id: &str,
+    cert_pem: &str,
+    ca_pem: &str,
+    ca_sha256: &str,
+) -> Result<()> {
+    let (key_path, crt_path, ca_path) = lite_paths(data_dir);
+    let ca = cert_from_pem(ca_pem)?;
+    if !ct_eq_str(&fingerprint(&ca), &ca_sha256.to_ascii_lowercase()) {
+        return Err(NodeError::Peer(
+            "the master sent a CA that does not match the deploy token's fingerprint".into(),
+        ));
+    }
+    let leaf = cert_from_pem(cert_pem)?;
+    if !chain_names_domain(std::slice::from_ref(&leaf), &ca, domain_id) {
+        return Err(NodeError::Peer(format!(
+            "the master sent a certificate that is not valid for {domain_id} under the network CA"
+        )));
+    }
+    let key_pem = std::fs::read_to_string(&key_path).map_err(|e| NodeError::io(&key_path, e))?;
+    let key = KeyPair::from_pem(&key_pem)
+        .map_err(|e| NodeError::Crypto(format!("{}: {e}", key_path.display())))?;
+    {
+        use rcgen::PublicKeyData as _;
+        let mine = hex::encode(Sha256::digest(key.der_bytes()));
+        if key_sha256(&leaf).as_deref() != Some(mine.as_str()) {
+            return Err(NodeError::Peer(
+                "the master sent a certificate for another key".into(),
+            ));
+        }
+    }
+    write_file(&ca_path, cert_to_pem(&ca).as_bytes(), false)?;
+    write_file(&crt_path, cert_to_pem(&leaf).as_bytes(), false)?;
+    Ok(())
+}
+
+/// Forgets a lite's master-issued certificate (the key stays).
+pub fn forget_lite_cert(data_dir: &Path) -> Result<()> {
+    let (_, crt, _) = lite_paths(data_dir);
+    match std::fs::remove_file(&crt) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NodeError::io(&crt, e)),
+    }
+}
+
+impl Identity {
+    /// A lite's identity: its gateway key and the certificate the master issued, with the
+    /// network CA as `ca_der`. `None` when the lite is not registered yet.
+    pub fn load_lite(data_dir: &Path, domain_id: &str) -> Result<Option<Self>> {
+        let (key_path, crt_path, ca_path) = lite_paths(data_dir);
+        let (Ok(crt), Ok(ca)) = (
+            std::fs::read_to_string(&crt_path),
+            std::fs::read_to_string(&ca_path),
+        ) else {
+            return Ok(None);
+        };
+        let key_pem =
+            std::fs::read_to_string(&key_path).map_err(|e| NodeError::io(&key_path, e))?;
+        let signing = KeyPair::from_pem(&key_pem)
+            .map_err(|e| NodeError::Crypto(format!("{}: {e}", key_path.display())))?;
+        let leaf = cert_from_pem(&crt)?;
+        let ca_der = cert_from_pem(&ca)?;
+        if !chain_names_domain(std::slice::from_ref(&leaf), &ca_der, domain_id) {
+            return Err(NodeError::Config(vec![format!(
+                "domain_id: {} is not a certificate for {domain_id:?} (another domain's data dir?)",
+                crt_path.display()
+            )]));
+        }
+        Ok(Some(Self {
+            domain_id: domain_id.to_owned(),
+            ca_fingerprint: fingerprint(&ca_der),
+            chain: vec![leaf, ca_der.clone()],
+            ca_der,
+            key_pem,
+            signing,
+        }))
+    }
+}
+
 // === Partners ===
 
 /// One pinned partner: its domain ID and CA.
@@ -391,9 +611,16 @@ pub fn chain_names_domain(
 }
 
 /// The pinned partners, shared by the gateway server and client; replaced on onboarding.
+///
+/// In a centralized network every domain's certificate is issued by the one network CA (the
+/// master's), so a domain can additionally be pinned to one key ([`PeerSet::pin_key`]): the
+/// master pins each lite to the key it registered, lites pin each other to the keys the master
+/// announces, and `venn domain reset` (a lost or stolen key) therefore locks the old key out
+/// although its certificate still chains to the network CA.
 #[derive(Default)]
 pub struct PeerSet {
     inner: RwLock<HashMap<String, Partner>>,
+    keys: RwLock<HashMap<String, String>>,
 }
 
 impl PeerSet {
@@ -422,10 +649,36 @@ impl PeerSet {
         Ok(())
     }
 
-    /// Removes a partner.
+    /// Removes a partner (and its key pin).
     pub fn remove(&self, domain_id: &str) {
         if let Ok(mut m) = self.inner.write() {
             m.remove(domain_id);
+        }
+        self.unpin_key(domain_id);
+    }
+
+    /// Accepts only the key with hex SHA-256 `key_sha256` (see [`key_sha256`]) for `domain_id`.
+    pub fn pin_key(&self, domain_id: &str, key_sha256: &str) {
+        if let Ok(mut m) = self.keys.write() {
+            m.insert(domain_id.to_owned(), key_sha256.to_ascii_lowercase());
+        }
+    }
+
+    /// Forgets the key pin of `domain_id` (any key its pinned CA certifies is accepted again).
+    pub fn unpin_key(&self, domain_id: &str) {
+        if let Ok(mut m) = self.keys.write() {
+            m.remove(domain_id);
+        }
+    }
+
+    /// Whether leaf `der` carries the key pinned for `domain_id` (true when none is pinned).
+    fn key_allowed(&self, domain_id: &str, der: &[u8]) -> bool {
+        let Ok(keys) = self.keys.read() else {
+            return false;
+        };
+        match keys.get(domain_id) {
+            None => true,
+            Some(pin) => key_sha256(der).is_some_and(|k| ct_eq_str(&k, pin)),
         }
     }
 
@@ -444,7 +697,7 @@ impl PeerSet {
             .client_verifier
             .verify_client_cert(leaf, &certs[1..], UnixTime::now())
             .ok()?;
-        Some(domain)
+        self.key_allowed(&domain, leaf).then_some(domain)
     }
 }
 
@@ -647,6 +900,68 @@ impl Invitation {
             .map_err(|_| NodeError::Invalid("invitation: damaged (not base64url)".into()))?;
         serde_json::from_slice(&json)
             .map_err(|e| NodeError::Invalid(format!("invitation: damaged ({e})")))
+    }
+}
+
+// === Deploy tokens ===
+
+/// A lite's deploy token, printed once by `venn domain add|token|reset` on the master and
+/// given to `venn init --mode lite --deploy-token`.
+///
+/// Like an invitation it is one copy-pasteable word that carries the SHA-256 of the master's
+/// (network) CA, so the lite pins the master on first contact (no trust on first use); the
+/// master keeps only the SHA-256 of `secret`. 32 random bytes of secret (256 bits).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeployToken {
+    /// Format version (1).
+    pub v: u8,
+    /// The master's domain.
+    pub master: String,
+    /// Hex SHA-256 of the master's CA certificate (the network CA).
+    pub ca_sha256: String,
+    /// The domain this token registers.
+    pub domain: String,
+    /// Token ID (public).
+    pub id: String,
+    /// The one-time secret.
+    pub secret: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires: i64,
+}
+
+impl std::fmt::Debug for DeployToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeployToken")
+            .field("master", &self.master)
+            .field("domain", &self.domain)
+            .field("id", &self.id)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+const DEPLOY_TOKEN_PREFIX: &str = "venn-deploy-";
+
+impl DeployToken {
+    /// The token as one word.
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!("{DEPLOY_TOKEN_PREFIX}{}", B64.encode(json))
+    }
+
+    /// Parses [`DeployToken::encode`] output.
+    pub fn decode(s: &str) -> Result<Self> {
+        let body = s.trim().strip_prefix(DEPLOY_TOKEN_PREFIX).ok_or_else(|| {
+            NodeError::Invalid(format!(
+                "deploy token: must start with {DEPLOY_TOKEN_PREFIX}"
+            ))
+        })?;
+        let json = B64
+            .decode(body)
+            .map_err(|_| NodeError::Invalid("deploy token: damaged (not base64url)".into()))?;
+        serde_json::from_slice(&json)
+            .map_err(|_| NodeError::Invalid("deploy token: damaged".into()))
     }
 }
 

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use crate::error::PsiError;
 
 /// Which PSI protocol runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Diffie–Hellman PSI over ristretto255 (Meadows 1986; Huberman–Franklin–Hogg 1999).
@@ -34,7 +34,7 @@ pub enum Receiver {
 }
 
 /// How the rows of the two parties are joined on the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JoinType {
     /// Rows whose key is in both inputs.

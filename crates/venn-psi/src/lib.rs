@@ -10,6 +10,10 @@ in a handshake, runs a PSI protocol bucket by bucket over a [`Channel`], and
 writes each receiving party's rows of the agreed join in the same order at
 every receiver.
 
+[`workers`] runs one party as several workers, each pair of workers on
+its own share of the key space (a negotiated bucket plan), and merges their
+parts into the same output a single worker writes.
+
 The engine knows nothing of nodes, HTTP or databases: it talks to the peer only
 through the [`Channel`] trait.
 */
@@ -33,6 +37,7 @@ mod output;
 pub mod report;
 mod session;
 mod store;
+pub mod workers;
 
 pub use config::{JoinType, Normalize, Protocol, PsiConfig, Receiver, Side, parse_size};
 pub use report::Report;

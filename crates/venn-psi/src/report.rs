@@ -1,11 +1,11 @@
 //! The JSON report of a run (`--report FILE`, `-o json`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{JoinType, Protocol};
 
 /// What a run did and what it cost. Fields a party may not know are `null`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Report format version.
     pub version: u32,
@@ -31,9 +31,12 @@ pub struct Report {
     /// The output file, at a receiver.
     pub output: Option<OutputStats>,
     /// The elliptic-curve code path, for `ecdh` (`avx512ifma`, `avx2` or `serial`).
-    pub curve_backend: Option<&'static str>,
-    /// Buckets the key space was split into.
+    pub curve_backend: Option<String>,
+    /// Buckets the key space was split into (summed over workers).
     pub buckets: usize,
+    /// Worker pairs that ran (see `workers`); 1 for a single-process run.
+    #[serde(default = "one")]
+    pub workers: usize,
     /// Bytes sent to the peer.
     pub bytes_sent: u64,
     /// Bytes received from the peer.
@@ -45,7 +48,7 @@ pub struct Report {
 }
 
 /// This party's input.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputStats {
     /// The file.
     pub path: String,
@@ -58,7 +61,7 @@ pub struct InputStats {
 }
 
 /// The peer's input sizes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStats {
     /// The peer's rows.
     pub rows: u64,
@@ -67,7 +70,7 @@ pub struct PeerStats {
 }
 
 /// The intersection as a receiver sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Intersection {
     /// Distinct keys in both inputs.
     pub keys: u64,
@@ -80,7 +83,7 @@ pub struct Intersection {
 }
 
 /// The output file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutputStats {
     /// Where it was written.
     pub path: String,
@@ -89,7 +92,7 @@ pub struct OutputStats {
 }
 
 /// Seconds per phase.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Phases {
     /// Handshake and reading the input.
     pub read: f64,
@@ -99,6 +102,10 @@ pub struct Phases {
     pub write: f64,
     /// Everything.
     pub total: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Peak resident set size of this process in MiB, from /proc (Linux).

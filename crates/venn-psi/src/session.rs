@@ -2,6 +2,8 @@
 //!
 //! The order of messages (every frame is tagged, see `wire`):
 //!
+//! 0. With workers (`crate::workers`), `PLAN` both ways first, on every
+//!    worker link; the plan it gives is compared again in `HELLO`.
 //! 1. `HELLO` both ways: version and every option both parties must agree on
 //!    (protocol, key column count, join, receivers, left side, normalisation,
 //!    security parameter). Compared before any input is read or any key
@@ -42,6 +44,7 @@ use crate::report::{
     InputStats, Intersection, OutputStats, PeerStats, Phases, Report, peak_rss_mb,
 };
 use crate::store::{Loaded, Rows, Store};
+use crate::workers::{PartMeta, Shard};
 use crate::{ecdh, rr22, wire};
 
 const HELLO: u8 = 0x01;
@@ -65,14 +68,35 @@ pub fn run(
     output: Option<&Path>,
     chan: &dyn Channel,
 ) -> Result<Report, PsiError> {
+    run_scoped(cfg, None, input, Dest::Output(output), chan)
+}
+
+/// Where a receiver's rows go.
+#[derive(Clone, Copy)]
+pub(crate) enum Dest<'a> {
+    /// The final output file (required at a receiver).
+    Output(Option<&'a Path>),
+    /// A worker's part: sorted runs and `part.json` in this directory, merged
+    /// later with the other workers' parts (see `workers`).
+    Part(&'a Path),
+}
+
+/// [`run`] for the rows of one worker's `shard` (all rows when `None`).
+pub(crate) fn run_scoped(
+    cfg: &PsiConfig,
+    shard: Option<&Shard>,
+    input: &Path,
+    dest: Dest<'_>,
+    chan: &dyn Channel,
+) -> Result<Report, PsiError> {
     let res = cfg.validate().and_then(|_| {
-        if cfg.self_receives() && output.is_none() {
+        if cfg.self_receives() && matches!(dest, Dest::Output(None)) {
             return Err(PsiError::Config {
                 field: "--output",
                 message: "this party receives the result: name the output file".into(),
             });
         }
-        run_inner(cfg, input, output, chan)
+        run_inner(cfg, shard, input, dest, chan)
     });
     if let Err(e) = &res
         && !matches!(
@@ -100,9 +124,12 @@ struct Hello {
     stat_sec: u32,
     low_comm: bool,
     malicious: bool,
+    /// The worker plan of this link ("single", or the pair's index, the
+    /// pair count and the agreed bucket seed), see `workers`.
+    plan: String,
 }
 
-fn hello_of(cfg: &PsiConfig) -> Hello {
+fn hello_of(cfg: &PsiConfig, shard: Option<&Shard>) -> Hello {
     let p = cfg.party() as usize;
     let mut receivers = [false; 2];
     receivers[p] = cfg.self_receives();
@@ -119,6 +146,7 @@ fn hello_of(cfg: &PsiConfig) -> Hello {
         stat_sec: cfg.stat_sec,
         low_comm: cfg.low_comm,
         malicious: cfg.malicious,
+        plan: shard.map_or_else(|| "single".to_string(), Shard::describe),
     }
 }
 
@@ -131,8 +159,8 @@ fn describe_receivers(r: [bool; 2]) -> String {
     }
 }
 
-fn handshake(cfg: &PsiConfig, chan: &dyn Channel) -> Result<(), PsiError> {
-    let ours = hello_of(cfg);
+fn handshake(cfg: &PsiConfig, shard: Option<&Shard>, chan: &dyn Channel) -> Result<(), PsiError> {
+    let ours = hello_of(cfg, shard);
     wire::send(
         chan,
         HELLO,
@@ -208,6 +236,9 @@ fn handshake(cfg: &PsiConfig, chan: &dyn Channel) -> Result<(), PsiError> {
             theirs.malicious.to_string(),
         );
     }
+    if ours.plan != theirs.plan {
+        return mismatch("the worker plan", ours.plan, theirs.plan);
+    }
     if !ours.receivers.iter().any(|r| *r) {
         return Err(PsiError::Config {
             field: "--receiver",
@@ -251,9 +282,16 @@ struct KeyCols<'a> {
     cols: &'a [usize],
     /// Fields in the header.
     ncols: usize,
+    /// Only rows of this worker's bucket are kept.
+    shard: Option<&'a Shard>,
 }
 
 impl KeyCols<'_> {
+    /// Whether a row with this item belongs to this run (its worker's bucket).
+    fn keeps(&self, item: Item) -> bool {
+        self.shard.is_none_or(|s| s.keeps(item))
+    }
+
     /// Writes the key of a record with `nfields` fields into `key`.
     /// `Ok(false)`: an empty key to skip (`--skip-empty-keys`). `Err`: the
     /// index into `--keys` of the field at fault (if one) and what to do.
@@ -312,7 +350,12 @@ impl KeyCols<'_> {
         plain_records(text, |line, raw, fields| {
             let field = |i: usize| &raw[fields[i].clone()];
             match self.key(fields.len(), field, &mut key) {
-                Ok(true) => rows.push(item_of(&key), raw, &key),
+                Ok(true) => {
+                    let item = item_of(&key);
+                    if self.keeps(item) {
+                        rows.push(item, raw, &key)
+                    }
+                }
                 Ok(false) => skipped += 1,
                 Err((col, message)) => {
                     return Err(PsiError::Input {
@@ -330,7 +373,7 @@ impl KeyCols<'_> {
     }
 }
 
-fn read_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
+fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Input, PsiError> {
     let f = File::open(path).map_err(|e| PsiError::io(path, e))?;
     let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut r = CsvReader::new(f, path);
@@ -368,6 +411,7 @@ fn read_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
         cfg,
         cols: &cols,
         ncols,
+        shard,
     };
     let mut skipped = 0u64;
     let threads = rayon::current_num_threads();
@@ -404,7 +448,12 @@ fn read_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
                 while r.read()? {
                     let field = |i: usize| r.field(i);
                     match keys.key(r.len(), field, &mut key) {
-                        Ok(true) => store.push(item_of(&key), r.raw(), &key)?,
+                        Ok(true) => {
+                            let item = item_of(&key);
+                            if keys.keeps(item) {
+                                store.push(item, r.raw(), &key)?
+                            }
+                        }
                         Ok(false) => skipped += 1,
                         Err((col, msg)) => {
                             return Err(r.error(col.map(|c| cfg.keys[c].as_str()), msg));
@@ -737,9 +786,11 @@ fn core_of(cfg: &PsiConfig) -> CoreFn {
 enum Sink {
     /// Single bucket: write straight from memory (no runs).
     Direct,
-    /// Several buckets: sorted run files under a temporary directory.
+    /// Several buckets, or a worker's part: sorted run files in `dir` (a
+    /// temporary directory, `_tmp`, unless it is the worker's part directory).
     Runs {
-        dir: tempfile::TempDir,
+        dir: std::path::PathBuf,
+        _tmp: Option<tempfile::TempDir>,
         matched: Vec<std::path::PathBuf>,
         unmatched: Vec<std::path::PathBuf>,
     },
@@ -757,13 +808,18 @@ struct Totals {
 
 fn run_inner(
     cfg: &PsiConfig,
+    shard: Option<&Shard>,
     input_path: &Path,
-    output: Option<&Path>,
+    dest: Dest<'_>,
     chan: &dyn Channel,
 ) -> Result<Report, PsiError> {
     let t0 = Instant::now();
-    handshake(cfg, chan)?;
-    let input = read_input(cfg, input_path)?;
+    handshake(cfg, shard, chan)?;
+    let input = read_input(cfg, shard, input_path)?;
+    let (output, part_dir) = match dest {
+        Dest::Output(o) => (o, None),
+        Dest::Part(d) => (None, Some(d)),
+    };
     tracing::debug!(
         rows = input.loaded.rows,
         t = t0.elapsed().as_secs_f64(),
@@ -786,16 +842,25 @@ fn run_inner(
     let peer_learns = cfg.peer_receives();
     let party = cfg.party();
     let core = core_of(cfg);
-    let mut sink = if buckets == 1 || !self_learns {
+    let mut sink = if !self_learns || (buckets == 1 && part_dir.is_none()) {
         Sink::Direct
+    } else if let Some(d) = part_dir {
+        std::fs::create_dir_all(d).map_err(|e| PsiError::io(d, e))?;
+        Sink::Runs {
+            dir: d.to_path_buf(),
+            _tmp: None,
+            matched: Vec::new(),
+            unmatched: Vec::new(),
+        }
     } else {
         std::fs::create_dir_all(&cfg.tmp_dir).map_err(|e| PsiError::io(&cfg.tmp_dir, e))?;
-        let dir = tempfile::Builder::new()
+        let tmp = tempfile::Builder::new()
             .prefix("venn-psi-runs-")
             .tempdir_in(&cfg.tmp_dir)
             .map_err(|e| PsiError::io(&cfg.tmp_dir, e))?;
         Sink::Runs {
-            dir,
+            dir: tmp.path().to_path_buf(),
+            _tmp: Some(tmp),
             matched: Vec::new(),
             unmatched: Vec::new(),
         }
@@ -949,13 +1014,14 @@ fn run_inner(
                 dir,
                 matched: mr,
                 unmatched: ur,
+                ..
             } => {
-                let mut w = RunWriter::create(dir.path().join(format!("m{b:03}")))?;
+                let mut w = RunWriter::create(dir.join(format!("m{b:03}")))?;
                 for &(gi, c) in &matched {
                     w.push(key_of(gi), c, row_iter(gi))?;
                 }
                 mr.push(w.finish()?);
-                let mut w = RunWriter::create(dir.path().join(format!("u{b:03}")))?;
+                let mut w = RunWriter::create(dir.join(format!("u{b:03}")))?;
                 for &gi in &unmatched {
                     w.push(key_of(gi), 0, row_iter(gi))?;
                 }
@@ -981,33 +1047,31 @@ fn run_inner(
 
     let tw = Instant::now();
     let mut out_stats = None;
+    if let (
+        Some(d),
+        Sink::Runs {
+            matched, unmatched, ..
+        },
+    ) = (part_dir, &sink)
+    {
+        crate::workers::write_part_meta(
+            d,
+            &PartMeta {
+                plan: shard.map_or_else(|| "single".to_string(), Shard::describe),
+                header: input.header.clone(),
+                ncols: input.ncols,
+                peer_unmatched: peer_rows - tot.rows_peer,
+                matched: file_names(matched),
+                unmatched: file_names(unmatched),
+            },
+        )?;
+    }
     if let Some(mut w) = out {
         if let Sink::Runs {
             matched, unmatched, ..
         } = &sink
         {
-            if cfg.join != JoinType::Difference {
-                merge_runs(matched, |e| {
-                    w.matched(e.rows.iter().map(|r| r.as_slice()), e.peer_count)
-                })?;
-            }
-            let peer_unmatched = peer_rows - tot.rows_peer;
-            let own_section = |w: &mut OutWriter| {
-                merge_runs(unmatched, |e| e.rows.iter().try_for_each(|r| w.own(r)))
-            };
-            if cfg.join == JoinType::Difference {
-                own_section(&mut w)?;
-            } else {
-                for p in 0..2u8 {
-                    if cfg.outer(p) {
-                        if p == party {
-                            own_section(&mut w)?
-                        } else {
-                            w.nulls(peer_unmatched)?
-                        }
-                    }
-                }
-            }
+            write_runs(cfg, &mut w, matched, unmatched, peer_rows - tot.rows_peer)?;
         }
         tracing::debug!(t = t0.elapsed().as_secs_f64(), "committing output");
         let rows_out = w.commit()?;
@@ -1045,8 +1109,10 @@ fn run_inner(
             join_rows: tot.join_rows,
         }),
         output: out_stats,
-        curve_backend: (cfg.protocol == crate::config::Protocol::Ecdh).then(ecdh::curve_backend),
+        curve_backend: (cfg.protocol == crate::config::Protocol::Ecdh)
+            .then(|| ecdh::curve_backend().to_string()),
         buckets,
+        workers: 1,
         bytes_sent: chan.bytes_sent(),
         bytes_received: chan.bytes_received(),
         seconds: Phases {
@@ -1057,6 +1123,39 @@ fn run_inner(
         },
         peak_rss_mb: peak_rss_mb(),
     })
+}
+
+/// Writes a receiver's output from sorted runs (of buckets, or of workers'
+/// parts): the matches merged in key order, then the sections of unmatched
+/// rows (this party's merged runs, or null rows for the peer's) in party order.
+pub(crate) fn write_runs(
+    cfg: &PsiConfig,
+    w: &mut OutWriter,
+    matched: &[std::path::PathBuf],
+    unmatched: &[std::path::PathBuf],
+    peer_unmatched: u64,
+) -> Result<(), PsiError> {
+    let party = w.party();
+    if cfg.join != JoinType::Difference {
+        merge_runs(matched, |e| {
+            w.matched(e.rows.iter().map(|r| r.as_slice()), e.peer_count)
+        })?;
+    }
+    let own_section =
+        |w: &mut OutWriter| merge_runs(unmatched, |e| e.rows.iter().try_for_each(|r| w.own(r)));
+    if cfg.join == JoinType::Difference {
+        return own_section(w);
+    }
+    for p in 0..2u8 {
+        if cfg.outer(p) {
+            if p == party {
+                own_section(w)?
+            } else {
+                w.nulls(peer_unmatched)?
+            }
+        }
+    }
+    Ok(())
 }
 
 /// With a single bucket, the sections after the matches: this party's own
@@ -1092,7 +1191,15 @@ fn write_unmatched_sections<'a, I: Iterator<Item = &'a [u8]>>(
     Ok(())
 }
 
-fn round3(x: f64) -> f64 {
+fn file_names(paths: &[std::path::PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect()
+}
+
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use venn_psi::csv::CsvReader;
 use venn_psi::item::push_column;
-use venn_psi::{JoinType, Protocol, PsiConfig, PsiError, Receiver, Report, Side, memory_pair, run};
+use venn_psi::workers::{self, WorkerSet};
+use venn_psi::{
+    Channel, JoinType, Protocol, PsiConfig, PsiError, Receiver, Report, Side, memory_pair, run,
+};
 
 /// (canonical key, raw record) per data row, and the header's column count.
 /// (canonical key, raw record) rows.
@@ -130,13 +133,7 @@ struct Case {
     mode: u8,
 }
 
-fn run_case(c: &Case) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
-    let pa = dir.path().join("a.csv");
-    let pb = dir.path().join("b.csv");
-    std::fs::write(&pa, &c.a).unwrap();
-    std::fs::write(&pb, &c.b).unwrap();
-    let (ca, cb) = memory_pair(16);
+fn configs(c: &Case, dir: &Path) -> (PsiConfig, PsiConfig) {
     let cfg = |keys: &Vec<String>, leader: bool| {
         let mut k = PsiConfig::new(keys.clone(), leader);
         k.protocol = c.protocol;
@@ -144,7 +141,7 @@ fn run_case(c: &Case) -> Outcome {
         k.malicious = c.mode == 2;
         k.join = c.join;
         k.memory_budget = c.budget;
-        k.tmp_dir = dir.path().to_path_buf();
+        k.tmp_dir = dir.to_path_buf();
         let flip = |r| match r {
             Receiver::SelfOnly => Receiver::Peer,
             Receiver::Peer => Receiver::SelfOnly,
@@ -164,7 +161,17 @@ fn run_case(c: &Case) -> Outcome {
         };
         k
     };
-    let (c0, c1) = (cfg(&c.keys_a, true), cfg(&c.keys_b, false));
+    (cfg(&c.keys_a, true), cfg(&c.keys_b, false))
+}
+
+fn run_case(c: &Case) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let pa = dir.path().join("a.csv");
+    let pb = dir.path().join("b.csv");
+    std::fs::write(&pa, &c.a).unwrap();
+    std::fs::write(&pb, &c.b).unwrap();
+    let (ca, cb) = memory_pair(16);
+    let (c0, c1) = configs(c, dir.path());
     let oa: PathBuf = dir.path().join("oa.csv");
     let ob: PathBuf = dir.path().join("ob.csv");
     let (ra, rb) = std::thread::scope(|s| {
@@ -176,8 +183,53 @@ fn run_case(c: &Case) -> Outcome {
     Ok([(ra?, read(&oa)), (rb?, read(&ob))])
 }
 
+/// [`run_case`] with `workers[p]` workers at party p: one memory link per
+/// worker pair, each negotiated, then [`workers::run_local`] at each party.
+fn run_case_workers(c: &Case, workers: [u32; 2]) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let pa = dir.path().join("a.csv");
+    let pb = dir.path().join("b.csv");
+    std::fs::write(&pa, &c.a).unwrap();
+    std::fs::write(&pb, &c.b).unwrap();
+    let pairs = workers[0].min(workers[1]);
+    let links: Vec<_> = (0..pairs).map(|_| memory_pair(16)).collect();
+    let (c0, c1) = configs(c, dir.path());
+    let oa: PathBuf = dir.path().join("oa.csv");
+    let ob: PathBuf = dir.path().join("ob.csv");
+    let party = |cfg: &PsiConfig, n: u32, input: &Path, out: &Path, chans: Vec<&dyn Channel>| {
+        let set = WorkerSet::new(n).unwrap();
+        let plans = chans
+            .iter()
+            .enumerate()
+            .map(|(i, ch)| workers::negotiate(*ch, &set, i as u32, cfg.leader))
+            .collect::<Result<Vec<_>, _>>()?;
+        assert!(plans.iter().all(|p| p.pairs() == pairs));
+        workers::run_local(cfg, &plans, input, Some(out), &chans)
+    };
+    let (ra, rb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| {
+            let chans: Vec<&dyn Channel> = links.iter().map(|l| &l.0 as &dyn Channel).collect();
+            party(&c0, workers[0], &pa, &oa, chans)
+        });
+        let hb = s.spawn(|| {
+            let chans: Vec<&dyn Channel> = links.iter().map(|l| &l.1 as &dyn Channel).collect();
+            party(&c1, workers[1], &pb, &ob, chans)
+        });
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let read = |p: &Path| std::fs::read(p).ok();
+    let (ra, rb) = (ra?, rb?);
+    assert_eq!(ra.workers, pairs as usize);
+    assert_eq!(rb.workers, pairs as usize);
+    Ok([(ra, read(&oa)), (rb, read(&ob))])
+}
+
 fn check(c: &Case) {
-    let [(ra, oa), (rb, ob)] = run_case(c).expect("run succeeds");
+    check_outcome(c, run_case(c));
+}
+
+fn check_outcome(c: &Case, outcome: Outcome) {
+    let [(ra, oa), (rb, ob)] = outcome.expect("run succeeds");
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::write(&pa, &c.a).unwrap();
@@ -308,6 +360,26 @@ proptest! {
             protocol: Protocol::Rr22,
             mode,
         });
+    }
+
+    #[test]
+    fn workers_equal_reference(a in arb_table(), b in arb_table(), join in arb_join(),
+                               receiver0 in prop::sample::select(vec![Receiver::SelfOnly, Receiver::Peer, Receiver::Both]),
+                               left_peer in any::<bool>(), small in any::<bool>(), rr22 in any::<bool>(),
+                               wa in 1u32..4, wb in 1u32..4) {
+        let c = Case {
+            a: csv_text("id,pa", &a, false, true),
+            b: csv_text("key,pb", &b, true, false),
+            keys_a: vec!["id".into()],
+            keys_b: vec!["key".into()],
+            join,
+            receiver0,
+            left0: if left_peer { Side::Peer } else { Side::SelfSide },
+            budget: if small { 64 << 10 } else { 1 << 30 },
+            protocol: if rr22 { Protocol::Rr22 } else { Protocol::Ecdh },
+            mode: 0,
+        };
+        check_outcome(&c, run_case_workers(&c, [wa, wb]));
     }
 
     #[test]
@@ -631,4 +703,117 @@ fn rr22_modes_must_agree_and_are_reported() {
     c.low_comm = true;
     c.malicious = true;
     assert!(c.validate().unwrap_err().to_string().contains("--low-comm"));
+}
+
+/// Rows with duplicate keys at both parties and keys only one side has.
+fn with_duplicates(n: usize, start: usize, payload: &str) -> String {
+    let mut s = String::from("id,payload\n");
+    for i in start..start + n {
+        for d in 0..1 + i % 3 {
+            s.push_str(&format!(
+                "{:018},{payload}{i}-{d}\n",
+                300_000_000_000_000_000u64 + i as u64
+            ));
+        }
+    }
+    s
+}
+
+#[test]
+fn one_two_and_three_workers_write_identical_outputs() {
+    let a = with_duplicates(900, 0, "alpha-");
+    let b = with_duplicates(900, 450, "beta-");
+    let mut cases = 0;
+    for (protocol, mode) in [
+        (Protocol::Ecdh, 0),
+        (Protocol::Rr22, 0),
+        (Protocol::Rr22, 1),
+        (Protocol::Rr22, 2),
+    ] {
+        for join in [
+            JoinType::Inner,
+            JoinType::Left,
+            JoinType::Right,
+            JoinType::Full,
+            JoinType::Difference,
+        ] {
+            // rr22's modes only on the two joins that exercise most of the output
+            if mode != 0 && !matches!(join, JoinType::Full | JoinType::Difference) {
+                continue;
+            }
+            let c = Case {
+                a: a.clone(),
+                b: b.clone(),
+                keys_a: vec!["id".into()],
+                keys_b: vec!["id".into()],
+                join,
+                receiver0: Receiver::Both,
+                left0: Side::Peer,
+                // small enough that workers spill into memory buckets too
+                budget: 256 << 10,
+                protocol,
+                mode,
+            };
+            let [(r1, a1), (_, b1)] = run_case(&c).unwrap();
+            for n in [1, 2, 3] {
+                let [(ra, an), (rb, bn)] = run_case_workers(&c, [n, n]).unwrap();
+                assert_eq!(an, a1, "{protocol:?}/{mode} {join:?} listener, {n} workers");
+                assert_eq!(
+                    bn, b1,
+                    "{protocol:?}/{mode} {join:?} connector, {n} workers"
+                );
+                assert_eq!(
+                    ra.intersection.as_ref().unwrap().keys,
+                    r1.intersection.as_ref().unwrap().keys
+                );
+                assert_eq!(ra.self_.rows, r1.self_.rows);
+                assert_eq!(rb.peer.unique_keys, r1.self_.unique_keys);
+                cases += 1;
+            }
+            check(&c);
+        }
+    }
+    assert_eq!(cases, 3 * (5 + 5 + 2 + 2));
+}
+
+#[test]
+fn two_workers_against_three_give_the_right_answer() {
+    let c = Case {
+        a: with_duplicates(700, 0, "a"),
+        b: with_duplicates(700, 300, "b"),
+        keys_a: vec!["id".into()],
+        keys_b: vec!["id".into()],
+        join: JoinType::Full,
+        receiver0: Receiver::Both,
+        left0: Side::SelfSide,
+        budget: 1 << 30,
+        protocol: Protocol::Ecdh,
+        mode: 0,
+    };
+    let [(_, a1), (_, b1)] = run_case(&c).unwrap();
+    for w in [[2, 3], [3, 2], [1, 3]] {
+        let outcome = run_case_workers(&c, w).unwrap();
+        assert_eq!(outcome[0].0.workers, w[0].min(w[1]) as usize);
+        assert_eq!(outcome[0].1, a1, "{w:?}");
+        assert_eq!(outcome[1].1, b1, "{w:?}");
+        check_outcome(&c, Ok(outcome));
+    }
+}
+
+#[test]
+fn a_worker_input_error_stops_every_worker_clearly() {
+    let c = Case {
+        a: numbered(50, 0, "a") + "1,2,3\n",
+        b: numbered(50, 0, "b"),
+        keys_a: vec!["id".into()],
+        keys_b: vec!["id".into()],
+        join: JoinType::Inner,
+        receiver0: Receiver::Both,
+        left0: Side::SelfSide,
+        budget: 1 << 30,
+        protocol: Protocol::Ecdh,
+        mode: 0,
+    };
+    let e = run_case_workers(&c, [2, 2]).unwrap_err().to_string();
+    assert!(e.contains("a.csv:52") && e.contains("3 fields"), "{e}");
 }

@@ -143,6 +143,122 @@ async fn require_token(State(state): State<SharedState>, req: Request, next: Nex
     }
 }
 
+/// On a master: catalogue and job calls go to the lite that holds the state (see `central`).
+/// The target is the body's `domain_id` (or the `initiator` of a job to create); a call naming
+/// a job only is tried at each registered lite until one knows the job; a list without a
+/// domain is the union of every lite's list.
+async fn master_forward(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    if state.config.mode != crate::config::Mode::Master || !crate::central::forwarded(&path) {
+        return next.run(req).await;
+    }
+    let bytes = match axum::body::to_bytes(req.into_body(), MAX_JSON_BODY).await {
+        Ok(b) => b,
+        Err(e) => return ApiError(NodeError::Invalid(format!("body: {e}"))).into_response(),
+    };
+    let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match parse_json(&bytes) {
+            Ok(v) => v,
+            Err(e) => return ApiError(e).into_response(),
+        }
+    };
+    match forward(&state, &path, &body).await {
+        Ok((status, answer)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            Json(answer),
+        )
+            .into_response(),
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+async fn forward(state: &SharedState, path: &str, body: &Value) -> Result<(u16, Value), NodeError> {
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let target = if path == "/api/v1/job/create" {
+        field("initiator")
+    } else {
+        field("domain_id")
+    };
+    if !target.is_empty() {
+        if target == state.domain_id() {
+            return Err(NodeError::Invalid(format!(
+                "domain_id: {target} is the master; data and tasks live on the lites"
+            )));
+        }
+        return crate::central::forward_to_lite(state, &target, path, body).await;
+    }
+    if path == "/api/v1/job/create" {
+        return Err(NodeError::Invalid(
+            "initiator: on a master, name the lite that initiates the job".into(),
+        ));
+    }
+    let lites: Vec<String> = state
+        .store
+        .lite_nodes()
+        .await?
+        .into_iter()
+        .filter(|n| !n.key_sha256.is_empty())
+        .map(|n| n.domain_id)
+        .collect();
+    let by_id = !field("job_id").is_empty()
+        || !field("domaindata_id").is_empty()
+        || !field("domaindatagrant_id").is_empty()
+        || !field("datasource_id").is_empty();
+    let mut merged: Option<Value> = None;
+    let mut last_err = None;
+    for lite in lites {
+        match crate::central::forward_to_lite(state, &lite, path, body).await {
+            Ok((200, answer)) if by_id => return Ok((200, answer)),
+            Ok((200, answer)) => match &mut merged {
+                None => merged = Some(answer),
+                Some(m) => {
+                    if let (Some(Value::Object(into)), Some(Value::Object(from))) =
+                        (m.get_mut("data"), answer.get("data"))
+                    {
+                        for (k, v) in from {
+                            if let (Some(Value::Array(a)), Value::Array(b)) = (into.get_mut(k), v) {
+                                // A job or grant is known at several lites: list it once.
+                                for item in b {
+                                    let id = item_id(item);
+                                    if id.is_none() || !a.iter().any(|x| item_id(x) == id) {
+                                        a.push(item.clone());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+            Ok((status, answer)) => last_err = Some((status, answer)),
+            Err(e) => tracing::warn!("forwarding {path} to {lite}: {e}"),
+        }
+    }
+    if let Some(m) = merged {
+        return Ok((200, m));
+    }
+    match last_err {
+        Some(a) => Ok(a),
+        None => Err(NodeError::NotFound(
+            "a lite that knows it (or a registered lite that answers)".into(),
+        )),
+    }
+}
+
+/// The ID of a listed job, grant or domain data (for merging lists from several lites).
+fn item_id(v: &Value) -> Option<String> {
+    ["job_id", "domaindatagrant_id", "domaindata_id"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
 async fn health() -> Envelope {
     Envelope(json!({ "ready": true }))
 }
@@ -158,6 +274,10 @@ pub fn router(state: SharedState) -> Router {
         .merge(network::routes())
         .merge(jobs::routes())
         .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            master_forward,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthZ", get(health).post(health))

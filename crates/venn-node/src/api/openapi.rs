@@ -93,6 +93,27 @@ pub(super) const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     ("/api/v1/domain/list", "List domains (paginated)", "Page"),
     (
+        "/api/v1/domain/create",
+        "Master: create a lite domain and issue its deploy token (shown once)",
+        "DomainId",
+    ),
+    (
+        "/api/v1/domain/token",
+        "Master: issue a new deploy token for a domain (revokes unused ones)",
+        "DomainId",
+    ),
+    (
+        "/api/v1/domain/reset",
+        "Master: forget a lite's registered key and issue a new deploy token",
+        "DomainId",
+    ),
+    (
+        "/api/v1/route/create",
+        "Master: create a route between two lites (optionally through transit)",
+        "Route",
+    ),
+    ("/api/v1/route/delete", "Master: delete a route", "Route"),
+    (
         "/api/v1/route/query",
         "Query a route with its explained status",
         "Route",

@@ -8,7 +8,9 @@
 //! Control calls are small JSON POSTs over HTTP/1.1 on a fresh mutual-TLS connection: they are
 //! rare (a heartbeat every 15 s, onboarding, grants), so connection reuse would buy nothing and
 //! a fresh connection re-checks DNS and the peer's certificate each time. Task links use one
-//! HTTP/1.1 Upgrade per link on its own connection (see [`super::link`] for why).
+//! HTTP/1.1 Upgrade per link on its own connection (see [`super::link`] for why). A route with a
+//! transit domain runs the same TLS session inside a tunnel through that domain's gateway
+//! ([`super::transit`]); callers do not see the difference.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +24,10 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{Endpoint, ProxyAddr};
+use crate::state::NodeState;
 
 /// Largest response body accepted from a partner.
 const MAX_RESPONSE: usize = 4 << 20;
@@ -53,15 +56,21 @@ pub enum Step {
     /// The configured HTTP proxy failed or refused the CONNECT.
     #[error("Proxy: {0}")]
     Proxy(String),
+    /// The transit domain of the route could not be reached or refused to relay.
+    #[error("Transit: {0}")]
+    Transit(String),
 }
 
 impl Step {
     /// The details without the step name.
     pub fn detail(&self) -> String {
         match self {
-            Step::Dns(m) | Step::Tcp(m) | Step::Tls(m) | Step::Peer(m) | Step::Proxy(m) => {
-                m.clone()
-            }
+            Step::Dns(m)
+            | Step::Tcp(m)
+            | Step::Tls(m)
+            | Step::Peer(m)
+            | Step::Proxy(m)
+            | Step::Transit(m) => m.clone(),
             Step::NotAuthorized => {
                 "the partner refused this node's certificate (is this node added there?)".into()
             }
@@ -77,6 +86,7 @@ impl Step {
             Step::NotAuthorized => "NotAuthorized",
             Step::Peer(_) => "PeerError",
             Step::Proxy(_) => "Proxy",
+            Step::Transit(_) => "Transit",
         }
     }
 }
@@ -146,6 +156,7 @@ async fn dial(
 
 /// POSTs `body` as JSON to `path` on the gateway at `endpoint` (through `proxy` if given),
 /// verifying the server as `server_name` with `tls`; returns the HTTP status and the JSON answer.
+/// Used where no route exists yet (joining, registering); partner calls go through [`call`].
 #[allow(clippy::too_many_arguments)] // one call shape, each argument a different concern
 pub async fn post_json(
     tls: Arc<rustls::ClientConfig>,
@@ -157,15 +168,58 @@ pub async fn post_json(
     body: &Value,
 ) -> Result<(u16, Value), Step> {
     let tcp = connect(endpoint, proxy).await?;
+    let stream = tls_connect(tls, server_name, Box::new(tcp)).await?;
+    post_json_on(stream, server_name, self_domain, path, body).await
+}
+
+/// Calls `path` on `partner`'s gateway over the route to it: directly, or through the route's
+/// transit domain with end-to-end mutual TLS ([`super::transit::open`]).
+pub async fn call(
+    state: &NodeState,
+    partner: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(u16, Value), Step> {
+    let stream = super::transit::open(state, partner).await?;
+    post_json_on(stream, partner, state.domain_id(), path, body).await
+}
+
+/// Any byte stream a gateway connection can run over: TCP, or a tunnel inside another TLS
+/// connection (transit).
+pub type Io = Box<dyn RawStream>;
+
+/// What [`Io`] boxes: a full-duplex async byte stream.
+pub trait RawStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> RawStream for T {}
+
+/// A client TLS session to a gateway.
+pub type GatewayStream = tokio_rustls::client::TlsStream<Io>;
+
+/// Runs the client TLS handshake over `io`, verifying the server as `server_name`.
+pub async fn tls_connect(
+    tls: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    io: Io,
+) -> Result<GatewayStream, Step> {
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|e| Step::Tls(format!("bad server name {server_name:?}: {e}")))?;
-    let stream = timeout(
+    timeout(
         STEP_TIMEOUT,
-        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+        tokio_rustls::TlsConnector::from(tls).connect(name, io),
     )
     .await
     .map_err(|_| Step::Tls("handshake timed out".into()))?
-    .map_err(|e| Step::Tls(e.to_string()))?;
+    .map_err(|e| Step::Tls(e.to_string()))
+}
+
+/// POSTs `body` as JSON to `path` over an established gateway session.
+async fn post_json_on(
+    stream: GatewayStream,
+    server_name: &str,
+    self_domain: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(u16, Value), Step> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Step::Peer(format!("HTTP: {e}")))?;
@@ -202,4 +256,51 @@ pub async fn post_json(
             .map_err(|_| Step::Peer(format!("HTTP {status}: answer is not JSON")))?
     };
     Ok((status, value))
+}
+
+/// Sends an HTTP/1.1 upgrade request `head` on `stream` and reads the answer head byte by byte
+/// (whatever follows belongs to the upgraded protocol), waiting up to `wait`. `Ok` on
+/// `101 Switching Protocols`; otherwise the status and the answer's `reason` (or status line).
+pub async fn request_upgrade<S>(
+    stream: &mut S,
+    head: &str,
+    wait: Duration,
+) -> Result<(), (String, String)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let io = |e: std::io::Error| (String::new(), e.to_string());
+    stream.write_all(head.as_bytes()).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let answer = timeout(wait, async {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
+            if stream.read(&mut b).await? == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+        Ok::<_, std::io::Error>(head)
+    })
+    .await
+    .map_err(|_| (String::new(), "no answer in time".to_owned()))?
+    .map_err(io)?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+    if status == "101" {
+        return Ok(());
+    }
+    // A short body for the reason.
+    let mut body = vec![0u8; 4096];
+    let n = timeout(Duration::from_secs(2), stream.read(&mut body))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let reason = serde_json::from_slice::<Value>(&body[..n])
+        .ok()
+        .and_then(|v| v.get("reason").and_then(|r| r.as_str().map(str::to_owned)))
+        .unwrap_or_else(|| text.lines().next().unwrap_or("no answer").to_owned());
+    Err((status, reason))
 }

@@ -1,8 +1,8 @@
 //! Route status: heartbeats to every partner and the explained Ready state of each route.
 //!
 //! Every `gateway.heartbeat_seconds` (15 s by default, as Kuscia's gateway health check) the
-//! node calls `POST /venn/v1/heartbeat` on each partner it has an endpoint for, all partners
-//! concurrently. The outcome sets the outbound route `<self>-<partner>`:
+//! node calls `POST /venn/v1/heartbeat` on each partner it has an endpoint (or a transit
+//! domain) for, all partners concurrently. The outcome sets the outbound route `<self>-<partner>`:
 //!
 //! | reason          | meaning |
 //! |-----------------|---------|
@@ -12,6 +12,7 @@
 //! | `NotAuthorized` | the partner answered 401: it has not pinned (or removed) this node's CA |
 //! | `ClockSkew`     | the partner's clock differs by more than `gateway.max_clock_skew_seconds` |
 //! | `PeerError`     | the partner answered something unexpected |
+//! | `Transit`       | the route's transit domain could not be reached or refused to relay |
 //! | `HeartbeatLost` | inbound route: no heartbeat from the partner for 3 intervals |
 //!
 //! The inbound route `<partner>-<self>` is set Ready by the partner's heartbeats (see
@@ -22,8 +23,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::config::Endpoint;
-use crate::gateway::client::{Step, post_json};
+use crate::central;
+use crate::config::Mode;
+use crate::gateway::client::{Step, call};
 use crate::grants;
 use crate::state::SharedState;
 use crate::store::RouteRow;
@@ -54,7 +56,7 @@ pub async fn round(state: &SharedState) {
     let me = state.domain_id().to_owned();
     let outbound = routes
         .iter()
-        .filter(|r| r.source == me && !r.host.is_empty())
+        .filter(|r| r.source == me && (!r.host.is_empty() || !r.transit.is_empty()))
         .map(|r| beat_route(state, r));
     futures_util::future::join_all(outbound).await;
     let lost_after = 3 * state.config.gateway.heartbeat_seconds as i64;
@@ -74,7 +76,7 @@ pub async fn round(state: &SharedState) {
 }
 
 async fn beat_route(state: &SharedState, route: &RouteRow) {
-    let (ready, reason, message) = match beat(state, &route.destination, &route.host).await {
+    let (ready, reason, message) = match beat(state, &route.destination).await {
         Ok(()) => (true, "Ready".to_owned(), String::new()),
         Err((reason, message)) => (false, reason, message),
     };
@@ -97,24 +99,22 @@ async fn beat_route(state: &SharedState, route: &RouteRow) {
     }
 }
 
-async fn beat(state: &SharedState, peer: &str, host: &str) -> Result<(), (String, String)> {
-    let partner = state
-        .peers
-        .get(peer)
-        .ok_or_else(|| ("Pending".to_owned(), format!("{peer}'s CA is not pinned")))?;
-    let ep = Endpoint::parse(host).map_err(|e| ("DNS".to_owned(), e))?;
+async fn beat(state: &SharedState, peer: &str) -> Result<(), (String, String)> {
+    if state.peers.get(peer).is_none() {
+        return Err(("Pending".to_owned(), format!("{peer}'s CA is not pinned")));
+    }
     let sent = now_unix();
-    let (status, body) = post_json(
-        partner.client_config,
-        &ep,
-        state.config.proxy().as_ref(),
-        peer,
-        state.domain_id(),
-        "/venn/v1/heartbeat",
-        &json!({ "time": sent }),
-    )
-    .await
-    .map_err(|s: Step| (s.reason().to_owned(), s.detail()))?;
+    // To its master, a lite also reports its version and routes (see `central`).
+    let to_master = state.config.mode == Mode::Lite && central::master_of(state) == peer;
+    let mut report = json!({ "time": sent });
+    if to_master {
+        let extra = central::lite_report(state).await;
+        report["version"] = extra["version"].clone();
+        report["routes"] = extra["routes"].clone();
+    }
+    let (status, body) = call(state, peer, "/venn/v1/heartbeat", &report)
+        .await
+        .map_err(|s: Step| (s.reason().to_owned(), s.detail()))?;
     if status != 200 {
         return Err((
             "PeerError".into(),
@@ -129,6 +129,9 @@ async fn beat(state: &SharedState, peer: &str, host: &str) -> Result<(), (String
             "ClockSkew".into(),
             format!("{peer}'s clock differs by {skew} s (more than {max} s)"),
         ));
+    }
+    if to_master && let Err(e) = central::apply_master_answer(state, peer, &body).await {
+        tracing::warn!("installing the master's routes: {e}");
     }
     Ok(())
 }

@@ -21,7 +21,10 @@
 //!   upgrade passes through the same gate (401 for strangers) as every other partner call;
 //! - a link's TCP connection ends with its task, so nothing outlives a job.
 //!
-//! Pairing is by (job, task, peer domain): a waiting task connection is held in the
+//! Pairing is by (job, task, peer domain, worker index): a party running its PSI as N workers
+//! opens N links, worker i's hello and the dialer's `venn-worker` header carry i, and worker i
+//! meets only the peer's worker i (the engine checks the index again in its first message). A
+//! waiting task connection is held in the
 //! [`Broker`] until the partner's upgrade arrives (or the other way round on the dialer side,
 //! where the task's connection triggers the dial). The task then runs venn-link's framed
 //! protocol end to end over the relayed bytes (`venn_link::Link::via_relay`); the node hop is
@@ -37,14 +40,12 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
 use super::Partner;
-use crate::config::Endpoint;
 use crate::jobs::{JobPhase, Manifest};
 use crate::runtime::{TaskHello, secret_hash};
 use crate::state::SharedState;
@@ -57,7 +58,8 @@ const COPY_BUF: usize = 256 << 10;
 /// Largest hello.
 const MAX_HELLO: usize = 16 << 10;
 
-type Key = (String, String, String);
+/// (job, task, peer domain, worker index).
+type Key = (String, String, String, u32);
 
 enum Slot {
     /// Our task connected first; the partner's upgrade takes it.
@@ -91,7 +93,7 @@ impl Broker {
     /// Drops whatever waits for the links of `job`/`task` (the task was stopped or ended).
     pub fn forget(&self, job: &str, task: &str) {
         if let Ok(mut slots) = self.slots.lock() {
-            slots.retain(|(j, t, _), _| !(j == job && t == task));
+            slots.retain(|(j, t, _, _), _| !(j == job && t == task));
         }
     }
 
@@ -216,9 +218,14 @@ async fn task_connection(state: SharedState, mut s: TcpStream) -> Result<(), Str
         }
         "link" => {
             let peer = peer_of(&state, &hello.job_id, &hello.task_id).await?;
-            let key = (hello.job_id.clone(), hello.task_id.clone(), peer.clone());
+            let key = (
+                hello.job_id.clone(),
+                hello.task_id.clone(),
+                peer.clone(),
+                hello.worker,
+            );
             if me < peer {
-                match dial(&state, &peer, &hello.job_id, &hello.task_id).await {
+                match dial(&state, &peer, &hello.job_id, &hello.task_id, hello.worker).await {
                     Ok(remote) => {
                         answer(&mut s, "OK").await;
                         splice(s, remote, &key).await;
@@ -265,84 +272,39 @@ where
 {
     match tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF).await {
         Ok((up, down)) => {
-            tracing::info!(job = %key.0, task = %key.1, peer = %key.2, sent = up, received = down, "task link closed")
+            tracing::info!(job = %key.0, task = %key.1, peer = %key.2, worker = key.3, sent = up, received = down, "task link closed")
         }
         Err(e) => {
-            tracing::info!(job = %key.0, task = %key.1, peer = %key.2, "task link ended: {e}")
+            tracing::info!(job = %key.0, task = %key.1, peer = %key.2, worker = key.3, "task link ended: {e}")
         }
     }
 }
 
-/// Opens the link's upgraded connection to `peer`'s gateway.
+/// Opens the link's upgraded connection to `peer`'s gateway (directly or through the route's
+/// transit domain: [`super::transit::open`]).
 async fn dial(
     state: &SharedState,
     peer: &str,
     job: &str,
     task: &str,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let partner = state
-        .peers
-        .get(peer)
-        .ok_or_else(|| format!("{peer} is not a partner"))?;
-    let row = state
-        .store
-        .domain(peer)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{peer} is not a partner"))?;
-    let ep = Endpoint::parse(&row.endpoint).map_err(|e| format!("{peer}'s endpoint: {e}"))?;
-    let tcp = super::client::connect(&ep, state.config.proxy().as_ref())
+    worker: u32,
+) -> Result<super::client::GatewayStream, String> {
+    let mut tls = super::transit::open(state, peer)
         .await
         .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(peer.to_owned()).map_err(|e| e.to_string())?;
-    let mut tls = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_rustls::TlsConnector::from(partner.client_config).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "TLS: handshake timed out".to_owned())?
-    .map_err(|e| format!("TLS: {e}"))?;
     let req = format!(
         "POST /venn/v1/link HTTP/1.1\r\nHost: {peer}\r\nvenn-source: {}\r\nvenn-job: {job}\r\n\
-         venn-task: {task}\r\nConnection: Upgrade\r\nUpgrade: venn-link\r\nContent-Length: 0\r\n\r\n",
+         venn-task: {task}\r\nvenn-worker: {worker}\r\nConnection: Upgrade\r\nUpgrade: venn-link\r\nContent-Length: 0\r\n\r\n",
         state.domain_id()
     );
-    tls.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    tls.flush().await.map_err(|e| e.to_string())?;
-    // The answer head, byte by byte (what follows belongs to the link).
-    let head = tokio::time::timeout(PAIR_WAIT + Duration::from_secs(10), async {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
-            if tls.read(&mut b).await? == 0 {
-                break;
-            }
-            head.push(b[0]);
+    match super::client::request_upgrade(&mut tls, &req, PAIR_WAIT + Duration::from_secs(10)).await
+    {
+        Ok(()) => Ok(tls),
+        Err((status, reason)) if status.is_empty() => {
+            Err(format!("{peer} did not answer the link request: {reason}"))
         }
-        Ok::<_, std::io::Error>(head)
-    })
-    .await
-    .map_err(|_| format!("{peer} did not answer the link request in time"))?
-    .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let status = text.split_whitespace().nth(1).unwrap_or("");
-    if status == "101" {
-        return Ok(tls);
+        Err((status, reason)) => Err(format!("{peer} refused the link: HTTP {status}: {reason}")),
     }
-    // Read a short body for the reason.
-    let mut body = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut body))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
-    let reason = serde_json::from_slice::<serde_json::Value>(&body[..n])
-        .ok()
-        .and_then(|v| v.get("reason").and_then(|r| r.as_str().map(str::to_owned)))
-        .unwrap_or_else(|| text.lines().next().unwrap_or("no answer").to_owned());
-    Err(format!("{peer} refused the link: HTTP {status}: {reason}"))
 }
 
 fn refuse(code: StatusCode, reason: impl Into<String>) -> Response {
@@ -355,7 +317,7 @@ pub async fn upgrade(
     Partner(domain, _): Partner,
     mut req: Request,
 ) -> Response {
-    let (job, task, upgrade) = {
+    let (job, task, upgrade, worker) = {
         let h = req.headers();
         let header = |n: &str| {
             h.get(n)
@@ -363,7 +325,21 @@ pub async fn upgrade(
                 .map(str::to_owned)
                 .unwrap_or_default()
         };
-        (header("venn-job"), header("venn-task"), header("upgrade"))
+        (
+            header("venn-job"),
+            header("venn-task"),
+            header("upgrade"),
+            header("venn-worker"),
+        )
+    };
+    // absent from a dialer without workers: worker 0
+    let worker = if worker.is_empty() {
+        Ok(0)
+    } else {
+        worker.parse::<u32>()
+    };
+    let Ok(worker) = worker else {
+        return refuse(StatusCode::BAD_REQUEST, "venn-worker: not a worker index");
     };
     if !upgrade.eq_ignore_ascii_case("venn-link") {
         return refuse(StatusCode::BAD_REQUEST, "Upgrade: venn-link required");
@@ -389,7 +365,16 @@ pub async fn upgrade(
             format!("{domain} is not the dialing party of task {task}"),
         );
     }
-    let key = (job.clone(), task.clone(), domain.clone());
+    if worker >= t.psi.workers.max(1) {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!(
+                "task {task} has no worker {worker} (workers: {})",
+                t.psi.workers
+            ),
+        );
+    }
+    let key = (job.clone(), task.clone(), domain.clone(), worker);
     let Some(mut local) = state.links.take_task(key.clone()).await else {
         return refuse(
             StatusCode::GATEWAY_TIMEOUT,

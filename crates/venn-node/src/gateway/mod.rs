@@ -7,8 +7,9 @@
 //!
 //! - A request from an unauthenticated caller gets **HTTP 401 `{"reason":"unauthorized"}`** and
 //!   nothing else: no domain, instance, version or server header (Kuscia leaks all three). The
-//!   only exception is `POST /venn/v1/join`, which authenticates by invitation secret instead
-//!   and answers 401 the same way on any failure.
+//!   only exceptions are `POST /venn/v1/join`, which authenticates by invitation secret instead,
+//!   and `POST /venn/v1/register` (a lite's deploy token, see `central`); both answer 401 the
+//!   same way on any failure.
 //! - An authenticated caller that names a missing path gets 404 `{"reason":"not found"}`.
 //! - Bounded: at most 4096 connections, TLS handshakes and HTTP/1 request heads must complete
 //!   within 10 s, HTTP/2 connections are kept alive with pings.
@@ -20,8 +21,8 @@
 pub mod client;
 pub mod heartbeat;
 pub mod link;
+pub mod transit;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +39,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::central;
+use crate::config::Mode;
 use crate::error::{NodeError, Result};
 use crate::grants::{self, SignedGrant};
 use crate::onboarding::{self, JoinRequest};
@@ -124,6 +128,7 @@ impl From<NodeError> for GatewayError {
 async fn heartbeat(
     Extension(state): Extension<SharedState>,
     Partner(domain, _): Partner,
+    body: axum::body::Bytes,
 ) -> std::result::Result<Json<Value>, GatewayError> {
     let me = state.domain_id().to_owned();
     state.store.ensure_route(&domain, &me, "").await?;
@@ -131,7 +136,61 @@ async fn heartbeat(
         .store
         .set_route_status(&format!("{domain}-{me}"), true, "Ready", "")
         .await?;
-    Ok(Json(json!({ "domain_id": me, "time": now_unix() })))
+    let mut answer = json!({ "domain_id": me, "time": now_unix() });
+    // A lite's heartbeat to its master carries its report; the answer carries its routes.
+    if state.config.mode == Mode::Master && state.store.lite_node(&domain).await?.is_some() {
+        let report: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut routes = central::ingest_report(&state, &domain, &report).await?;
+        answer["routes"] = routes["routes"].take();
+        answer["domains"] = routes["domains"].take();
+    }
+    Ok(Json(answer))
+}
+
+async fn register(
+    Extension(state): Extension<SharedState>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> std::result::Result<Json<Value>, GatewayError> {
+    let req: central::RegisterRequest =
+        serde_json::from_slice(&body).map_err(|_| NodeError::Unauthorized)?;
+    let answer = central::accept_register(&state, caller.domain.as_deref(), req).await?;
+    Ok(Json(serde_json::to_value(answer).unwrap_or(Value::Null)))
+}
+
+/// An API call the master forwards to this lite: only the master may call, only for the
+/// catalogue and job paths ([`central::forwarded`]); answered with the API's own envelope.
+async fn forwarded_api(
+    Extension(state): Extension<SharedState>,
+    Partner(domain, _): Partner,
+    Json(body): Json<Value>,
+) -> Response {
+    let master = central::master_of(&state);
+    if master.is_empty() || master != domain {
+        return Unauthorized.into_response();
+    }
+    let path = body.get("path").and_then(Value::as_str).unwrap_or_default();
+    if !central::forwarded(path) {
+        return (StatusCode::NOT_FOUND, Json(json!({"reason": "not found"}))).into_response();
+    }
+    let token = match crate::trust::read_token(&state.config.token_path()) {
+        Ok(t) => t,
+        Err(e) => return GatewayError(e).into_response(),
+    };
+    let inner = body.get("body").cloned().unwrap_or_else(|| json!({}));
+    let req = match axum::http::Request::post(path)
+        .header("Token", token)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(inner.to_string()))
+    {
+        Ok(r) => r,
+        Err(_) => return GatewayError(NodeError::Invalid("path".into())).into_response(),
+    };
+    use tower::ServiceExt as _;
+    match crate::api::router(state.clone()).oneshot(req).await {
+        Ok(resp) => resp.into_response(),
+        Err(never) => match never {},
+    }
 }
 
 async fn join(
@@ -203,7 +262,8 @@ fn authenticated(req: &Request) -> bool {
 
 /// The gate in front of every route: strangers get 401 (except on the join path).
 async fn gate(req: Request, next: Next) -> Response {
-    if authenticated(&req) || req.uri().path() == "/venn/v1/join" {
+    let open = matches!(req.uri().path(), "/venn/v1/join" | "/venn/v1/register");
+    if authenticated(&req) || open {
         return next.run(req).await;
     }
     drain(req).await;
@@ -220,10 +280,14 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .route("/venn/v1/heartbeat", post(heartbeat))
         .route("/venn/v1/join", post(join))
+        .route("/venn/v1/register", post(register))
+        .route("/venn/v1/api", post(forwarded_api))
         .route("/venn/v1/grant", post(grant))
         .route("/venn/v1/grant/revoke", post(revoke))
         .route("/venn/v1/job/message", post(job_message))
         .route("/venn/v1/link", post(link::upgrade))
+        .route("/venn/v1/transit", post(transit::relay))
+        .route("/venn/v1/tunnel", post(transit::tunnel_in))
         .fallback(fallback)
         .layer(middleware::from_fn(gate))
         .layer(Extension(state))
@@ -269,21 +333,42 @@ pub async fn serve(
         let app = app.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            connection(acceptor, tcp, addr, app, state).await;
+            let _ = tcp.set_nodelay(true);
+            connection(acceptor, tcp, addr.to_string(), app, state, None).await;
             drop(slot);
         });
     }
 }
 
-async fn connection(
+/// Serves one gateway connection that arrived some other way than the listener: the inner
+/// session of a transit tunnel ([`transit::tunnel_in`]). When `expect` is given, the
+/// connection is dropped unless its client certificate authenticates as that domain.
+pub async fn serve_one<S>(state: SharedState, io: S, label: String, expect: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let acceptor = match server_config(&state) {
+        Ok(c) => tokio_rustls::TlsAcceptor::from(c),
+        Err(e) => {
+            tracing::error!("gateway TLS configuration: {e}");
+            return;
+        }
+    };
+    let app = router(state.clone());
+    connection(acceptor, io, label, app, state, expect).await;
+}
+
+async fn connection<S>(
     acceptor: tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    addr: SocketAddr,
+    io: S,
+    addr: String,
     app: Router,
     state: SharedState,
-) {
-    let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+    expect: Option<String>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%addr, "gateway TLS handshake failed: {e}");
@@ -302,6 +387,12 @@ async fn connection(
         .unwrap_or_default();
     let domain = state.peers.authenticate(&certs);
     tracing::debug!(%addr, partner = ?domain, "gateway connection");
+    if let Some(want) = &expect
+        && domain.as_deref() != Some(want.as_str())
+    {
+        tracing::warn!(%addr, partner = ?domain, "tunnelled connection is not {want}; closed");
+        return;
+    }
     let caller = Caller {
         domain,
         certs: Arc::new(certs),

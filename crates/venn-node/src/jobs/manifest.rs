@@ -172,6 +172,24 @@ pub struct PsiSpec {
     pub left_side: String,
     /// Per receiver: the output DomainData.
     pub outputs: BTreeMap<String, PsiOutput>,
+    /// Workers per party (`workers: N`): N worker processes at each party, worker i of one
+    /// party linked to worker i of the other, each on its bucket of the key space (see
+    /// venn_psi::workers). One number for the task, signed with the manifest, so both parties
+    /// run the same count. Left out of the signed bytes when 1, so manifests signed before
+    /// the field existed verify unchanged.
+    #[serde(default = "one_worker", skip_serializing_if = "is_one_worker")]
+    pub workers: u32,
+}
+
+/// Most workers per party (the engine's limit, venn_psi::workers::MAX_WORKERS).
+pub const MAX_WORKERS: u32 = 256;
+
+fn one_worker() -> u32 {
+    1
+}
+
+fn is_one_worker(n: &u32) -> bool {
+    *n == 1
 }
 
 /// A party's PSI input.
@@ -415,6 +433,12 @@ impl PsiSpec {
                 self.left_side
             )));
         }
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return Err(invalid(format!(
+                "{at}.task_input_config.workers: {} is out of range; give 1 to {MAX_WORKERS}",
+                self.workers
+            )));
+        }
         Ok(())
     }
 }
@@ -434,6 +458,8 @@ struct NativePsi {
     left_side: String,
     #[serde(default)]
     outputs: BTreeMap<String, NativeOutput>,
+    #[serde(default = "one_worker")]
+    workers: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -505,6 +531,7 @@ pub fn parse_psi(
                 n.left_side
             },
             outputs,
+            workers: n.workers,
         }
     };
     Ok(spec)
@@ -682,6 +709,7 @@ fn parse_secretflow(
         join_type,
         left_side,
         outputs,
+        workers: 1,
     })
 }
 
@@ -749,6 +777,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("PROTOCOL_KKRT"), "{e}");
+    }
+
+    #[test]
+    fn workers_parse_and_stay_out_of_old_signed_bytes() {
+        let parties = vec!["alice".to_string(), "bob".to_string()];
+        let base = r#"{"inputs":{"alice":{"domaindata_id":"a","keys":["id"]},"bob":{"domaindata_id":"b","keys":["id"]}}"#;
+        let one = parse_psi("t", &format!("{base}}}"), &parties, &out, &owner).unwrap();
+        assert_eq!(one.workers, 1);
+        assert!(!serde_json::to_string(&one).unwrap().contains("workers"));
+        let four = parse_psi(
+            "t",
+            &format!("{base},\"workers\":4}}"),
+            &parties,
+            &out,
+            &owner,
+        )
+        .unwrap();
+        assert_eq!(four.workers, 4);
+        let back: PsiSpec = serde_json::from_str(&serde_json::to_string(&four).unwrap()).unwrap();
+        assert_eq!(back.workers, 4);
+        let set: BTreeSet<&str> = ["alice", "bob"].into();
+        assert!(four.check("t", &set).is_ok());
+        let zero = PsiSpec { workers: 0, ..four };
+        let e = zero.check("t", &set).unwrap_err().to_string();
+        assert!(e.contains("workers") && e.contains("1 to 256"), "{e}");
     }
 
     fn manifest() -> Manifest {

@@ -41,9 +41,9 @@ pub use manifest::{CreateJobRequest, Manifest, PartySpec, PsiOutput, PsiSpec, Ta
 pub use phase::{JobPhase, ScheduleMode, TaskPhase};
 use store::{ApprovalRow, JobRow, MessageRow, TaskPartyRow};
 
-use crate::config::{Approval, Endpoint};
+use crate::config::Approval;
 use crate::error::{NodeError, Result};
-use crate::gateway::client::{Step, post_json};
+use crate::gateway::client::Step;
 use crate::grants::write_canonical;
 use crate::state::{NodeState, SharedState};
 use crate::store::GrantRow;
@@ -610,28 +610,7 @@ async fn call_partner(
     partner: &str,
     body: &Value,
 ) -> std::result::Result<(u16, Value), Step> {
-    let p = state
-        .peers
-        .get(partner)
-        .ok_or_else(|| Step::Peer(format!("{partner} is not a partner")))?;
-    let row = state
-        .store
-        .domain(partner)
-        .await
-        .map_err(|e| Step::Peer(e.to_string()))?
-        .ok_or_else(|| Step::Peer(format!("{partner} is not a partner")))?;
-    let ep = Endpoint::parse(&row.endpoint)
-        .map_err(|_| Step::Peer(format!("{partner} has no endpoint this node can reach")))?;
-    post_json(
-        p.client_config,
-        &ep,
-        state.config.proxy().as_ref(),
-        partner,
-        state.domain_id(),
-        "/venn/v1/job/message",
-        body,
-    )
-    .await
+    crate::gateway::client::call(state, partner, "/venn/v1/job/message", body).await
 }
 
 /// Delivers queued messages, in order per partner; a partner that cannot be reached keeps its
@@ -1471,7 +1450,7 @@ mod tests {
         crate::trust::Identity::load_or_create(
             dir,
             name,
-            &Endpoint::parse("https://127.0.0.1:1080").unwrap(),
+            &crate::config::Endpoint::parse("https://127.0.0.1:1080").unwrap(),
         )
         .unwrap()
     }

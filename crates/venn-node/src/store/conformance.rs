@@ -361,6 +361,112 @@ async fn domains_routes_invitations() {
 }
 
 #[tokio::test]
+async fn centralized_tokens_lites_routes() {
+    for db in test_dbs("central").await {
+        eprintln!("store test central on {}", db.backend);
+        let s = db.open().await;
+        // Deploy tokens: single use (also when two consumers race), expiring, and a new token
+        // revokes the unused earlier one of the same domain.
+        s.issue_deploy_token("t1", "alice", "h1", now_unix() + 60)
+            .await
+            .unwrap();
+        let open = s.open_deploy_token("t1").await.unwrap().unwrap();
+        assert_eq!(
+            (open.domain_id.as_str(), open.secret_sha256.as_str()),
+            ("alice", "h1")
+        );
+        let (a, b) = tokio::join!(s.consume_deploy_token("t1"), s.consume_deploy_token("t1"));
+        assert!(a.unwrap() ^ b.unwrap(), "exactly one consumer wins");
+        assert!(s.open_deploy_token("t1").await.unwrap().is_none());
+        s.issue_deploy_token("t2", "alice", "h2", now_unix() + 60)
+            .await
+            .unwrap();
+        s.issue_deploy_token("t3", "alice", "h3", now_unix() + 60)
+            .await
+            .unwrap();
+        assert!(
+            s.open_deploy_token("t2").await.unwrap().is_none(),
+            "revoked"
+        );
+        assert!(s.open_deploy_token("t3").await.unwrap().is_some());
+        s.issue_deploy_token("t4", "bob", "h4", now_unix() - 1)
+            .await
+            .unwrap();
+        assert!(
+            s.open_deploy_token("t4").await.unwrap().is_none(),
+            "expired"
+        );
+        assert!(!s.consume_deploy_token("t4").await.unwrap());
+        assert_eq!(s.revoke_deploy_tokens("alice").await.unwrap(), 1);
+        assert!(s.open_deploy_token("t3").await.unwrap().is_none());
+
+        // Lite nodes: created unregistered, registered with a key, heartbeats.
+        s.ensure_lite_node("alice").await.unwrap();
+        s.ensure_lite_node("alice").await.unwrap();
+        let n = s.lite_node("alice").await.unwrap().unwrap();
+        assert_eq!((n.key_sha256.as_str(), n.last_heartbeat), ("", 0));
+        s.set_lite_key("alice", "k1").await.unwrap();
+        s.lite_heartbeat("alice", "0.1.0").await.unwrap();
+        let n = s.lite_node("alice").await.unwrap().unwrap();
+        assert_eq!((n.key_sha256.as_str(), n.version.as_str()), ("k1", "0.1.0"));
+        assert!(n.last_heartbeat > 0 && n.registered_at > 0);
+        s.set_lite_key("bob", "k2").await.unwrap();
+        let all: Vec<String> = s
+            .lite_nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.domain_id)
+            .collect();
+        assert_eq!(all, ["alice", "bob"]);
+        s.delete_lite_node("bob").await.unwrap();
+        assert!(s.lite_node("bob").await.unwrap().is_none());
+
+        // Routes: a lite reports only its own routes; delete; routes of a domain.
+        s.ensure_route("alice", "bob", "https://bob:1080")
+            .await
+            .unwrap();
+        s.ensure_route("bob", "alice", "https://alice:1080")
+            .await
+            .unwrap();
+        s.ensure_route("carol", "dave", "https://dave:1080")
+            .await
+            .unwrap();
+        assert!(
+            s.set_route_transit("alice-bob", "corp-master")
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.report_route_status("alice-bob", "alice", true, "Ready", "", 7)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.report_route_status("bob-alice", "alice", true, "Ready", "", 7)
+                .await
+                .unwrap()
+        );
+        let r = s.route("alice-bob").await.unwrap().unwrap();
+        assert_eq!(
+            (r.ready, r.last_heartbeat, r.transit.as_str()),
+            (1, 7, "corp-master")
+        );
+        let names: Vec<String> = s
+            .routes_of("alice")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["alice-bob", "bob-alice"]);
+        assert!(s.delete_route("bob-alice").await.unwrap());
+        assert!(!s.delete_route("bob-alice").await.unwrap());
+        s.close().await;
+    }
+}
+
+#[tokio::test]
 async fn catalogue_and_grants() {
     for db in test_dbs("catalogue").await {
         eprintln!("store test catalogue on {}", db.backend);
@@ -633,7 +739,7 @@ async fn reopened_store_keeps_state_and_its_owner() {
             assert!(err.contains(&format!("not to this node {domain}")), "{err}");
         }
         let report = s.check().await.unwrap();
-        assert_eq!(report.applied, [1, 2, 3]);
+        assert_eq!(report.applied, every_migration());
         assert!(report.pending.is_empty() && report.unknown.is_empty());
         assert_eq!(report.ddl_refused, None);
         assert_eq!(report.owner.as_ref().unwrap().domain_id, "alice");
@@ -967,4 +1073,17 @@ fn no_raw_queries_outside_the_store() {
         bad.join("\n")
     );
     assert!(files.len() > 10, "found only {} source files", files.len());
+}
+
+/// The versions of every migration shipped (1, 2, … N: one file per version per backend).
+fn every_migration() -> Vec<i64> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
+    let n = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count() as i64;
+    (1..=n).collect()
 }

@@ -91,6 +91,10 @@ fn launch() -> Launch {
             secret: SECRET.into(),
             work_dir: dir.join("tmp"),
             result: dir.join("result.json"),
+            worker: 0,
+            workers: 1,
+            plan_nonce: String::new(),
+            parts_dir: None,
         },
     }
 }
