@@ -6,8 +6,8 @@
 //! namespaces are not permitted the test prints `SKIPPED network namespaces` and runs the same
 //! steps with both nodes on loopback, so the job flow is still exercised.
 
-use std::collections::HashMap;
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,26 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn venn_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_venn")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{csv_rows, free_port, ip, key, naive, ok, venn_bin};
 
 /// Two network namespaces and a veth pair, removed on drop.
 struct Netns {
@@ -50,13 +31,6 @@ impl Drop for Netns {
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Sets up two namespaces; `None` (with the SKIPPED line) where not permitted.
 fn netns(test: &str) -> Option<(Netns, [String; 2], [String; 2])> {
@@ -408,34 +382,6 @@ fn job_file_workers(p: &Pair, id: &str, protocol: &str, workers: u32) -> PathBuf
     f
 }
 
-fn rows_of(path: &Path) -> (String, Vec<String>) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines().map(str::to_owned);
-    let header = lines.next().unwrap_or_default();
-    (header, lines.collect())
-}
-
-fn key(row: &str) -> &str {
-    row.split(',').next().unwrap_or_default()
-}
-
-/// The naive inner join: each party's rows whose key the other has, each repeated by the other
-/// side's count of that key, sorted.
-fn naive(own: &[String], other: &[String]) -> Vec<String> {
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for r in other {
-        *count.entry(key(r)).or_default() += 1;
-    }
-    let mut out = Vec::new();
-    for r in own {
-        for _ in 0..count.get(key(r)).copied().unwrap_or(0) {
-            out.push(r.clone());
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn psi_job_succeeds_and_outputs_equal_the_naive_join() {
     let p = pair("psi_job_succeeds", 3000, false, true);
@@ -460,10 +406,10 @@ fn psi_job_succeeds_and_outputs_equal_the_naive_join() {
         }
     }
     // Outputs: the naive join at each receiver, row i the same key at both.
-    let (_, a_in) = rows_of(&p.files[0]);
-    let (_, b_in) = rows_of(&p.files[1]);
-    let (ha, a_out) = rows_of(&p.alice.file("job-ok.csv"));
-    let (hb, b_out) = rows_of(&p.bob.file("job-ok.csv"));
+    let (_, a_in) = csv_rows(&p.files[0]);
+    let (_, b_in) = csv_rows(&p.files[1]);
+    let (ha, a_out) = csv_rows(&p.alice.file("job-ok.csv"));
+    let (hb, b_out) = csv_rows(&p.bob.file("job-ok.csv"));
     assert_eq!(ha, "id,f0");
     assert_eq!(hb, "id,f0");
     let keys_a: Vec<&str> = a_out.iter().map(|r| key(r)).collect();
@@ -514,10 +460,10 @@ fn psi_job_with_two_workers_equals_the_naive_join() {
     assert_eq!(j["status"]["state"], "Succeeded", "{j:#}");
     let jb = p.bob.wait_state("job-w2", &["Succeeded", "Failed"], 20);
     assert_eq!(jb["status"]["state"], "Succeeded", "{jb:#}");
-    let (_, a_in) = rows_of(&p.files[0]);
-    let (_, b_in) = rows_of(&p.files[1]);
-    let (_, a_out) = rows_of(&p.alice.file("job-w2.csv"));
-    let (_, b_out) = rows_of(&p.bob.file("job-w2.csv"));
+    let (_, a_in) = csv_rows(&p.files[0]);
+    let (_, b_in) = csv_rows(&p.files[1]);
+    let (_, a_out) = csv_rows(&p.alice.file("job-w2.csv"));
+    let (_, b_out) = csv_rows(&p.bob.file("job-w2.csv"));
     let keys_a: Vec<&str> = a_out.iter().map(|r| key(r)).collect();
     let keys_b: Vec<&str> = b_out.iter().map(|r| key(r)).collect();
     assert_eq!(keys_a, keys_b, "outputs not aligned");
@@ -790,10 +736,10 @@ fn kuscia_example_job_runs() {
     );
     assert_eq!(j["status"]["state"], "Succeeded", "{j:#}");
     assert_eq!(j["tasks"][0]["psi"]["protocol"], "rr22");
-    let (_, a_in) = rows_of(&p.files[0]);
-    let (_, b_in) = rows_of(&p.files[1]);
-    let (_, mut a_out) = rows_of(&p.alice.file("psi-output.csv"));
-    let (_, mut b_out) = rows_of(&p.bob.file("psi-output.csv"));
+    let (_, a_in) = csv_rows(&p.files[0]);
+    let (_, b_in) = csv_rows(&p.files[1]);
+    let (_, mut a_out) = csv_rows(&p.alice.file("psi-output.csv"));
+    let (_, mut b_out) = csv_rows(&p.bob.file("psi-output.csv"));
     a_out.sort();
     b_out.sort();
     assert_eq!(a_out, naive(&a_in, &b_in));

@@ -19,8 +19,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,34 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::capture::{Capture, assert_no_plaintext};
-
-fn venn_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_venn")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use common::{free_port, ip, key, naive, ok, rows_of, venn_bin};
 
 /// Three namespaces (alice, carol, bob), removed on drop with their hosts files.
 struct Line {
@@ -290,29 +262,6 @@ impl Node {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-fn rows_of(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines().skip(1).map(str::to_owned).collect()
-}
-
-fn key(row: &str) -> &str {
-    row.split(',').next().unwrap_or_default()
-}
-
-/// Each of `own`'s rows whose key `other` has, repeated by `other`'s count of it, sorted.
-fn naive(own: &[String], other: &[String]) -> Vec<String> {
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for r in other {
-        *count.entry(key(r)).or_default() += 1;
-    }
-    let mut out: Vec<String> = own
-        .iter()
-        .flat_map(|r| std::iter::repeat_n(r.clone(), count.get(key(r)).copied().unwrap_or(0)))
-        .collect();
-    out.sort();
-    out
 }
 
 fn ready(r: &Value) -> bool {
