@@ -436,6 +436,7 @@ fn every_node_command_has_help_with_an_example() {
         &["route", "list"],
         &["route", "create"],
         &["route", "delete"],
+        &["route", "transit"],
         &["domain"],
         &["domain", "add"],
         &["domain", "token"],
