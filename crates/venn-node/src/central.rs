@@ -864,8 +864,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::state::NodeState;
-    use crate::store::Store;
-    use crate::trust::{PeerSet, TokenCheck, ensure_token};
+    use crate::trust::PeerSet;
 
     async fn master(dir: &std::path::Path) -> Arc<NodeState> {
         let config = Config {
@@ -874,22 +873,7 @@ mod tests {
             domain_id: "corp-master".into(),
             ..Config::default()
         };
-        let identity =
-            Identity::load_or_create(dir, "corp-master", &config.endpoint().unwrap()).unwrap();
-        ensure_token(&config.token_path()).unwrap();
-        Arc::new(NodeState {
-            token: TokenCheck::new(config.token_path()),
-            peers: PeerSet::default(),
-            store: Store::open(&config.datastore_url()).await.unwrap(),
-            identity,
-            heartbeat_now: tokio::sync::Notify::new(),
-            jobs_wake: tokio::sync::Notify::new(),
-            runtime: crate::runtime::Runtime::default(),
-            links: crate::gateway::link::Broker::default(),
-            task_addr: "127.0.0.1:9".parse().unwrap(),
-            deliver: tokio::sync::Mutex::new(()),
-            config,
-        })
+        NodeState::for_tests(config).await
     }
 
     fn csr(dir: &std::path::Path, domain: &str) -> String {

@@ -68,3 +68,31 @@ impl NodeState {
 
 /// The handle passed around.
 pub type SharedState = Arc<NodeState>;
+
+#[cfg(test)]
+impl NodeState {
+    /// A node state over `config` for unit tests: identity and API token created in
+    /// `config.data_dir`, the store opened from the config, no partners, no ports bound.
+    pub(crate) async fn for_tests(config: Config) -> SharedState {
+        let identity = Identity::load_or_create(
+            &config.data_dir,
+            &config.domain_id,
+            &config.endpoint().unwrap(),
+        )
+        .unwrap();
+        crate::trust::ensure_token(&config.token_path()).unwrap();
+        Arc::new(NodeState {
+            token: TokenCheck::new(config.token_path()),
+            peers: PeerSet::default(),
+            store: Store::open(&config.datastore_url()).await.unwrap(),
+            identity,
+            heartbeat_now: Notify::new(),
+            jobs_wake: Notify::new(),
+            runtime: crate::runtime::Runtime::default(),
+            links: crate::gateway::link::Broker::default(),
+            task_addr: "127.0.0.1:9".parse().unwrap(),
+            deliver: tokio::sync::Mutex::new(()),
+            config,
+        })
+    }
+}

@@ -299,8 +299,6 @@ pub(crate) fn ok(v: impl Serialize) -> ApiResult {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
@@ -308,8 +306,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::state::NodeState;
-    use crate::store::Store;
-    use crate::trust::{Identity, PeerSet, TokenCheck, ensure_token, read_token};
+    use crate::trust::read_token;
 
     async fn state(dir: &std::path::Path) -> SharedState {
         let config = Config {
@@ -317,21 +314,7 @@ mod tests {
             domain_id: "alice".into(),
             ..Config::default()
         };
-        let identity = Identity::load_or_create(dir, "alice", &config.endpoint().unwrap()).unwrap();
-        ensure_token(&config.token_path()).unwrap();
-        Arc::new(NodeState {
-            token: TokenCheck::new(config.token_path()),
-            peers: PeerSet::default(),
-            store: Store::open(&config.datastore_url()).await.unwrap(),
-            identity,
-            heartbeat_now: tokio::sync::Notify::new(),
-            jobs_wake: tokio::sync::Notify::new(),
-            runtime: crate::runtime::Runtime::default(),
-            links: crate::gateway::link::Broker::default(),
-            task_addr: "127.0.0.1:9".parse().unwrap(),
-            deliver: tokio::sync::Mutex::new(()),
-            config,
-        })
+        NodeState::for_tests(config).await
     }
 
     async fn call(app: &Router, path: &str, token: Option<&str>, body: &str) -> StatusCode {
