@@ -214,6 +214,9 @@ pub(crate) fn run(a: PsiArgs) -> anyhow::Result<()> {
         tracing::warn!("--insecure: traffic is not encrypted; use it on loopback only");
     }
     let set = WorkerSet::new(a.workers)?;
+    // One worker here means one pair whatever the peer runs: its whole input
+    // is read while the link comes up.
+    let ahead = (a.workers == 1).then(|| venn_psi::ReadAhead::start(&cfg, &a.input));
     let open = |i: u32| -> anyhow::Result<LinkChannel> {
         let link = match (&a.listen, &a.connect) {
             (Some(addr), _) => {
@@ -253,7 +256,12 @@ pub(crate) fn run(a: PsiArgs) -> anyhow::Result<()> {
         chans.push(chan);
     }
     let refs: Vec<&dyn Channel> = chans.iter().map(|c| c as &dyn Channel).collect();
-    let report = workers::run_local(&cfg, &plans, &a.input, a.output.as_deref(), &refs)?;
+    let report = match ahead {
+        Some(ahead) if plans.len() == 1 => {
+            venn_psi::run_read_ahead(&cfg, ahead, a.output.as_deref(), refs[0])?
+        }
+        _ => workers::run_local(&cfg, &plans, &a.input, a.output.as_deref(), &refs)?,
+    };
     for c in chans {
         c.0.close().context("closing the link")?;
     }

@@ -158,6 +158,8 @@ fn execute(cfg: &TaskConfig) -> anyhow::Result<Value> {
         .with_context(|| format!("creating {}", cfg.work_dir.display()))?;
     pc.tmp_dir = cfg.work_dir.clone();
     pc.validate()?;
+    // a single worker reads its whole input while the link comes up
+    let ahead = (cfg.workers <= 1).then(|| venn_psi::ReadAhead::start(&pc, &cfg.input));
     progress(cfg, 0.02, "connecting");
     // The link token is not a secret here: the gateways authenticate both hops (task secret on
     // loopback, mutual TLS between nodes). It makes both ends prove they run the same task.
@@ -185,7 +187,10 @@ fn execute(cfg: &TaskConfig) -> anyhow::Result<Value> {
         return execute_worker(cfg, &pc, &plan, chan, t0);
     }
     let tmp = cfg.output.as_deref().map(temp_output);
-    let report = venn_psi::run(&pc, &cfg.input, tmp.as_deref(), &chan);
+    let report = match ahead {
+        Some(ahead) => venn_psi::run_read_ahead(&pc, ahead, tmp.as_deref(), &chan),
+        None => venn_psi::run(&pc, &cfg.input, tmp.as_deref(), &chan),
+    };
     let report = match report {
         Ok(r) => r,
         Err(e) => {

@@ -28,7 +28,7 @@
 //! join type.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -71,6 +71,62 @@ pub fn run(
     run_scoped(cfg, None, input, Dest::Output(output), chan)
 }
 
+/// A party's input file, read on a thread of its own while the link to the
+/// peer is set up ([`ReadAhead::start`], then [`run_read_ahead`]).
+///
+/// Why: the listening party otherwise idles until its peer connects, and
+/// both parties idle through the TLS handshake; reading the file is a fifth
+/// of a whole RR22 run at 2^20 rows. The handshake still comes before the
+/// file is used, and a bad file is reported at the same point as before
+/// (after the handshake), so the peer hears the reason.
+pub struct ReadAhead {
+    path: PathBuf,
+    state: Ahead,
+}
+
+enum Ahead {
+    Reading(std::thread::JoinHandle<Result<Input, PsiError>>),
+    /// Read in place: no thread could be started.
+    Done(Box<Result<Input, PsiError>>),
+}
+
+impl ReadAhead {
+    /// Starts reading `input` as `cfg` says (key columns, normalisation,
+    /// memory budget), all rows: for a party that runs as one worker.
+    pub fn start(cfg: &PsiConfig, input: &Path) -> Self {
+        let path = input.to_path_buf();
+        let (c, p) = (cfg.clone(), path.clone());
+        let state = match std::thread::Builder::new()
+            .name("venn-psi-read".into())
+            .spawn(move || read_input(&c, None, &p))
+        {
+            Ok(h) => Ahead::Reading(h),
+            Err(_) => Ahead::Done(Box::new(read_input(cfg, None, input))),
+        };
+        ReadAhead { path, state }
+    }
+
+    fn finish(self) -> Result<Input, PsiError> {
+        match self.state {
+            Ahead::Reading(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(PsiError::peer("the input reading thread panicked"))),
+            Ahead::Done(r) => *r,
+        }
+    }
+}
+
+/// [`run`] with an input that is already being read ([`ReadAhead`]).
+pub fn run_read_ahead(
+    cfg: &PsiConfig,
+    input: ReadAhead,
+    output: Option<&Path>,
+    chan: &dyn Channel,
+) -> Result<Report, PsiError> {
+    let path = input.path.clone();
+    run_checked(cfg, None, &path, Dest::Output(output), chan, Some(input))
+}
+
 /// Where a receiver's rows go.
 #[derive(Clone, Copy)]
 pub(crate) enum Dest<'a> {
@@ -89,6 +145,18 @@ pub(crate) fn run_scoped(
     dest: Dest<'_>,
     chan: &dyn Channel,
 ) -> Result<Report, PsiError> {
+    run_checked(cfg, shard, input, dest, chan, None)
+}
+
+/// Checks the configuration, runs, and tells the peer why on a local error.
+fn run_checked(
+    cfg: &PsiConfig,
+    shard: Option<&Shard>,
+    input: &Path,
+    dest: Dest<'_>,
+    chan: &dyn Channel,
+    ahead: Option<ReadAhead>,
+) -> Result<Report, PsiError> {
     let res = cfg.validate().and_then(|_| {
         if cfg.self_receives() && matches!(dest, Dest::Output(None)) {
             return Err(PsiError::Config {
@@ -96,7 +164,7 @@ pub(crate) fn run_scoped(
                 message: "this party receives the result: name the output file".into(),
             });
         }
-        run_inner(cfg, shard, input, dest, chan)
+        run_inner(cfg, shard, input, ahead, dest, chan)
     });
     if let Err(e) = &res
         && !matches!(
@@ -344,7 +412,17 @@ impl KeyCols<'_> {
     /// Parses quote-free lines into rows: (rows, skipped rows, lines).
     /// Errors carry line numbers counted from 1 at the start of `text`.
     fn parse_plain(&self, text: &[u8], path: &Path) -> Result<(Rows, u64, u64), PsiError> {
-        let mut rows = Rows::default();
+        // Sized up front: a row takes its line plus its key (at most the
+        // line again, plus two bytes per column of framing for tuples), so
+        // the vectors never grow and copy while parsing.
+        let lines = memchr::memchr_iter(b'\n', text).count() as u64;
+        let rows_max = lines as usize + 1;
+        let framing = if self.cols.len() > 1 {
+            2 * self.cols.len()
+        } else {
+            0
+        };
+        let mut rows = Rows::with_capacity(rows_max, 2 * text.len() + rows_max * framing);
         let mut key = Vec::with_capacity(64);
         let mut skipped = 0u64;
         plain_records(text, |line, raw, fields| {
@@ -353,7 +431,13 @@ impl KeyCols<'_> {
                 Ok(true) => {
                     let item = item_of(&key);
                     if self.keeps(item) {
-                        rows.push(item, raw, &key)
+                        // one key column left as it is: the key is that field
+                        match self.cols {
+                            &[c] if raw[fields[c].clone()] == key[..] => {
+                                rows.push_key_in_raw(item, raw, fields[c].start, key.len())
+                            }
+                            _ => rows.push(item, raw, &key),
+                        }
                     }
                 }
                 Ok(false) => skipped += 1,
@@ -368,7 +452,6 @@ impl KeyCols<'_> {
             }
             Ok(())
         })?;
-        let lines = memchr::memchr_iter(b'\n', text).count() as u64;
         Ok((rows, skipped, lines))
     }
 }
@@ -427,10 +510,10 @@ fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Inp
                     .map(|text| keys.parse_plain(text, path))
                     .collect();
                 let mut line = first_line;
-                for res in parsed {
+                for (res, text) in parsed.into_iter().zip(&pieces) {
                     match res {
                         Ok((rows, skip, lines)) => {
-                            store.append(rows)?;
+                            store.append(rows, text.len() as u64)?;
                             skipped += skip;
                             line += lines;
                         }
@@ -489,7 +572,8 @@ impl Grouped {
     /// each partition — small enough for the cache — is sorted on its own,
     /// in parallel. No step reads memory at random, which is what a global
     /// sort of millions of entries followed by a gather would do.
-    fn new(rows: &Rows, idx: Vec<u32>) -> Self {
+    fn new(items: Vec<Item>, idx: Vec<u32>) -> Self {
+        debug_assert_eq!(items.len(), idx.len());
         let n = idx.len();
         let bits = ((n as f64 / 8192.0).log2().ceil().max(0.0) as u32).min(16);
         let parts = 1usize << bits;
@@ -501,21 +585,20 @@ impl Grouped {
             }
         };
         let mut counts = vec![0usize; parts + 1];
-        for &i in &idx {
-            counts[part_of(rows.items[i as usize]) + 1] += 1;
+        for &it in &items {
+            counts[part_of(it) + 1] += 1;
         }
         for p in 0..parts {
             counts[p + 1] += counts[p];
         }
         let bounds = counts.clone();
         let mut pairs: Vec<(Item, u32)> = vec![(0, 0); n];
-        for &i in &idx {
-            let it = rows.items[i as usize];
+        for (&it, &i) in items.iter().zip(&idx) {
             let p = part_of(it);
             pairs[counts[p]] = (it, i);
             counts[p] += 1;
         }
-        drop(idx);
+        drop((items, idx));
         let mut slices: Vec<&mut [(Item, u32)]> = Vec::with_capacity(parts);
         let mut rest = pairs.as_mut_slice();
         for p in 0..parts {
@@ -524,8 +607,9 @@ impl Grouped {
             rest = tail;
         }
         slices.into_par_iter().for_each(|s| s.sort_unstable());
-        let mut starts = Vec::new();
-        let mut unique = Vec::new();
+        // sized for all rows unique (the usual case): never grown by doubling
+        let mut starts = Vec::with_capacity(n + 1);
+        let mut unique = Vec::with_capacity(n);
         for (p, &(it, _)) in pairs.iter().enumerate() {
             if unique.last() != Some(&it) {
                 unique.push(it);
@@ -540,6 +624,11 @@ impl Grouped {
         }
     }
 
+    /// Number of groups (unique items).
+    fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
     fn count(&self, g: usize) -> u32 {
         self.starts[g + 1] - self.starts[g]
     }
@@ -549,7 +638,7 @@ impl Grouped {
     }
 
     fn has_dups(&self) -> bool {
-        self.order.len() > self.unique.len()
+        self.order.len() > self.len()
     }
 }
 
@@ -810,12 +899,16 @@ fn run_inner(
     cfg: &PsiConfig,
     shard: Option<&Shard>,
     input_path: &Path,
+    ahead: Option<ReadAhead>,
     dest: Dest<'_>,
     chan: &dyn Channel,
 ) -> Result<Report, PsiError> {
     let t0 = Instant::now();
     handshake(cfg, shard, chan)?;
-    let input = read_input(cfg, shard, input_path)?;
+    let mut input = match ahead {
+        Some(a) => a.finish()?,
+        None => read_input(cfg, shard, input_path)?,
+    };
     let (output, part_dir) = match dest {
         Dest::Output(o) => (o, None),
         Dest::Part(d) => (None, Some(d)),
@@ -882,16 +975,17 @@ fn run_inner(
     let total_len = (rows, peer_rows);
 
     for b in 0..buckets {
-        let br = input.loaded.bucket(b, buckets)?;
+        let mut br = input.loaded.bucket(b, buckets)?;
+        let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
         let rws = br.rows();
-        let g = Grouped::new(rws, br.indices());
+        let mut g = Grouped::new(items, idx);
         tracing::debug!(
             bucket = b,
             t = t0.elapsed().as_secs_f64(),
             "sorted and grouped"
         );
         let mut m = Vec::with_capacity(16);
-        m.extend_from_slice(&(g.unique.len() as u64).to_le_bytes());
+        m.extend_from_slice(&(g.len() as u64).to_le_bytes());
         m.extend_from_slice(&(g.has_dups() as u64).to_le_bytes());
         wire::send(chan, BUCKET, &m)?;
         let v = u64s(
@@ -901,10 +995,12 @@ fn run_inner(
         )?;
         let (peer_len, peer_dups) = (v[0] as usize, v[1] == 1);
         peer_unique_seen += peer_len as u64;
-        tot.unique += g.unique.len() as u64;
+        tot.unique += g.len() as u64;
 
-        let perm = random_permutation(g.unique.len());
+        let perm = random_permutation(g.len());
         let shuffled: Vec<Item> = perm.iter().map(|&p| g.unique[p as usize]).collect();
+        // the shuffled copy is all the protocol needs: not both at its peak
+        g.unique = Vec::new();
         let counts: Vec<u32> = perm.iter().map(|&p| g.count(p as usize)).collect();
         let cin = CoreInput {
             items: &shuffled,
@@ -919,7 +1015,7 @@ fn run_inner(
         };
         tracing::debug!(
             bucket = b,
-            unique = g.unique.len(),
+            unique = g.len(),
             peer_len,
             t = t0.elapsed().as_secs_f64(),
             "grouped"
@@ -952,7 +1048,7 @@ fn run_inner(
             t = t0.elapsed().as_secs_f64(),
             "counts exchanged, matches sorted"
         );
-        let mut is_matched = vec![false; g.unique.len()];
+        let mut is_matched = vec![false; g.len()];
         for &(gi, c) in &matched {
             is_matched[gi as usize] = true;
             let a = g.count(gi as usize) as u64;
@@ -964,12 +1060,12 @@ fn run_inner(
         let need_unmatched = cfg.join == JoinType::Difference || cfg.outer(party);
         let mut unmatched: Vec<u32> = Vec::new();
         if need_unmatched {
-            unmatched = (0..g.unique.len() as u32)
+            unmatched = (0..g.len() as u32)
                 .filter(|&gi| !is_matched[gi as usize])
                 .collect();
             sort_by_key_bytes(&mut unmatched, |&gi| gi, &key_of);
         }
-        tot.unmatched_self += (0..g.unique.len())
+        tot.unmatched_self += (0..g.len())
             .filter(|&gi| !is_matched[gi])
             .map(|gi| g.count(gi) as u64)
             .sum::<u64>();

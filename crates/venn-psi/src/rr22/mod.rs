@@ -487,18 +487,20 @@ fn run_receiver(
     let (vole_out, encoded) = std::thread::scope(|s| {
         let enc = s.spawn(|| {
             // P = Encode{(x, H(x))}, H(x) cut to vbits bits (RR22 §5: H_B)
-            let mut vals = vec![0u128; items.len()];
-            items
-                .par_chunks(4096)
-                .zip(vals.par_chunks_mut(4096))
-                .for_each(|(x, v)| {
-                    prim::hash_value(x, v);
-                    if vmask != u128::MAX {
-                        v.iter_mut().for_each(|h| *h &= vmask);
-                    }
-                });
+            let value = |x: &[u128], v: &mut [u128]| {
+                prim::hash_value(x, v);
+                if vmask != u128::MAX {
+                    v.iter_mut().for_each(|h| *h &= vmask);
+                }
+            };
             let mut seeds = Prg::from_os();
-            let r = okvs::encode(params, items, &vals, || seeds.block(), opts);
+            let r = okvs::encode_values(
+                params,
+                items,
+                okvs::Values::Of(&value),
+                || seeds.block(),
+                opts,
+            );
             trace!(t0, "R: okvs encoded");
             r
         });
@@ -509,9 +511,14 @@ fn run_receiver(
             .unwrap_or_else(|_| Err(PsiError::peer("RR22: OKVS thread panicked")));
         (v, e)
     });
-    let (a, c) = vole_out?;
+    let (mut a, c) = vole_out?;
     let (header, p) = encoded?;
     debug_assert!(a.iter().chain(&p).all(|x| x & !vmask == 0));
+    // A' = A + P in place: P's memory is free before the tags are computed
+    a.par_chunks_mut(1 << 14)
+        .zip(p.par_chunks(1 << 14))
+        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x ^= y));
+    drop(p);
     let wr = if shape.malicious {
         let wr = Prg::from_os().block();
         wire::send(chan, tags::W_R, &wr.to_le_bytes())?;
@@ -524,14 +531,10 @@ fn run_receiver(
     let fc = shape.frame_cells();
     let (sent, mut mine) = std::thread::scope(|s| {
         let sender = s.spawn(|| -> Result<(), PsiError> {
-            for (ac, pc) in a.chunks(fc).zip(p.chunks(fc)) {
+            for ac in a.chunks(fc) {
                 let mut frame = Vec::with_capacity(1 + (ac.len() * shape.vbits).div_ceil(8));
                 frame.push(tags::OKVS_DATA);
-                pack_cells(
-                    &mut frame,
-                    ac.iter().zip(pc).map(|(x, y)| x ^ y),
-                    shape.vbits,
-                );
+                pack_cells(&mut frame, ac.iter().copied(), shape.vbits);
                 wire::send_frame(chan, frame)?;
             }
             Ok(())
@@ -547,7 +550,7 @@ fn run_receiver(
         (sent, mine)
     });
     sent?;
-    drop((a, c, p));
+    drop((a, c));
     if let Some(commitment) = commitment {
         // the opening of w_s, checked against the commitment; then
         // H_o(x, Decode(C, x) + w) with w = w_r + w_s

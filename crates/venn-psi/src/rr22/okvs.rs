@@ -404,16 +404,42 @@ pub(crate) struct EncodeOptions {
     pub(crate) force_retry: bool,
 }
 
+/// The values an OKVS encodes.
+#[derive(Clone, Copy)]
+pub(crate) enum Values<'a> {
+    /// `vals[i]` for `keys[i]`.
+    Given(&'a [u128]),
+    /// A function of the key: `f(keys, out)` writes each key's value. Values
+    /// are then computed bin by bin after grouping, so no value array in item
+    /// order is ever held beside the keys (16 bytes per item less at the
+    /// receiver's peak; the PSI's values are H(x)).
+    Of(&'a (dyn Fn(&[u128], &mut [u128]) + Sync)),
+}
+
 /// Encodes {keys[i] ↦ vals[i]} (keys distinct). Returns the header and the
 /// `params.len()` cells.
 pub(crate) fn encode(
     params: &OkvsParams,
     keys: &[u128],
     vals: &[u128],
+    next_seed: impl FnMut() -> u128,
+    opts: EncodeOptions,
+) -> Result<(OkvsHeader, Vec<u128>), PsiError> {
+    encode_values(params, keys, Values::Given(vals), next_seed, opts)
+}
+
+/// Encodes {keys[i] ↦ value of keys[i]} (keys distinct). Returns the header
+/// and the `params.len()` cells.
+pub(crate) fn encode_values(
+    params: &OkvsParams,
+    keys: &[u128],
+    vals: Values<'_>,
     mut next_seed: impl FnMut() -> u128,
     opts: EncodeOptions,
 ) -> Result<(OkvsHeader, Vec<u128>), PsiError> {
-    assert_eq!(keys.len(), vals.len());
+    if let Values::Given(v) = vals {
+        assert_eq!(keys.len(), v.len());
+    }
     // choose a seed under which no bin overflows its capacity
     let mut tries = 0;
     let (seed, hasher, grouped) = loop {
@@ -422,7 +448,19 @@ pub(crate) fn encode(
         let bins_of = hasher.bins_of(keys);
         let starts = bin_starts(&bins_of, params.bins);
         if (0..params.bins).all(|b| starts[b + 1] - starts[b] <= params.cap) {
-            let grouped = group(keys, Some(vals), &bins_of, starts, Order::None);
+            let grouped = match vals {
+                Values::Given(v) => group(keys, Some(v), &bins_of, starts, Order::None),
+                Values::Of(f) => {
+                    let mut g = group(keys, None, &bins_of, starts, Order::None);
+                    drop(bins_of);
+                    let mut gv = vec![0u128; keys.len()];
+                    gv.par_chunks_mut(4096)
+                        .zip(g.keys.par_chunks(4096))
+                        .for_each(|(v, k)| f(k, v));
+                    g.vals = gv;
+                    g
+                }
+            };
             break (seed, hasher, grouped);
         }
         tries += 1;
