@@ -99,7 +99,7 @@ pub enum Runtime {
     /// A child `venn task run` process (default).
     #[default]
     Process,
-    /// A pod per task party.
+    /// A pod per task party (one per worker with `workers: N`).
     Kubernetes,
 }
 

@@ -31,14 +31,17 @@
 //!   gateway pairs links by it) and writes its part under `parts/`; worker 1.. leave their
 //!   result in [`worker_result`]; worker 0 waits for them, merges the parts into the output
 //!   and writes the party's `result.json`. A worker that fails makes worker 0 fail with its
-//!   reason; a worker that dies without a result gets the whole group stopped.
+//!   reason; a worker that dies without a result gets the whole group stopped. The
+//!   per-worker configs come from one function, [`worker_config`], which the kubernetes
+//!   runtime uses too (N pods per party there).
 //! - Outputs are written by the task to a temporary name next to the target and renamed when
 //!   the PSI has succeeded; the node then registers the file as DomainData (columns from the
 //!   header) in the data source that holds the party's input.
 //!
-//! With `runtime: kubernetes` the same [`TaskConfig`] goes to a pod instead ([`kubernetes`]):
-//! the functions below branch to it where launching, stopping, re-attaching and reading logs
-//! differ, and share the rest (the config, `finish`, progress).
+//! With `runtime: kubernetes` the same [`TaskConfig`]s go to pods instead ([`kubernetes`]),
+//! one pod per worker: the functions below branch to it where launching, stopping,
+//! re-attaching and reading logs differ, and share the rest (the configs, `finish`,
+//! progress).
 
 pub mod kubernetes;
 
@@ -117,6 +120,24 @@ fn one() -> u32 {
 /// Where worker `i` (> 0) of a party leaves its [`TaskResult`] for worker 0.
 pub fn worker_result(parts_dir: &Path, i: u32) -> PathBuf {
     parts_dir.join(format!("w{i}.result.json"))
+}
+
+/// The config of worker `w` of a party whose worker 0 gets `base` (`dir` is the task
+/// directory): the same secret, plan nonce and worker count, `worker: w`, its own scratch
+/// directory `tmp-w<w>`, and for `w` ≥ 1 the result under `parts_dir` ([`worker_result`]).
+/// Both runtimes derive their per-worker configs here: the process runtime writes them to
+/// `task.json` / `task-w<w>.json`, the kubernetes runtime puts each in its pod's Secret.
+pub fn worker_config(base: &TaskConfig, dir: &Path, w: u32) -> TaskConfig {
+    let mut config = base.clone();
+    if w == 0 {
+        return config;
+    }
+    config.worker = w;
+    config.work_dir = dir.join(format!("tmp-w{w}"));
+    if let Some(p) = &base.parts_dir {
+        config.result = worker_result(p, w);
+    }
+    config
 }
 
 /// Where worker `i` of a party writes its part.
@@ -336,29 +357,17 @@ pub async fn start_task(
         worker: 0,
         workers,
         plan_nonce: hex::encode(random_bytes(16)?),
-        parts_dir: parts_dir.clone(),
+        parts_dir,
     };
     if let Some(k) = state.runtime.kubernetes() {
-        if workers > 1 {
-            return Err(NodeError::Invalid(format!(
-                "task {}: workers: {workers} needs the process runtime; the kubernetes runtime \
-                 runs one pod per party",
-                t.task_id
-            )));
-        }
         return kubernetes::start(state, k, m, t, row, base).await;
     }
     let mut cmds = Vec::with_capacity(workers as usize);
     for w in 0..workers {
-        let mut config = base.clone();
+        let config = worker_config(&base, &dir, w);
         let config_path = if w == 0 {
             dir.join("task.json")
         } else {
-            config.worker = w;
-            config.work_dir = dir.join(format!("tmp-w{w}"));
-            if let Some(p) = &parts_dir {
-                config.result = worker_result(p, w);
-            }
             dir.join(format!("task-w{w}.json"))
         };
         let text =
@@ -520,6 +529,41 @@ async fn finish(state: &SharedState, job: &str, task: &str, attempt: i64, exit: 
     if let Err(e) = report_party(state, &row).await {
         tracing::error!(job, task, "recording the task result: {e}");
     }
+}
+
+/// Records this node's party of a task Failed with `why`, when it is still Running in
+/// `attempt` (the kubernetes runtime, when one worker pod of several fails). True when it
+/// was recorded; the caller then ends the party's remaining workers.
+async fn fail_party(state: &SharedState, job: &str, task: &str, attempt: i64, why: &str) -> bool {
+    state.links.forget(job, task);
+    let me = state.domain_id().to_owned();
+    let Ok(Some(mut row)) = state.store.task_party(job, task, &me).await else {
+        return false;
+    };
+    if row.phase != "Running" || row.attempt != attempt {
+        return false;
+    }
+    row.phase = "Failed".into();
+    row.reason = why.to_owned();
+    row.end_time = now_unix();
+    row.pid = 0;
+    tracing::info!(job, task, reason = %row.reason, "task failed");
+    if let Err(e) = report_party(state, &row).await {
+        tracing::error!(job, task, "recording the task failure: {e}");
+    }
+    true
+}
+
+/// The worker count of a task's parties (`workers` of its PSI config; 1 when the job or the
+/// task cannot be read).
+async fn party_workers(state: &NodeState, job: &str, task: &str) -> u32 {
+    let Ok(Some(j)) = state.store.job(job).await else {
+        return 1;
+    };
+    serde_json::from_str::<Manifest>(&j.manifest)
+        .ok()
+        .and_then(|m| m.task(task).map(|t| t.psi.workers.max(1)))
+        .unwrap_or(1)
 }
 
 /// The first failed worker's reason, when a party's workers left results.
@@ -770,13 +814,14 @@ pub async fn progress(
     Ok(())
 }
 
-/// The end of a task's log (at most `max` bytes): the live pod's log with the kubernetes
-/// runtime while the pod runs, else `task.log`.
+/// The end of a task's log (at most `max` bytes): the live pods' log with the kubernetes
+/// runtime while the pods run (with several workers each worker's log under a header,
+/// [`kubernetes::Kubernetes::party_logs`]), else `task.log`.
 pub async fn task_log(state: &NodeState, job: &str, task: &str, max: u64) -> Result<String> {
     if let Some(k) = state.runtime.kubernetes()
-        && let Some(pod) = k.pod_of(job, task)
+        && let Some(pods) = k.pods_of(job, task)
     {
-        match k.logs(&pod, max).await {
+        match k.party_logs(&pods, max).await {
             Ok(log) => return Ok(log),
             Err(e) => tracing::warn!(job, task, "pod log: {e}; showing task.log"),
         }

@@ -20,12 +20,28 @@
 //!   kubelet).
 //! - **Resources** from the job's party (`resources` of Kuscia's CreateJob: `cpu`, `memory`,
 //!   `min_cpu`, `max_cpu`, `min_memory`, `max_memory`), else `kubernetes.default_resources`.
-//! - **Labels** `venn.dev/party`, `venn.dev/job`, `venn.dev/task`, `venn.dev/attempt` (for
-//!   selection; values shortened with a hash when a label cannot hold them) and annotations
-//!   with the exact IDs (for matching).
+//! - **Labels** `venn.dev/party`, `venn.dev/job`, `venn.dev/task`, `venn.dev/attempt`,
+//!   `venn.dev/worker` (for selection; values shortened with a hash when a label cannot hold
+//!   them) and annotations with the exact IDs, the worker index and the worker count (for
+//!   matching).
+//!
+//! **Workers** (`workers: N`): the party runs N pods, worker i's with worker i's config from
+//! [`super::worker_config`] (exactly the process runtime's configs; `parts_dir` is on the data
+//! volume, so worker 0 sees the others' parts). Each pod has its own Secret of its own name
+//! (`venn-<task>-w<i>-<hash>`; worker 0 keeps the single-worker name), not one Secret with N
+//! keys: a pod then mounts only its own config, pod and Secret stay one name created,
+//! refused, listed and deleted together (as with one worker), and the Secrets stay immutable
+//! with nothing to add after the first pod is created. Each pod asks for the party's
+//! resources, so a party asks for N times them. [`party_state`] folds the pods' states into
+//! the party's: worker 0's end decides (it merges and writes `result.json`); a worker ≥ 1 that
+//! fails or is deleted first fails the party with its index in the reason, and the party's
+//! other pods are deleted (the process runtime's SIGTERM to the group). `venn job logs` shows
+//! every worker's log under a header (a failing worker's log is the one to read, and it is
+//! rarely worker 0's); clean-up appends each to `task.log` under such a header.
 //!
 //! Decisions:
-//! - **One watch per pod** (`fieldSelector=metadata.name=...`), started from a `get` and
+//! - **One watch per pod** (`fieldSelector=metadata.name=...`; a party's N watches run in
+//!   one task, [`Kubernetes::follow_party`]), started from a `get` and
 //!   re-opened from a fresh `get` whenever it ends (server timeout, 410 Gone, network), so a
 //!   missed event costs one extra request, never a stuck task. The pod is re-evaluated every
 //!   few seconds without events too, because "image not pulled after the grace period" is a
@@ -34,10 +50,11 @@
 //! - **Finished pods are deleted** with their Secret once the node has read the result from
 //!   the data volume, after their log has been appended to `task.log` in the task directory,
 //!   so `venn job logs` works during the run (pods/log) and after it (the file).
-//! - **Re-attach by label** after a node restart: pods of this domain are listed, matched to
-//!   Running parties by the annotations (job, task, attempt) and watched again; a Running party
-//!   without its pod is Failed with a reason, and pods of parties that are no longer Running
-//!   are cleaned up.
+//! - **Re-attach by label** after a node restart: pods of this domain are listed, grouped by
+//!   the annotations (job, task, attempt; [`group_pods`]) and matched to Running parties; a
+//!   party's pods are watched again when every worker's pod is there ([`party_pods`]), else
+//!   the party is Failed with a reason naming the missing worker and its other pods are
+//!   cleaned up, as are pods of parties that are no longer Running.
 //!
 //! Not verified here: no Kubernetes API server runs on the project's machines. The API calls
 //! are exercised against a local imitation of the API paths serving recorded objects (tests
@@ -102,6 +119,11 @@ pub mod labels {
     pub const JOB_ID: &str = "venn.dev/job-id";
     /// Annotation: the exact task ID.
     pub const TASK_ID: &str = "venn.dev/task-id";
+    /// Label and annotation: the pod's worker index (0 with one worker; absent on pods of
+    /// older versions, read as 0).
+    pub const WORKER: &str = "venn.dev/worker";
+    /// Annotation: the party's worker count (absent: 1).
+    pub const WORKERS: &str = "venn.dev/workers";
 }
 
 /// True when `v` can be a Kubernetes label value (at most 63 characters of `[A-Za-z0-9-_.]`,
@@ -152,28 +174,43 @@ pub struct Launch {
 }
 
 impl Launch {
-    /// The name of the pod and of its Secret: `venn-<task>-<hash>`, an RFC 1123 label unique
-    /// per (party, job, task, attempt).
+    /// The name of the pod and of its Secret: `venn-<task>-<hash>` for worker 0 and
+    /// `venn-<task>-w<i>-<hash>` for worker i ≥ 1, an RFC 1123 label (at most 5 + 40 + 5 + 11
+    /// characters) unique per (party, job, task, attempt, worker).
     pub fn name(&self) -> String {
         pod_name(
             &self.party,
             &self.config.job_id,
             &self.config.task_id,
             self.config.attempt,
+            self.config.worker,
         )
     }
 }
 
-/// See [`Launch::name`].
-pub fn pod_name(party: &str, job: &str, task: &str, attempt: i64) -> String {
-    let hash = short_hash(&[party, job, task, &attempt.to_string()]);
+/// See [`Launch::name`]. Worker 0's name is the name a single-worker pod always had, so pods
+/// of older versions are still found by name.
+pub fn pod_name(party: &str, job: &str, task: &str, attempt: i64, worker: u32) -> String {
+    let attempt = attempt.to_string();
+    let w = format!("w{worker}");
+    let hash = if worker == 0 {
+        short_hash(&[party, job, task, &attempt])
+    } else {
+        short_hash(&[party, job, task, &attempt, &w])
+    };
     let readable: String = task
         .to_ascii_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .take(40)
         .collect();
-    let readable = readable.trim_matches('-');
+    let mut readable = readable.trim_matches('-').to_owned();
+    if worker > 0 {
+        if !readable.is_empty() {
+            readable.push('-');
+        }
+        readable.push_str(&w);
+    }
     if readable.is_empty() {
         format!("venn-{hash}")
     } else {
@@ -190,6 +227,7 @@ fn object_labels(l: &Launch, extra: &BTreeMap<String, String>) -> BTreeMap<Strin
     m.insert(labels::JOB.into(), label_value(&l.config.job_id));
     m.insert(labels::TASK.into(), label_value(&l.config.task_id));
     m.insert(labels::ATTEMPT.into(), l.config.attempt.to_string());
+    m.insert(labels::WORKER.into(), l.config.worker.to_string());
     m
 }
 
@@ -201,6 +239,11 @@ fn object_meta(l: &Launch, namespace: &str, extra: &BTreeMap<String, String>) ->
         annotations: Some(BTreeMap::from([
             (labels::JOB_ID.to_owned(), l.config.job_id.clone()),
             (labels::TASK_ID.to_owned(), l.config.task_id.clone()),
+            (labels::WORKER.to_owned(), l.config.worker.to_string()),
+            (
+                labels::WORKERS.to_owned(),
+                l.config.workers.max(1).to_string(),
+            ),
         ])),
         ..ObjectMeta::default()
     }
@@ -408,6 +451,123 @@ impl PodState {
     }
 }
 
+/// What the worker pods of a party amount to (see [`party_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartyState {
+    /// A pod is not running yet: why (with several workers, `worker <i>: why`).
+    Pending(String),
+    /// Worker 0 runs, and every other worker runs or has succeeded.
+    Running,
+    /// Worker 0's pod ended: the party's result is what worker 0 left in `result.json`; the
+    /// text is for the runtime's `finish` (used when there is no result).
+    Ended(String),
+    /// Worker `worker` (≥ 1) failed or was deleted while worker 0 still ran: the party
+    /// fails with `why` (which names the worker) and its other pods are deleted.
+    Failed {
+        /// The worker index.
+        worker: u32,
+        /// The party's reason.
+        why: String,
+    },
+}
+
+impl PartyState {
+    /// Ended or Failed: the party's pods are done with.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Ended(_) | Self::Failed { .. })
+    }
+}
+
+/// The state of a party from the states of its worker pods (index = worker). Worker 0 merges
+/// the parts and writes the party's result, so its end decides; before that, a worker ≥ 1
+/// that failed or is gone fails the party (worker 0 would wait for its part in vain).
+pub fn party_state(pods: &[PodState]) -> PartyState {
+    let n = pods.len();
+    let Some(first) = pods.first() else {
+        return PartyState::Ended(PodState::Gone.exit_text());
+    };
+    let named = |i: usize, text: &str| {
+        if n > 1 {
+            format!("worker {i} of {n}: {text}")
+        } else {
+            text.to_owned()
+        }
+    };
+    if first.is_final() {
+        return PartyState::Ended(named(0, &first.exit_text()));
+    }
+    for (i, p) in pods.iter().enumerate().skip(1) {
+        if matches!(p, PodState::Failed(_) | PodState::Gone) {
+            return PartyState::Failed {
+                worker: i as u32,
+                why: named(i, &p.exit_text()),
+            };
+        }
+    }
+    match pods.iter().enumerate().find_map(|(i, p)| match p {
+        PodState::Pending(why) => Some((i, why)),
+        _ => None,
+    }) {
+        Some((i, why)) if n > 1 => PartyState::Pending(format!("worker {i}: {why}")),
+        Some((_, why)) => PartyState::Pending(why.clone()),
+        None => PartyState::Running,
+    }
+}
+
+/// The pods found for each (job, task, attempt).
+pub type PodGroups = BTreeMap<(String, String, i64), Vec<FoundPod>>;
+
+/// Groups the pods found at re-attach by (job, task, attempt), each group by worker index.
+pub fn group_pods(found: Vec<FoundPod>) -> PodGroups {
+    let mut groups = PodGroups::new();
+    for p in found {
+        groups
+            .entry((p.job_id.clone(), p.task_id.clone(), p.attempt))
+            .or_default()
+            .push(p);
+    }
+    for g in groups.values_mut() {
+        g.sort_by_key(|p| p.worker);
+    }
+    groups
+}
+
+/// The pod names of a party's workers 0..N (by index) from its group of found pods, where N
+/// is the larger of `workers` (the task's) and the count the pods carry; else why the party
+/// cannot go on (which workers' pods are missing).
+pub fn party_pods(group: &[FoundPod], workers: u32) -> std::result::Result<Vec<String>, String> {
+    let n = group
+        .iter()
+        .map(|p| p.workers)
+        .fold(workers.max(1), u32::max);
+    let names: Vec<Option<&FoundPod>> = (0..n)
+        .map(|w| group.iter().find(|p| p.worker == w))
+        .collect();
+    let missing: Vec<String> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.is_none())
+        .map(|(w, _)| w.to_string())
+        .collect();
+    match missing.len() {
+        0 => Ok(names
+            .into_iter()
+            .flatten()
+            .map(|p| p.name.clone())
+            .collect()),
+        _ if n == 1 => Err("the task pod is gone".into()),
+        m if m == n as usize => Err(format!("the task pods of all {n} workers are gone")),
+        1 => Err(format!(
+            "the task pod of worker {} (of {n}) is gone",
+            missing[0]
+        )),
+        _ => Err(format!(
+            "the task pods of workers {} (of {n}) are gone",
+            missing.join(", ")
+        )),
+    }
+}
+
 /// Waiting reasons that never resolve by themselves.
 const FATAL_WAITING: &[&str] = &["InvalidImageName", "ErrImageNeverPull"];
 /// Waiting reasons that fail the pod once the grace period is over.
@@ -522,6 +682,10 @@ pub struct FoundPod {
     pub task_id: String,
     /// Attempt (label).
     pub attempt: i64,
+    /// Worker index (annotation; absent: 0).
+    pub worker: u32,
+    /// The party's worker count (annotation; absent: 1).
+    pub workers: u32,
 }
 
 /// The Kubernetes side of the runtime: a client, the settings, the pods being watched.
@@ -530,8 +694,9 @@ pub struct Kubernetes {
     namespace: String,
     settings: KubernetesConfig,
     party: String,
-    /// (job, task) → pod name, for every pod this node watches.
-    pods: Mutex<HashMap<(String, String), String>>,
+    /// (job, task) → the pod names of its workers (by index), for every party this node
+    /// watches.
+    pods: Mutex<HashMap<(String, String), Vec<String>>>,
 }
 
 impl Kubernetes {
@@ -675,6 +840,33 @@ impl Kubernetes {
         Ok(text[start..].to_owned())
     }
 
+    /// The logs of a party's worker pods, at most `max` bytes in all: one pod's log as it is;
+    /// with several workers each worker's log (its last `max / N` bytes) under a header line
+    /// `--- worker <i> of <N> (pod <name>)`, so a failing worker's log is not hidden behind
+    /// worker 0's. A pod whose log cannot be read gets the error under its header.
+    pub async fn party_logs(&self, names: &[String], max: u64) -> Result<String> {
+        let n = names.len();
+        if n <= 1 {
+            let Some(name) = names.first() else {
+                return Ok(String::new());
+            };
+            return self.logs(name, max).await;
+        }
+        let each = max / n as u64;
+        let mut out = String::new();
+        for (i, name) in names.iter().enumerate() {
+            out.push_str(&format!("--- worker {i} of {n} (pod {name})\n"));
+            match self.logs(name, each).await {
+                Ok(log) => out.push_str(&log),
+                Err(e) => out.push_str(&format!("(no log: {e})")),
+            }
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
     /// The pods of this party (label selector), for re-attaching.
     pub async fn list_pods(&self) -> Result<Vec<FoundPod>> {
         let lp = ListParams::default().labels(&format!(
@@ -704,6 +896,12 @@ impl Kubernetes {
                         .get(labels::ATTEMPT)?
                         .parse()
                         .ok()?,
+                    worker: ann
+                        .get(labels::WORKER)
+                        .map_or(Some(0), |w| w.parse().ok())?,
+                    workers: ann
+                        .get(labels::WORKERS)
+                        .map_or(Some(1), |w| w.parse().ok())?,
                 })
             })
             .collect())
@@ -774,21 +972,92 @@ impl Kubernetes {
         }
     }
 
-    fn track(&self, job: &str, task: &str, name: &str) {
-        if let Ok(mut m) = self.pods.lock() {
-            m.insert((job.to_owned(), task.to_owned()), name.to_owned());
+    /// Follows the worker pods `names` (index = worker) of one party until [`party_state`]
+    /// is final; `on_change` sees every non-final change of the party's state. Returns the
+    /// final party state and the last state of each pod. Pods still running then are left
+    /// alone (the caller deletes them).
+    pub async fn follow_party(
+        &self,
+        names: &[String],
+        mut on_change: impl FnMut(&PartyState),
+    ) -> (PartyState, Vec<PodState>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, PodState)>();
+        let mut follows: futures_util::stream::FuturesUnordered<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let tx = tx.clone();
+                async move {
+                    let end = self
+                        .follow(name, |s| {
+                            let _ = tx.send((i, s.clone()));
+                        })
+                        .await;
+                    (i, end)
+                }
+            })
+            .collect();
+        drop(tx);
+        let mut pods = vec![PodState::Pending("created".into()); names.len()];
+        // changes are reported once every pod has been seen (not the placeholders above)
+        let mut seen = vec![false; names.len()];
+        let mut last: Option<PartyState> = None;
+        loop {
+            tokio::select! {
+                Some((i, s)) = rx.recv() => {
+                    // a change queued before the pod's end must not undo the end
+                    if !pods[i].is_final() {
+                        pods[i] = s;
+                    }
+                    seen[i] = true;
+                }
+                Some((i, end)) = follows.next() => {
+                    pods[i] = end;
+                    seen[i] = true;
+                }
+                // every pod is final, so worker 0 is: the state below is final
+                else => return (party_state(&pods), pods),
+            }
+            let party = party_state(&pods);
+            if party.is_final() {
+                return (party, pods);
+            }
+            if seen.iter().all(|s| *s) && last.as_ref() != Some(&party) {
+                on_change(&party);
+                last = Some(party);
+            }
         }
     }
 
-    fn untrack(&self, job: &str, task: &str) -> Option<String> {
+    fn track(&self, job: &str, task: &str, names: &[String]) {
+        if let Ok(mut m) = self.pods.lock() {
+            m.insert((job.to_owned(), task.to_owned()), names.to_vec());
+        }
+    }
+
+    fn untrack(&self, job: &str, task: &str) -> Option<Vec<String>> {
         self.pods
             .lock()
             .ok()
             .and_then(|mut m| m.remove(&(job.to_owned(), task.to_owned())))
     }
 
-    /// The pod of a task this node watches.
-    pub fn pod_of(&self, job: &str, task: &str) -> Option<String> {
+    /// Stops tracking (job, task) when it still tracks `names` (not a newer attempt's pods);
+    /// true when it did.
+    fn untrack_own(&self, job: &str, task: &str, names: &[String]) -> bool {
+        let Ok(mut m) = self.pods.lock() else {
+            return false;
+        };
+        let key = (job.to_owned(), task.to_owned());
+        if m.get(&key).is_some_and(|v| v.as_slice() == names) {
+            m.remove(&key);
+            return true;
+        }
+        false
+    }
+
+    /// The pods (by worker index) of a task this node watches.
+    pub fn pods_of(&self, job: &str, task: &str) -> Option<Vec<String>> {
         self.pods
             .lock()
             .ok()
@@ -804,29 +1073,73 @@ impl Kubernetes {
     }
 }
 
-/// Appends the pod's log to `task.log` (temp file + rename), then deletes pod and Secret.
-async fn clean_up(state: &SharedState, k: &Kubernetes, job: &str, task: &str, name: &str) {
-    match k.logs(name, LOG_KEEP).await {
-        Ok(log) if !log.is_empty() => {
-            let path = super::task_dir(state, job, task).join("task.log");
-            let mut all = std::fs::read(&path).unwrap_or_default();
-            all.extend_from_slice(format!("--- pod {name}\n").as_bytes());
-            all.extend_from_slice(log.as_bytes());
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            if let Err(e) = crate::atomic::write_file(&path, &all, false) {
-                tracing::warn!(job, task, "keeping the pod log: {e}");
-            }
+/// Appends each pod's log to `task.log` (temp file + rename; with several workers under a
+/// header naming the worker), then deletes the pods and their Secrets. `ended` holds the
+/// pods' last states where known: a pod known to be gone has no log to keep.
+async fn clean_up(
+    state: &SharedState,
+    k: &Kubernetes,
+    job: &str,
+    task: &str,
+    names: &[String],
+    ended: &[PodState],
+) {
+    let n = names.len();
+    let path = super::task_dir(state, job, task).join("task.log");
+    let mut kept = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if ended.get(i) == Some(&PodState::Gone) {
+            continue;
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(job, task, "reading the pod log before clean-up: {e}"),
+        match k.logs(name, LOG_KEEP).await {
+            Ok(log) if !log.is_empty() => {
+                let header = if n > 1 {
+                    format!("--- worker {i} of {n}, pod {name}\n")
+                } else {
+                    format!("--- pod {name}\n")
+                };
+                kept.extend_from_slice(header.as_bytes());
+                kept.extend_from_slice(log.as_bytes());
+                if !log.ends_with('\n') {
+                    kept.push(b'\n');
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                job,
+                task,
+                worker = i,
+                "reading the pod log before clean-up: {e}"
+            ),
+        }
     }
-    k.delete(name).await;
+    if !kept.is_empty() {
+        let mut all = std::fs::read(&path).unwrap_or_default();
+        all.extend_from_slice(&kept);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = crate::atomic::write_file(&path, &all, false) {
+            tracing::warn!(job, task, "keeping the pod log: {e}");
+        }
+    }
+    for name in names {
+        k.delete(name).await;
+    }
 }
 
-/// Watches a task's pod until it ends, then records the result and cleans up.
-fn spawn_follow(state: &SharedState, job: String, task: String, attempt: i64, name: String) {
+/// The error a worker ≥ 1 left in its result under the party's `parts/`, if any.
+fn worker_error(state: &SharedState, job: &str, task: &str, worker: u32) -> Option<String> {
+    let parts = super::task_dir(state, job, task).join("parts");
+    let bytes = std::fs::read(super::worker_result(&parts, worker)).ok()?;
+    let r: super::TaskResult = serde_json::from_slice(&bytes).ok()?;
+    (!r.ok && !r.error.is_empty()).then_some(r.error)
+}
+
+/// Watches a party's worker pods until the party ends ([`party_state`]), then records the
+/// result (worker 0's `result.json`, or the failed worker's reason) and cleans up every pod
+/// of the party, the ones still running included.
+fn spawn_follow(state: &SharedState, job: String, task: String, attempt: i64, names: Vec<String>) {
     let st = state.clone();
     tokio::spawn(async move {
         let Some(k) = st.runtime.kubernetes() else {
@@ -844,27 +1157,40 @@ fn spawn_follow(state: &SharedState, job: String, task: String, attempt: i64, na
                 }
             })
         };
-        let end = k
-            .follow(&name, |s| {
-                if let PodState::Pending(why) = s {
+        let (end, pods) = k
+            .follow_party(&names, |s| {
+                if let PartyState::Pending(why) = s {
                     let _ = tx.send(format!("pod pending: {why}"));
                 }
             })
             .await;
         drop(tx);
         let _ = reporter.await;
-        tracing::info!(job, task, pod = %name, state = ?end, "task pod ended");
-        k.untrack(&job, &task);
-        super::finish(&st, &job, &task, attempt, &end.exit_text()).await;
-        if end != PodState::Gone {
-            clean_up(&st, k, &job, &task, &name).await;
-        } else {
-            k.delete_secret(&name).await;
+        tracing::info!(job, task, pods = ?names, state = ?end, "task pods ended");
+        // Not ours any more when `stop` took them (it cleans up) or a newer attempt runs.
+        let ours = k.untrack_own(&job, &task, &names);
+        match &end {
+            PartyState::Failed { worker, why } => {
+                let why = match worker_error(&st, &job, &task, *worker) {
+                    Some(e) => format!("worker {worker} of {}: {e}", names.len()),
+                    None => why.clone(),
+                };
+                super::fail_party(&st, &job, &task, attempt, &why).await;
+            }
+            PartyState::Ended(exit) => super::finish(&st, &job, &task, attempt, exit).await,
+            other => {
+                let exit = format!("the task pods ended ({other:?})");
+                super::finish(&st, &job, &task, attempt, &exit).await;
+            }
+        }
+        if ours {
+            clean_up(&st, k, &job, &task, &names, &pods).await;
         }
     });
 }
 
-/// Starts this node's party of task `t` as a pod (the kubernetes branch of `start_task`).
+/// Starts this node's party of task `t` as pods, one per worker (the kubernetes branch of
+/// `start_task`; `config` is worker 0's).
 pub(super) async fn start(
     state: &SharedState,
     k: &Kubernetes,
@@ -880,17 +1206,25 @@ pub(super) async fn start(
         .iter()
         .find(|p| p.domain_id == me)
         .and_then(|p| p.resources.as_ref());
-    let launch = Launch {
-        party: me.clone(),
-        resources: party_resources(job_resources, &k.settings.default_resources),
-        config,
-    };
+    let resources = party_resources(job_resources, &k.settings.default_resources);
+    let dir = super::task_dir(state, &m.job_id, &t.task_id);
+    let launches: Vec<Launch> = (0..config.workers.max(1))
+        .map(|w| Launch {
+            party: me.clone(),
+            resources: resources.clone(),
+            config: super::worker_config(&config, &dir, w),
+        })
+        .collect();
     let mut r = row.clone();
     r.phase = "Running".into();
     r.reason = String::new();
     r.progress = 0;
-    r.step = "creating the task pod".into();
-    r.secret_sha256 = super::secret_hash(&launch.config.secret);
+    r.step = if launches.len() > 1 {
+        format!("creating {} task pods", launches.len())
+    } else {
+        "creating the task pod".into()
+    };
+    r.secret_sha256 = super::secret_hash(&config.secret);
     r.start_time = now_unix();
     r.end_time = 0;
     r.pid = 0;
@@ -900,63 +1234,83 @@ pub(super) async fn start(
         .store
         .set_task_process(&m.job_id, &t.task_id, &me, 0, &r.secret_sha256)
         .await?;
-    let name = k.create(&launch).await?;
-    k.track(&m.job_id, &t.task_id, &name);
+    let mut names = Vec::with_capacity(launches.len());
+    for l in &launches {
+        match k.create(l).await {
+            Ok(name) => names.push(name),
+            Err(e) => {
+                // no party with some of its workers: the created ones go again
+                for name in &names {
+                    k.delete(name).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    k.track(&m.job_id, &t.task_id, &names);
     report_party(state, &r).await?;
-    tracing::info!(job = %m.job_id, task = %t.task_id, pod = %name, namespace = %k.namespace, "task pod created");
-    spawn_follow(state, m.job_id.clone(), t.task_id.clone(), r.attempt, name);
+    tracing::info!(job = %m.job_id, task = %t.task_id, pods = ?names, namespace = %k.namespace, "task pods created");
+    spawn_follow(state, m.job_id.clone(), t.task_id.clone(), r.attempt, names);
     Ok(())
 }
 
-/// Stops a task's pod (the party is recorded Failed by the caller already).
+/// Stops a task's pods, every worker's (the party is recorded Failed by the caller already).
 pub(super) async fn stop(state: &SharedState, k: &Kubernetes, job: &str, task: &str, attempt: i64) {
-    let name = k
-        .untrack(job, task)
-        .unwrap_or_else(|| pod_name(state.domain_id(), job, task, attempt));
-    clean_up(state, k, job, task, &name).await;
+    let names = match k.untrack(job, task) {
+        Some(names) => names,
+        None => {
+            let workers = super::party_workers(state, job, task).await;
+            (0..workers)
+                .map(|w| pod_name(state.domain_id(), job, task, attempt, w))
+                .collect()
+        }
+    };
+    clean_up(state, k, job, task, &names, &[]).await;
 }
 
-/// After a node start: watches the pods of Running parties again; fails parties whose pod is
-/// gone and cleans up pods whose party is no longer Running.
+/// After a node start: watches the pods of Running parties again (all of a party's workers);
+/// fails parties with a worker pod gone and cleans up pods whose party is no longer Running
+/// (or was just failed).
 pub(super) async fn reattach(state: &SharedState, k: &Kubernetes) -> Result<()> {
-    let pods = k.list_pods().await?;
+    let mut groups = group_pods(k.list_pods().await?);
     let running = state.store.running_parties(state.domain_id()).await?;
     for row in &running {
-        let found = pods.iter().find(|p| {
-            p.job_id == row.job_id && p.task_id == row.task_id && p.attempt == row.attempt
-        });
-        match found {
-            Some(p) => {
-                tracing::info!(job = %row.job_id, task = %row.task_id, pod = %p.name, "re-attached to a task pod");
-                k.track(&row.job_id, &row.task_id, &p.name);
+        let key = (row.job_id.clone(), row.task_id.clone(), row.attempt);
+        let group = groups.remove(&key).unwrap_or_default();
+        let workers = super::party_workers(state, &row.job_id, &row.task_id).await;
+        match party_pods(&group, workers) {
+            Ok(names) => {
+                tracing::info!(job = %row.job_id, task = %row.task_id, pods = ?names, "re-attached to the task pods");
+                k.track(&row.job_id, &row.task_id, &names);
                 spawn_follow(
                     state,
                     row.job_id.clone(),
                     row.task_id.clone(),
                     row.attempt,
-                    p.name.clone(),
+                    names,
                 );
             }
-            None => {
+            Err(why) => {
                 let mut r = row.clone();
                 r.phase = "Failed".into();
                 r.reason = format!(
-                    "the node restarted and the task pod is gone; run venn job restart {}",
+                    "the node restarted and {why}; run venn job restart {}",
                     row.job_id
                 );
                 r.end_time = now_unix();
-                report_party(state, &r).await?;
+                // one party that cannot be reported must not leave the others unwatched
+                if let Err(e) = report_party(state, &r).await {
+                    tracing::error!(job = %row.job_id, task = %row.task_id, "recording the failure: {e}");
+                }
+                // the workers that are left would wait for the missing one in vain
+                groups.insert(key, group);
             }
         }
     }
-    for p in pods {
-        let live = running
-            .iter()
-            .any(|r| r.job_id == p.job_id && r.task_id == p.task_id && r.attempt == p.attempt);
-        if !live {
-            tracing::info!(job = %p.job_id, task = %p.task_id, pod = %p.name, "cleaning up a finished task pod");
-            clean_up(state, k, &p.job_id, &p.task_id, &p.name).await;
-        }
+    for ((job, task, _), group) in groups {
+        let names: Vec<String> = group.into_iter().map(|p| p.name).collect();
+        tracing::info!(job, task, pods = ?names, "cleaning up task pods of a party that no longer runs");
+        clean_up(state, k, &job, &task, &names, &[]).await;
     }
     Ok(())
 }

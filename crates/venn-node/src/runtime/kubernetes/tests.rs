@@ -108,12 +108,12 @@ fn runtime_pod_and_secret_specs() {
     assert!(name.starts_with("venn-job-1-psi-"), "{name}");
     assert_ne!(
         name,
-        pod_name("alice", "job-1", "job-1-psi", 2),
+        pod_name("alice", "job-1", "job-1-psi", 2, 0),
         "attempts differ"
     );
     assert_ne!(
         name,
-        pod_name("bob", "job-1", "job-1-psi", 1),
+        pod_name("bob", "job-1", "job-1-psi", 1, 0),
         "parties differ"
     );
 
@@ -242,7 +242,7 @@ fn runtime_labels_and_names_are_valid_for_any_ids() {
         "distinct ids, distinct labels"
     );
     for weird in ["Task_1", "job.x", "--", "数据", long] {
-        let n = pod_name("alice", "job", weird, 1);
+        let n = pod_name("alice", "job", weird, 1, 0);
         assert!(crate::config::check_domain_id(&n).is_ok(), "{weird}: {n}");
         assert!(is_label_value(&label_value(weird)), "{weird}");
     }
@@ -445,6 +445,10 @@ struct Api {
     requests: Vec<String>,
     /// Refuse pod creation with this status.
     refuse_pods: Option<u16>,
+    /// What `get` of a pod by name returns, before `current` (deleting the pod removes it).
+    by_name: BTreeMap<String, Value>,
+    /// What a list returns instead of fixtures/pod_list.json.
+    list: Option<Value>,
 }
 
 type Shared = Arc<Mutex<Api>>;
@@ -504,6 +508,9 @@ async fn get_pod(
 ) -> Response {
     let mut a = api.lock().unwrap();
     a.requests.push(format!("GET {ns}/pods/{name}"));
+    if let Some(p) = a.by_name.get(&name) {
+        return axum::Json(p.clone()).into_response();
+    }
     match a.current.clone() {
         Some(p) => axum::Json(p).into_response(),
         None => status(404, "NotFound", &format!("pods \"{name}\" not found")),
@@ -533,6 +540,9 @@ async fn pods(
             body.push('\n');
         }
         return ([("content-type", "application/json")], body).into_response();
+    }
+    if let Some(list) = a.list.clone() {
+        return axum::Json(list).into_response();
     }
     axum::Json(serde_json::from_str::<Value>(include_str!("fixtures/pod_list.json")).unwrap())
         .into_response()
@@ -573,6 +583,7 @@ fn delete(api: &Shared, ns: String, kind: String, name: String) -> Response {
     a.deleted.push(format!("{kind}/{name}"));
     if kind == "pods" {
         a.current = None;
+        a.by_name.remove(&name);
     }
     status(200, "", "")
 }
@@ -795,15 +806,20 @@ async fn runtime_lists_own_pods_for_reattach() {
                 job_id: "job-1".into(),
                 task_id: "job-1-psi".into(),
                 attempt: 1,
+                worker: 0,
+                workers: 1,
             },
             FoundPod {
                 name: "venn-job-2-psi-77aa00bb11".into(),
                 job_id: "job-2".into(),
                 task_id: "job-2-psi".into(),
                 attempt: 3,
+                worker: 0,
+                workers: 1,
             },
         ],
-        "the pod without venn's annotations is not ours"
+        "the pod without venn's annotations is not ours; pods without worker annotations \
+         (older versions) are worker 0 of 1"
     );
     let a = api.lock().unwrap();
     let list = a
@@ -815,4 +831,456 @@ async fn runtime_lists_own_pods_for_reattach() {
         list.contains("labelSelector=app.kubernetes.io/managed-by=venn,venn.dev/party=alice"),
         "{list}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers: N pods per party.
+
+const TASK_DIR: &str = "/var/lib/venn/venn-data/jobs/job-1/job-1-psi";
+
+/// Worker `w` of a party of `n` workers, derived as `start` derives it.
+fn worker_launch(n: u32, w: u32) -> Launch {
+    let mut base = launch();
+    base.config.workers = n;
+    base.config.plan_nonce = "0123456789abcdef0123456789abcdef".into();
+    base.config.parts_dir = Some(PathBuf::from(TASK_DIR).join("parts"));
+    Launch {
+        config: crate::runtime::worker_config(&base.config, std::path::Path::new(TASK_DIR), w),
+        ..base
+    }
+}
+
+fn secret_config(s: &Secret) -> TaskConfig {
+    serde_json::from_slice(&s.data.as_ref().unwrap()["task.json"].0).unwrap()
+}
+
+#[test]
+fn runtime_worker_pods_of_a_party_of_three() {
+    let k = settings();
+    let (l0, l2) = (worker_launch(3, 0), worker_launch(3, 2));
+    let names: Vec<String> = (0..3).map(|w| worker_launch(3, w).name()).collect();
+    // Worker 0 keeps the single-worker name; the others are distinct and say which they are.
+    assert_eq!(names[0], launch().name());
+    assert!(names[2].starts_with("venn-job-1-psi-w2-"), "{}", names[2]);
+    assert_ne!(names[1], names[2]);
+    assert_ne!(names[0], names[1]);
+    for n in &names {
+        assert!(crate::config::check_domain_id(n).is_ok(), "{n}");
+    }
+    // Long or odd task IDs, the largest worker index: still a valid, unique name.
+    let long = "a-very-long-task-identifier-that-does-not-fit-into-a-label-value-at-all";
+    for task in [long, "--", "数据", "Task_1"] {
+        let a = pod_name("alice", "job", task, 1, 255);
+        let b = pod_name("alice", "job", task, 1, 254);
+        assert!(crate::config::check_domain_id(&a).is_ok(), "{a}");
+        assert!(a.len() <= 63 && a != b, "{a} {b}");
+    }
+
+    for (l, w) in [(&l0, "0"), (&l2, "2")] {
+        let p = pod_spec(l, &k, NS);
+        let s = secret_spec(l, &k, NS).unwrap();
+        let name = l.name();
+        assert_eq!(p.metadata.name.as_deref(), Some(name.as_str()));
+        assert_eq!(s.metadata.name.as_deref(), Some(name.as_str()));
+        for meta in [&p.metadata, &s.metadata] {
+            let lab = meta.labels.as_ref().unwrap();
+            assert_eq!(lab["venn.dev/worker"], w);
+            assert_eq!(lab["venn.dev/task"], "job-1-psi");
+            assert_eq!(lab["venn.dev/attempt"], "1");
+            let ann = meta.annotations.as_ref().unwrap();
+            assert_eq!(ann["venn.dev/worker"], w);
+            assert_eq!(ann["venn.dev/workers"], "3");
+            assert_eq!(ann["venn.dev/task-id"], "job-1-psi");
+        }
+        // Each pod mounts its own worker's Secret.
+        let spec = p.spec.as_ref().unwrap();
+        let vol = spec
+            .volumes
+            .as_deref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "task-config")
+            .unwrap();
+        assert_eq!(
+            vol.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some(name.as_str())
+        );
+        // Each pod asks for the party's resources.
+        let res = spec.containers[0].resources.as_ref().unwrap();
+        assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "2Gi");
+        assert!(!serde_json::to_string(&p).unwrap().contains(SECRET));
+    }
+
+    let (c0, c2) = (
+        secret_config(&secret_spec(&l0, &k, NS).unwrap()),
+        secret_config(&secret_spec(&l2, &k, NS).unwrap()),
+    );
+    let parts = PathBuf::from(TASK_DIR).join("parts");
+    assert_eq!((c0.worker, c0.workers), (0, 3));
+    assert_eq!(c0.result, PathBuf::from(TASK_DIR).join("result.json"));
+    assert_eq!(c0.work_dir, PathBuf::from(TASK_DIR).join("tmp"));
+    assert_eq!((c2.worker, c2.workers), (2, 3));
+    assert_eq!(c2.result, parts.join("w2.result.json"));
+    assert_eq!(c2.result, crate::runtime::worker_result(&parts, 2));
+    assert_eq!(c2.work_dir, PathBuf::from(TASK_DIR).join("tmp-w2"));
+    for c in [&c0, &c2] {
+        assert_eq!(c.parts_dir.as_ref(), Some(&parts));
+        assert_eq!(c.secret, SECRET);
+        assert_eq!(c.plan_nonce, "0123456789abcdef0123456789abcdef");
+        assert_eq!(c.gateway, "venn.lite-alice.svc.cluster.local:1081");
+    }
+}
+
+#[test]
+fn runtime_party_state_over_worker_pods() {
+    use PodState::{Failed, Gone, Pending, Running, Succeeded};
+    let oom = || Failed("OOMKilled, exit code 137".into());
+    assert_eq!(
+        party_state(&[Running, Running, Running]),
+        PartyState::Running
+    );
+    assert_eq!(
+        party_state(&[Running, Pending("ContainerCreating".into()), Running]),
+        PartyState::Pending("worker 1: ContainerCreating".into())
+    );
+    // A worker that is done before worker 0 merges: still running.
+    assert_eq!(
+        party_state(&[Running, Succeeded, Running]),
+        PartyState::Running
+    );
+    match party_state(&[Running, oom(), Running]) {
+        PartyState::Failed { worker, why } => {
+            assert_eq!(worker, 1);
+            assert!(why.starts_with("worker 1 of 3: "), "{why}");
+            assert!(why.contains("OOMKilled"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match party_state(&[Pending("x".into()), Succeeded, Gone]) {
+        PartyState::Failed { worker, why } => {
+            assert_eq!(worker, 2);
+            assert!(
+                why.contains("worker 2 of 3") && why.contains("deleted"),
+                "{why}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Worker 0's end decides, whatever the others do.
+    assert_eq!(
+        party_state(&[Succeeded, Succeeded, Succeeded]),
+        PartyState::Ended("worker 0 of 3: the task pod succeeded".into())
+    );
+    assert!(matches!(
+        party_state(&[oom(), Running, oom()]),
+        PartyState::Ended(t) if t.starts_with("worker 0 of 3: the task pod failed (OOMKilled")
+    ));
+    // One worker: the texts of a single pod.
+    assert_eq!(
+        party_state(&[Pending("ContainerCreating".into())]),
+        PartyState::Pending("ContainerCreating".into())
+    );
+    assert_eq!(
+        party_state(&[Succeeded]),
+        PartyState::Ended("the task pod succeeded".into())
+    );
+    assert!(!PartyState::Running.is_final());
+    assert!(PartyState::Ended(String::new()).is_final());
+}
+
+fn found(name: &str, job: &str, attempt: i64, worker: u32, workers: u32) -> FoundPod {
+    FoundPod {
+        name: name.into(),
+        job_id: job.into(),
+        task_id: format!("{job}-psi"),
+        attempt,
+        worker,
+        workers,
+    }
+}
+
+#[test]
+fn runtime_reattach_groups_worker_pods() {
+    let groups = group_pods(vec![
+        found("a2", "job-1", 1, 2, 3),
+        found("b0", "job-2", 1, 0, 1),
+        found("a0", "job-1", 1, 0, 3),
+        found("old", "job-1", 0, 0, 3),
+        found("a1", "job-1", 1, 1, 3),
+    ]);
+    assert_eq!(groups.len(), 3, "{groups:?}");
+    let g = &groups[&("job-1".into(), "job-1-psi".into(), 1)];
+    assert_eq!(
+        party_pods(g, 3),
+        Ok(vec!["a0".into(), "a1".into(), "a2".into()])
+    );
+    // The count on the pods wins over a smaller one from the task.
+    assert_eq!(party_pods(g, 1).map(|v| v.len()), Ok(3));
+    let single = &groups[&("job-2".into(), "job-2-psi".into(), 1)];
+    assert_eq!(party_pods(single, 1), Ok(vec!["b0".into()]));
+
+    // Worker 1 missing: the reason names it.
+    let g = vec![found("a0", "job-1", 1, 0, 3), found("a2", "job-1", 1, 2, 3)];
+    assert_eq!(
+        party_pods(&g, 3),
+        Err("the task pod of worker 1 (of 3) is gone".into())
+    );
+    assert_eq!(
+        party_pods(&g[..1], 3),
+        Err("the task pods of workers 1, 2 (of 3) are gone".into())
+    );
+    assert_eq!(
+        party_pods(&[], 3),
+        Err("the task pods of all 3 workers are gone".into())
+    );
+    assert_eq!(party_pods(&[], 1), Err("the task pod is gone".into()));
+}
+
+async fn k8s_state(dir: &std::path::Path, config: kube::Config) -> SharedState {
+    let state = crate::state::NodeState::for_tests(Config {
+        data_dir: dir.to_path_buf(),
+        domain_id: "alice".into(),
+        ..Config::default()
+    })
+    .await;
+    let k = Kubernetes::with_config(config, &settings(), "alice").unwrap();
+    state.runtime.use_kubernetes(k).unwrap();
+    state
+}
+
+async fn running_row(state: &SharedState, attempt: i64) {
+    state
+        .store
+        .ensure_task_party("job-1", "job-1-psi", "alice")
+        .await
+        .unwrap();
+    let mut r = state
+        .store
+        .task_party("job-1", "job-1-psi", "alice")
+        .await
+        .unwrap()
+        .unwrap();
+    r.phase = "Running".into();
+    r.attempt = attempt;
+    state.store.update_task_party(&r).await.unwrap();
+}
+
+async fn party_row(state: &SharedState) -> TaskPartyRow {
+    state
+        .store
+        .task_party("job-1", "job-1-psi", "alice")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn pod_value(name: &str, fixture_name: &str) -> Value {
+    let mut v = serde_json::to_value(fixture(fixture_name)).unwrap();
+    v["metadata"]["name"] = json!(name);
+    v
+}
+
+/// Waits (generously) until the imitation API has seen `n` deletes.
+async fn deleted_after(api: &Shared, n: usize) -> Vec<String> {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            {
+                let a = api.lock().unwrap();
+                if a.deleted.len() >= n {
+                    return a.deleted.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the pods are deleted")
+}
+
+#[tokio::test]
+async fn runtime_create_and_delete_three_worker_pods_through_the_api() {
+    let (api, config) = imitation().await;
+    let k = Kubernetes::with_config(config, &settings(), "alice").unwrap();
+    let mut names = Vec::new();
+    for w in 0..3 {
+        names.push(k.create(&worker_launch(3, w)).await.unwrap());
+    }
+    {
+        let a = api.lock().unwrap();
+        let kinds: Vec<&str> = a.created.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["secrets", "pods", "secrets", "pods", "secrets", "pods"]
+        );
+        for (i, (_, body)) in a.created.iter().enumerate() {
+            let w = (i / 2) as u32;
+            assert_eq!(body["metadata"]["name"], json!(names[w as usize]));
+            assert_eq!(
+                body["metadata"]["labels"]["venn.dev/worker"],
+                json!(w.to_string())
+            );
+        }
+        let s: Secret = serde_json::from_value(a.created[4].1.clone()).unwrap();
+        assert_eq!(secret_config(&s).worker, 2);
+    }
+    for n in &names {
+        k.delete(n).await;
+    }
+    let a = api.lock().unwrap();
+    let want: Vec<String> = names
+        .iter()
+        .flat_map(|n| [format!("pods/{n}"), format!("secrets/{n}")])
+        .collect();
+    assert_eq!(a.deleted, want);
+}
+
+#[tokio::test]
+async fn runtime_failed_worker_fails_the_party_and_deletes_its_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, config) = imitation().await;
+    let state = k8s_state(dir.path(), config).await;
+    running_row(&state, 1).await;
+    let names: Vec<String> = (0..3).map(|w| worker_launch(3, w).name()).collect();
+    {
+        let mut a = api.lock().unwrap();
+        a.by_name
+            .insert(names[0].clone(), pod_value(&names[0], "running"));
+        a.by_name
+            .insert(names[1].clone(), pod_value(&names[1], "failed_oomkilled"));
+        a.by_name
+            .insert(names[2].clone(), pod_value(&names[2], "running"));
+    }
+    let k = state.runtime.kubernetes().unwrap();
+    k.track("job-1", "job-1-psi", &names);
+    spawn_follow(&state, "job-1".into(), "job-1-psi".into(), 1, names.clone());
+
+    // All three pods and Secrets go, the running workers 0 and 2 included.
+    let deleted = deleted_after(&api, 6).await;
+    for n in &names {
+        assert!(deleted.contains(&format!("pods/{n}")), "{deleted:?}");
+        assert!(deleted.contains(&format!("secrets/{n}")), "{deleted:?}");
+    }
+    let row = party_row(&state).await;
+    assert_eq!(row.phase, "Failed");
+    assert!(
+        row.reason
+            .starts_with("worker 1 of 3: the task pod failed (OOMKilled"),
+        "{}",
+        row.reason
+    );
+    assert!(k.pods_of("job-1", "job-1-psi").is_none());
+    // Each worker's log is kept in task.log under its own header.
+    let log = std::fs::read_to_string(
+        crate::runtime::task_dir(&state, "job-1", "job-1-psi").join("task.log"),
+    )
+    .unwrap();
+    for (i, n) in names.iter().enumerate() {
+        assert!(
+            log.contains(&format!("--- worker {i} of 3, pod {n}\n")),
+            "{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn runtime_worker_0_ends_the_party() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, config) = imitation().await;
+    let state = k8s_state(dir.path(), config).await;
+    running_row(&state, 1).await;
+    let names: Vec<String> = (0..3).map(|w| worker_launch(3, w).name()).collect();
+    {
+        let mut a = api.lock().unwrap();
+        for n in &names {
+            a.by_name.insert(n.clone(), pod_value(n, "succeeded"));
+        }
+    }
+    let k = state.runtime.kubernetes().unwrap();
+    k.track("job-1", "job-1-psi", &names);
+    // The party's logs while it runs: every worker under a header.
+    let logs = k.party_logs(&names, 1 << 20).await.unwrap();
+    assert!(
+        logs.starts_with(&format!("--- worker 0 of 3 (pod {})\n", names[0])),
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches("psi done intersection=41").count(),
+        3,
+        "{logs}"
+    );
+
+    spawn_follow(&state, "job-1".into(), "job-1-psi".into(), 1, names.clone());
+    let deleted = deleted_after(&api, 6).await;
+    assert_eq!(deleted.len(), 6, "{deleted:?}");
+    // finish read worker 0's result.json: there is none here, so the party failed with
+    // worker 0's pod end in the reason (a written result would make it Succeeded).
+    let row = party_row(&state).await;
+    assert_eq!(row.phase, "Failed");
+    assert!(
+        row.reason
+            .starts_with("worker 0 of 3: the task pod succeeded without writing a result"),
+        "{}",
+        row.reason
+    );
+}
+
+#[tokio::test]
+async fn runtime_stop_deletes_every_worker_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, config) = imitation().await;
+    let state = k8s_state(dir.path(), config).await;
+    let names: Vec<String> = (0..3).map(|w| worker_launch(3, w).name()).collect();
+    let k = state.runtime.kubernetes().unwrap();
+    k.track("job-1", "job-1-psi", &names);
+    stop(&state, k, "job-1", "job-1-psi", 1).await;
+    let deleted = api.lock().unwrap().deleted.clone();
+    let want: Vec<String> = names
+        .iter()
+        .flat_map(|n| [format!("pods/{n}"), format!("secrets/{n}")])
+        .collect();
+    assert_eq!(deleted, want);
+    assert!(k.tracked().is_empty());
+}
+
+#[tokio::test]
+async fn runtime_reattach_fails_a_party_missing_a_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, config) = imitation().await;
+    let state = k8s_state(dir.path(), config).await;
+    running_row(&state, 1).await;
+    // Workers 0 and 2 of 3 still exist; worker 1's pod is gone.
+    let names: Vec<String> = (0..3).map(|w| worker_launch(3, w).name()).collect();
+    let items: Vec<Value> = [0usize, 2]
+        .iter()
+        .map(|&w| {
+            let l = worker_launch(3, w as u32);
+            let mut p = serde_json::to_value(pod_spec(&l, &settings(), NS)).unwrap();
+            p["status"] = json!({"phase": "Running"});
+            p
+        })
+        .collect();
+    api.lock().unwrap().list = Some(json!({
+        "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
+        "items": items
+    }));
+    let k = state.runtime.kubernetes().unwrap();
+    reattach(&state, k).await.unwrap();
+    let row = party_row(&state).await;
+    assert_eq!(row.phase, "Failed");
+    assert!(
+        row.reason
+            .starts_with("the node restarted and the task pod of worker 1 (of 3) is gone"),
+        "{}",
+        row.reason
+    );
+    // The workers that are left are cleaned up, not watched.
+    let deleted = api.lock().unwrap().deleted.clone();
+    for n in [&names[0], &names[2]] {
+        assert!(deleted.contains(&format!("pods/{n}")), "{deleted:?}");
+    }
+    assert!(
+        !deleted.iter().any(|d| d.contains(&names[1])),
+        "{deleted:?}"
+    );
+    assert!(k.tracked().is_empty());
 }
