@@ -49,6 +49,21 @@ pub fn item_of(key: &[u8]) -> Item {
     u128::from_be_bytes(b)
 }
 
+/// Items of one class sort like their canonical keys: every byte-packed key
+/// (class 0: bytes, zero padding, then the length), and digit-packed keys of
+/// one length (class 16 + length: the decimal value, whose order is the
+/// digits' order when the lengths agree). Hashed keys have no class.
+///
+/// The engine sorts matches by item instead of by key bytes when all of
+/// them share a class: one read per match instead of a walk to the key.
+pub fn order_class(item: Item) -> Option<u8> {
+    match (item & 0xFF) as u8 {
+        0..=15 => Some(0),
+        c @ 32..=52 => Some(c),
+        _ => None,
+    }
+}
+
 /// A well-mixed 64-bit value of an item, for bucketing and hash tables. The
 /// item itself may be structured (packed keys), so never bucket on its raw bits.
 #[inline]
@@ -102,6 +117,19 @@ mod tests {
     }
 
     #[test]
+    fn classes_tell_the_encodings_apart() {
+        assert_eq!(order_class(item_of(b"abc")), Some(0));
+        assert_eq!(order_class(item_of(b"")), Some(0));
+        assert_eq!(order_class(item_of(b"110101199003074321")), Some(34));
+        assert_eq!(order_class(item_of(b"1101011990030743210")), Some(35));
+        assert_eq!(order_class(item_of(b"a long key of many bytes")), None);
+        // different digit lengths are different classes: "9…" > "10…" as bytes
+        let (nine, ten) = (item_of(b"9000000000000000"), item_of(b"10000000000000000"));
+        assert_ne!(order_class(nine), order_class(ten));
+        assert!(nine < ten && b"9000000000000000"[..] > b"10000000000000000"[..]);
+    }
+
+    #[test]
     fn short_keys_pack_without_collisions() {
         assert_ne!(item_of(b"ab"), item_of(b"ab\0"));
         assert_ne!(item_of(b""), item_of(b"\0"));
@@ -120,6 +148,23 @@ mod tests {
         fn short_item_order_is_key_order(a in proptest::collection::vec(any::<u8>(), 0..16),
                                          b in proptest::collection::vec(any::<u8>(), 0..16)) {
             prop_assert_eq!(a.cmp(&b), item_of(&a).cmp(&item_of(&b)));
+        }
+
+        #[test]
+        fn items_of_one_class_sort_like_their_keys(a in "[0-9]{16,36}|.{16,40}|.{0,15}", b in "[0-9]{16,36}|.{16,40}|.{0,15}") {
+            let (x, y) = (item_of(a.as_bytes()), item_of(b.as_bytes()));
+            if let (Some(cx), Some(cy)) = (order_class(x), order_class(y))
+                && cx == cy
+            {
+                prop_assert_eq!(a.as_bytes().cmp(b.as_bytes()), x.cmp(&y));
+            }
+        }
+
+        #[test]
+        fn equal_length_digit_keys_sort_like_their_keys(a in "[0-9]{18}", b in "[0-9]{18}") {
+            let (x, y) = (item_of(a.as_bytes()), item_of(b.as_bytes()));
+            prop_assert_eq!(order_class(x), Some(16 + 18));
+            prop_assert_eq!(a.as_bytes().cmp(b.as_bytes()), x.cmp(&y));
         }
 
         #[test]

@@ -38,7 +38,7 @@ use crate::config::{JoinType, PsiConfig, Receiver};
 use crate::core::{CoreFn, CoreInput, Item};
 use crate::csv::{Block, Blocks, CsvReader, plain_records, split_lines};
 use crate::error::PsiError;
-use crate::item::{item_of, mix, push_column};
+use crate::item::{item_of, mix, order_class, push_column};
 use crate::output::{OutWriter, RunWriter, format_matched, merge_runs};
 use crate::report::{
     InputStats, Intersection, OutputStats, PeerStats, Phases, Report, peak_rss_mb,
@@ -1036,12 +1036,34 @@ fn run_inner(
 
         let tw = Instant::now();
         // (group, peer count), sorted by key
-        let mut matched: Vec<(u32, u32)> = result
-            .into_iter()
-            .map(|(pos, c)| (perm[pos as usize], c))
-            .collect();
         let key_of = |gi: u32| rws.key(g.rows(gi as usize)[0] as usize);
-        sort_by_key_bytes(&mut matched, |m| m.0, &key_of);
+        let class = result
+            .first()
+            .map(|&(p, _)| order_class(shuffled[p as usize]));
+        let by_item = class.is_some_and(|c| {
+            c.is_some()
+                && result
+                    .par_iter()
+                    .all(|&(p, _)| order_class(shuffled[p as usize]) == c)
+        });
+        let matched: Vec<(u32, u32)> = if by_item {
+            // the items sort like the keys (item::order_class): no walk to
+            // the key bytes. The other receiver gets the same order either
+            // way, since both sort the same keys.
+            let mut keyed: Vec<(Item, u32, u32)> = result
+                .par_iter()
+                .map(|&(p, c)| (shuffled[p as usize], perm[p as usize], c))
+                .collect();
+            keyed.par_sort_unstable_by_key(|k| k.0);
+            keyed.into_par_iter().map(|(_, gi, c)| (gi, c)).collect()
+        } else {
+            let mut m: Vec<(u32, u32)> = result
+                .into_iter()
+                .map(|(pos, c)| (perm[pos as usize], c))
+                .collect();
+            sort_by_key_bytes(&mut m, |m| m.0, &key_of);
+            m
+        };
         tracing::debug!(
             bucket = b,
             matched = matched.len(),
