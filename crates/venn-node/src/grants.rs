@@ -155,15 +155,6 @@ pub async fn save_and_deliver(state: &NodeState, payload: GrantPayload) -> Resul
         .unwrap_or(row))
 }
 
-async fn call_partner(
-    state: &NodeState,
-    partner: &str,
-    path: &str,
-    body: &Value,
-) -> std::result::Result<(u16, Value), Step> {
-    crate::gateway::client::call(state, partner, path, body).await
-}
-
 /// Sends a stored grant to its grantee.
 pub async fn deliver(state: &NodeState, row: &GrantRow) -> std::result::Result<(), Step> {
     let body = serde_json::to_value(SignedGrant {
@@ -171,7 +162,8 @@ pub async fn deliver(state: &NodeState, row: &GrantRow) -> std::result::Result<(
         signature: row.signature.clone(),
     })
     .map_err(|e| Step::Peer(e.to_string()))?;
-    let (status, answer) = call_partner(state, &row.grant_domain, "/venn/v1/grant", &body).await?;
+    let (status, answer) =
+        crate::gateway::client::call(state, &row.grant_domain, "/venn/v1/grant", &body).await?;
     if status == 200 {
         Ok(())
     } else {
@@ -182,7 +174,9 @@ pub async fn deliver(state: &NodeState, row: &GrantRow) -> std::result::Result<(
 /// Tells the grantee that a grant was deleted (best effort; logged when it fails).
 pub async fn deliver_revocation(state: &NodeState, row: &GrantRow) {
     let body = json!({ "domaindatagrant_id": row.domaindatagrant_id });
-    match call_partner(state, &row.grant_domain, "/venn/v1/grant/revoke", &body).await {
+    match crate::gateway::client::call(state, &row.grant_domain, "/venn/v1/grant/revoke", &body)
+        .await
+    {
         Ok((200, _)) => {}
         Ok((status, _)) => {
             tracing::warn!(grant = %row.domaindatagrant_id, "revocation answered HTTP {status}")

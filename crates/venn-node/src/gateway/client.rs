@@ -105,17 +105,8 @@ pub async fn connect(endpoint: &Endpoint, proxy: Option<&ProxyAddr>) -> Result<T
     let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
     let head = timeout(STEP_TIMEOUT, async {
         tcp.write_all(req.as_bytes()).await?;
-        // Read byte by byte up to the end of the head: nothing after it may be consumed,
-        // it belongs to the TLS stream.
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-            if tcp.read(&mut b).await? == 0 {
-                break;
-            }
-            head.push(b[0]);
-        }
-        Ok::<_, std::io::Error>(head)
+        // nothing after the head may be consumed: it belongs to the TLS stream
+        read_head(&mut tcp, 8192).await
     })
     .await
     .map_err(|_| Step::Proxy("CONNECT timed out".into()))?
@@ -258,6 +249,21 @@ async fn post_json_on(
     Ok((status, value))
 }
 
+/// Reads an HTTP/1.1 answer head (up to and with the blank line, at most `max` bytes) byte
+/// by byte, so that nothing after it is consumed: what follows belongs to the tunnelled or
+/// upgraded protocol. Ends early at end of stream.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < max {
+        if stream.read(&mut b).await? == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    Ok(head)
+}
+
 /// Sends an HTTP/1.1 upgrade request `head` on `stream` and reads the answer head byte by byte
 /// (whatever follows belongs to the upgraded protocol), waiting up to `wait`. `Ok` on
 /// `101 Switching Protocols`; otherwise the status and the answer's `reason` (or status line).
@@ -272,20 +278,10 @@ where
     let io = |e: std::io::Error| (String::new(), e.to_string());
     stream.write_all(head.as_bytes()).await.map_err(io)?;
     stream.flush().await.map_err(io)?;
-    let answer = timeout(wait, async {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
-            if stream.read(&mut b).await? == 0 {
-                break;
-            }
-            head.push(b[0]);
-        }
-        Ok::<_, std::io::Error>(head)
-    })
-    .await
-    .map_err(|_| (String::new(), "no answer in time".to_owned()))?
-    .map_err(io)?;
+    let answer = timeout(wait, read_head(stream, 16 << 10))
+        .await
+        .map_err(|_| (String::new(), "no answer in time".to_owned()))?
+        .map_err(io)?;
     let text = String::from_utf8_lossy(&answer).into_owned();
     let status = text.split_whitespace().nth(1).unwrap_or("").to_owned();
     if status == "101" {

@@ -605,14 +605,6 @@ async fn broadcast(state: &NodeState, m: &Manifest, body: Body) -> Result<()> {
     Ok(())
 }
 
-async fn call_partner(
-    state: &NodeState,
-    partner: &str,
-    body: &Value,
-) -> std::result::Result<(u16, Value), Step> {
-    crate::gateway::client::call(state, partner, "/venn/v1/job/message", body).await
-}
-
 /// Delivers queued messages, in order per partner; a partner that cannot be reached keeps its
 /// queue for the next round. A refused `create` fails the job with the partner's reason.
 pub async fn deliver_all(state: &NodeState) {
@@ -633,7 +625,9 @@ pub async fn deliver_all(state: &NodeState) {
             continue;
         };
         let body = json!({ "message": message, "signature": row.signature });
-        match call_partner(state, &row.to_domain, &body).await {
+        match crate::gateway::client::call(state, &row.to_domain, "/venn/v1/job/message", &body)
+            .await
+        {
             Ok((200, _)) => {
                 let _ = state.store.message_attempt(row.id, true, "").await;
             }
