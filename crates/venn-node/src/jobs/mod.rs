@@ -43,7 +43,6 @@ use store::{ApprovalRow, JobRow, MessageRow, TaskPartyRow};
 
 use crate::config::Approval;
 use crate::error::{NodeError, Result};
-use crate::gateway::client::Step;
 use crate::grants::write_canonical;
 use crate::state::{NodeState, SharedState};
 use crate::store::GrantRow;
