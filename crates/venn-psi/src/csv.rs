@@ -326,6 +326,8 @@ pub enum Block<R> {
 pub struct Blocks<R> {
     rest: Option<Rest<R>>,
     size: usize,
+    /// A block's buffer handed back ([`Blocks::recycle`]) for the next block.
+    spare: Option<Vec<u8>>,
 }
 
 impl<R: Read> Blocks<R> {
@@ -333,7 +335,15 @@ impl<R: Read> Blocks<R> {
         Blocks {
             rest: Some(rest),
             size: size.max(1),
+            spare: None,
         }
+    }
+
+    /// Hands a block's bytes back, so that the next block reuses their memory
+    /// instead of faulting in a fresh buffer.
+    pub fn recycle(&mut self, mut bytes: Vec<u8>) {
+        bytes.clear();
+        self.spare = Some(bytes);
     }
 
     /// The next block, or `None` at the end of the file.
@@ -341,7 +351,14 @@ impl<R: Read> Blocks<R> {
         let Some(mut r) = self.rest.take() else {
             return Ok(None);
         };
-        let mut buf = std::mem::take(&mut r.head);
+        let mut buf = match self.spare.take() {
+            Some(mut b) => {
+                b.extend_from_slice(&r.head);
+                r.head.clear();
+                b
+            }
+            None => std::mem::take(&mut r.head),
+        };
         // read until the buffer holds `size` bytes and a newline, or the file ends
         while !r.eof && (buf.len() < self.size || memchr::memchr(b'\n', &buf).is_none()) {
             let want = self.size.max(buf.len() / 2).max(1 << 16);
@@ -685,6 +702,8 @@ mod block_tests {
                         .unwrap();
                         line0 += memchr::memchr_iter(b'\n', piece).count() as u64;
                     }
+                    // as the engine does: the next block reuses this one's buffer
+                    blocks.recycle(bytes);
                 }
                 Block::Quoted(mut r) => {
                     while r.read().unwrap() {

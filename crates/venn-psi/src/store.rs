@@ -91,14 +91,11 @@ pub(crate) struct Rows {
 }
 
 impl Rows {
-    /// Empty rows with room for `rows` rows and `bytes` arena bytes, so that
-    /// filling them never grows (and copies) a vector.
-    pub(crate) fn with_capacity(rows: usize, bytes: usize) -> Self {
-        Rows {
-            items: Vec::with_capacity(rows),
-            recs: Vec::with_capacity(rows),
-            arena: Vec::with_capacity(bytes),
-        }
+    /// Makes room for `rows` more rows and `bytes` more arena bytes.
+    pub(crate) fn reserve(&mut self, rows: usize, bytes: usize) {
+        self.items.reserve(rows);
+        self.recs.reserve(rows);
+        self.arena.reserve(bytes);
     }
 
     pub(crate) fn push(&mut self, item: Item, raw: &[u8], key: &[u8]) {
@@ -149,7 +146,7 @@ impl Rows {
         self.arena.len() as u64 + self.items.len() as u64 * (32 + PROTOCOL_BYTES_PER_ROW)
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.items.clear();
         self.recs.clear();
         self.arena.clear();
@@ -252,7 +249,7 @@ impl Store {
     /// The row vectors are reserved for the whole file from the rows per
     /// input byte seen so far (plus 1/16), not grown by doubling: at 2^20 rows
     /// doubling copied 32 MB and faulted in twice the pages, ~10% of a run.
-    pub(crate) fn append(&mut self, rows: Rows, text_len: u64) -> Result<(), PsiError> {
+    pub(crate) fn append(&mut self, rows: &Rows, text_len: u64) -> Result<(), PsiError> {
         self.consumed += text_len;
         self.rows += rows.len() as u64;
         self.bytes += rows.arena.len() as u64 + rows.len() as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
@@ -476,7 +473,8 @@ mod tests {
         let mut s = Store::new(1 << 30, tmp.path());
         s.reserve_for(1 << 16);
         for piece in 0..2 {
-            let mut rows = Rows::with_capacity(4, 16); // grows past its capacity
+            let mut rows = Rows::default();
+            rows.reserve(4, 16); // grows past its capacity
             let mut text_len = 0;
             for i in 0..500 {
                 let id = format!("{piece}-{i:04}");
@@ -494,7 +492,7 @@ mod tests {
                     want.push((raw, id, item));
                 }
             }
-            s.append(rows, text_len).unwrap();
+            s.append(&rows, text_len).unwrap();
         }
         let loaded = s.finish().unwrap();
         assert!(loaded.mem.is_some());

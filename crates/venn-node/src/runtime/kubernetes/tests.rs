@@ -1080,6 +1080,43 @@ fn pod_value(name: &str, fixture_name: &str) -> Value {
     v
 }
 
+/// Node `alice` on the kubernetes runtime against an imitation API server (its data
+/// directory, the API's record, the node), and the pod names of the three workers of its
+/// party of task `job-1-psi`, Running in attempt 1 when `running`.
+async fn worker_party(running: bool) -> (tempfile::TempDir, Shared, SharedState, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, config) = imitation().await;
+    let state = k8s_state(dir.path(), config).await;
+    if running {
+        running_row(&state, 1).await;
+    }
+    let names = (0..3).map(|w| worker_launch(3, w).name()).collect();
+    (dir, api, state, names)
+}
+
+/// The imitation API serves worker i's pod as the recorded pod `fixtures[i]`.
+fn serve_pods(api: &Shared, names: &[String], fixtures: [&str; 3]) {
+    let mut a = api.lock().unwrap();
+    for (n, f) in names.iter().zip(fixtures) {
+        a.by_name.insert(n.clone(), pod_value(n, f));
+    }
+}
+
+/// The deletes that remove these pods with their Secrets, in order.
+fn pods_and_secrets(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .flat_map(|n| [format!("pods/{n}"), format!("secrets/{n}")])
+        .collect()
+}
+
+/// The party is Failed with a reason that starts with `why`.
+async fn assert_failed(state: &SharedState, why: &str) {
+    let row = party_row(state).await;
+    assert_eq!(row.phase, "Failed");
+    assert!(row.reason.starts_with(why), "{}", row.reason);
+}
+
 /// Waits (generously) until the imitation API has seen `n` deletes.
 async fn deleted_after(api: &Shared, n: usize) -> Vec<String> {
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -1127,29 +1164,13 @@ async fn runtime_create_and_delete_three_worker_pods_through_the_api() {
         k.delete(n).await;
     }
     let a = api.lock().unwrap();
-    let want: Vec<String> = names
-        .iter()
-        .flat_map(|n| [format!("pods/{n}"), format!("secrets/{n}")])
-        .collect();
-    assert_eq!(a.deleted, want);
+    assert_eq!(a.deleted, pods_and_secrets(&names));
 }
 
 #[tokio::test]
 async fn runtime_failed_worker_fails_the_party_and_deletes_its_pods() {
-    let dir = tempfile::tempdir().unwrap();
-    let (api, config) = imitation().await;
-    let state = k8s_state(dir.path(), config).await;
-    running_row(&state, 1).await;
-    let names: Vec<String> = (0..3).map(|w| worker_launch(3, w).name()).collect();
-    {
-        let mut a = api.lock().unwrap();
-        a.by_name
-            .insert(names[0].clone(), pod_value(&names[0], "running"));
-        a.by_name
-            .insert(names[1].clone(), pod_value(&names[1], "failed_oomkilled"));
-        a.by_name
-            .insert(names[2].clone(), pod_value(&names[2], "running"));
-    }
+    let (_dir, api, state, names) = worker_party(true).await;
+    serve_pods(&api, &names, ["running", "failed_oomkilled", "running"]);
     let k = state.runtime.kubernetes().unwrap();
     k.track("job-1", "job-1-psi", &names);
     spawn_follow(&state, "job-1".into(), "job-1-psi".into(), 1, names.clone());
@@ -1160,14 +1181,7 @@ async fn runtime_failed_worker_fails_the_party_and_deletes_its_pods() {
         assert!(deleted.contains(&format!("pods/{n}")), "{deleted:?}");
         assert!(deleted.contains(&format!("secrets/{n}")), "{deleted:?}");
     }
-    let row = party_row(&state).await;
-    assert_eq!(row.phase, "Failed");
-    assert!(
-        row.reason
-            .starts_with("worker 1 of 3: the task pod failed (OOMKilled"),
-        "{}",
-        row.reason
-    );
+    assert_failed(&state, "worker 1 of 3: the task pod failed (OOMKilled").await;
     assert!(k.pods_of("job-1", "job-1-psi").is_none());
     // Each worker's log is kept in task.log under its own header.
     let log = std::fs::read_to_string(
@@ -1184,17 +1198,8 @@ async fn runtime_failed_worker_fails_the_party_and_deletes_its_pods() {
 
 #[tokio::test]
 async fn runtime_worker_0_ends_the_party() {
-    let dir = tempfile::tempdir().unwrap();
-    let (api, config) = imitation().await;
-    let state = k8s_state(dir.path(), config).await;
-    running_row(&state, 1).await;
-    let names: Vec<String> = (0..3).map(|w| worker_launch(3, w).name()).collect();
-    {
-        let mut a = api.lock().unwrap();
-        for n in &names {
-            a.by_name.insert(n.clone(), pod_value(n, "succeeded"));
-        }
-    }
+    let (_dir, api, state, names) = worker_party(true).await;
+    serve_pods(&api, &names, ["succeeded"; 3]);
     let k = state.runtime.kubernetes().unwrap();
     k.track("job-1", "job-1-psi", &names);
     // The party's logs while it runs: every worker under a header.
@@ -1214,42 +1219,28 @@ async fn runtime_worker_0_ends_the_party() {
     assert_eq!(deleted.len(), 6, "{deleted:?}");
     // finish read worker 0's result.json: there is none here, so the party failed with
     // worker 0's pod end in the reason (a written result would make it Succeeded).
-    let row = party_row(&state).await;
-    assert_eq!(row.phase, "Failed");
-    assert!(
-        row.reason
-            .starts_with("worker 0 of 3: the task pod succeeded without writing a result"),
-        "{}",
-        row.reason
-    );
+    assert_failed(
+        &state,
+        "worker 0 of 3: the task pod succeeded without writing a result",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn runtime_stop_deletes_every_worker_pod() {
-    let dir = tempfile::tempdir().unwrap();
-    let (api, config) = imitation().await;
-    let state = k8s_state(dir.path(), config).await;
-    let names: Vec<String> = (0..3).map(|w| worker_launch(3, w).name()).collect();
+    let (_dir, api, state, names) = worker_party(false).await;
     let k = state.runtime.kubernetes().unwrap();
     k.track("job-1", "job-1-psi", &names);
     stop(&state, k, "job-1", "job-1-psi", 1).await;
     let deleted = api.lock().unwrap().deleted.clone();
-    let want: Vec<String> = names
-        .iter()
-        .flat_map(|n| [format!("pods/{n}"), format!("secrets/{n}")])
-        .collect();
-    assert_eq!(deleted, want);
+    assert_eq!(deleted, pods_and_secrets(&names));
     assert!(k.tracked().is_empty());
 }
 
 #[tokio::test]
 async fn runtime_reattach_fails_a_party_missing_a_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let (api, config) = imitation().await;
-    let state = k8s_state(dir.path(), config).await;
-    running_row(&state, 1).await;
+    let (_dir, api, state, names) = worker_party(true).await;
     // Workers 0 and 2 of 3 still exist; worker 1's pod is gone.
-    let names: Vec<String> = (0..3).map(|w| worker_launch(3, w).name()).collect();
     let items: Vec<Value> = [0usize, 2]
         .iter()
         .map(|&w| {
@@ -1265,14 +1256,11 @@ async fn runtime_reattach_fails_a_party_missing_a_worker() {
     }));
     let k = state.runtime.kubernetes().unwrap();
     reattach(&state, k).await.unwrap();
-    let row = party_row(&state).await;
-    assert_eq!(row.phase, "Failed");
-    assert!(
-        row.reason
-            .starts_with("the node restarted and the task pod of worker 1 (of 3) is gone"),
-        "{}",
-        row.reason
-    );
+    assert_failed(
+        &state,
+        "the node restarted and the task pod of worker 1 (of 3) is gone",
+    )
+    .await;
     // The workers that are left are cleaned up, not watched.
     let deleted = api.lock().unwrap().deleted.clone();
     for n in [&names[0], &names[2]] {
