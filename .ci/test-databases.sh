@@ -1,6 +1,9 @@
 # Sourced by .ci/run (and by developers: `source .ci/test-databases.sh`, as root): installs,
 # starts and prepares MariaDB and PostgreSQL for the store tests, then exports
-# VENN_TEST_MYSQL_URL, VENN_TEST_POSTGRES_URL and VENN_TEST_REQUIRE_SERVERS=1.
+# VENN_TEST_MYSQL_URL, VENN_TEST_POSTGRES_URL, VENN_TEST_DB_CA and VENN_TEST_REQUIRE_SERVERS=1.
+# TLS: PostgreSQL uses Debian's snakeoil certificate (`ssl = on`); MariaDB gets a test CA and a
+# server certificate for 127.0.0.1/localhost, made once in /var/lib/venn-test-tls (VENN_TEST_DB_CA
+# is that CA, for the store's TLS tests).
 # Idempotent and quick when the servers are already installed and running: it checks before
 # each step. The servers listen on loopback only and hold nothing but test databases.
 
@@ -20,13 +23,50 @@ venn_test_databases() {
   local need=()
   command -v mariadbd >/dev/null 2>&1 || command -v mysqld >/dev/null 2>&1 || need+=(mariadb-server)
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
   if ((${#need[@]})); then
     venn_db_log "installing ${need[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 
+  # MariaDB TLS: the certificates once, then a drop-in naming them; a server already running
+  # restarts only when the drop-in is new.
+  local tls=/var/lib/venn-test-tls dropin=/etc/mysql/mariadb.conf.d/60-venn-test-tls.cnf
+  if [ ! -s "$tls/server.pem" ]; then
+    venn_db_log "making the MariaDB test certificates in $tls"
+    install -d -m 0755 "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=venn test database CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf '%s\n' 'subjectAltName = DNS:localhost, IP:127.0.0.1' 'basicConstraints = CA:FALSE' \
+      'keyUsage = digitalSignature, keyEncipherment' 'extendedKeyUsage = serverAuth' \
+      >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+      -CAcreateserial -days 3650 -extfile "$tls/server.ext" -out "$tls/server.pem.new" 2>/dev/null
+    chown mysql:mysql "$tls/server.key"
+    chmod 0600 "$tls/server.key" "$tls/ca.key"
+    chmod 0644 "$tls/ca.pem" "$tls/server.pem.new"
+    mv "$tls/server.pem.new" "$tls/server.pem"
+  fi
+  local restart=0
+  if [ ! -e "$dropin" ]; then
+    printf '%s\n' '# venn store tests (.ci/test-databases.sh): TLS with a test CA.' '[mariadbd]' \
+      "ssl_ca = $tls/ca.pem" "ssl_cert = $tls/server.pem" "ssl_key = $tls/server.key" \
+      >"$dropin"
+    restart=1
+  fi
+
   # MariaDB (no systemd here: the init script, or mysqld_safe as a fallback).
+  if ((restart)) && mariadb-admin ping --silent >/dev/null 2>&1; then
+    venn_db_log "restarting MariaDB (TLS)"
+    service mariadb restart >/dev/null 2>&1 || {
+      mariadb-admin -u root shutdown || true
+      (mysqld_safe >/dev/null 2>&1 &)
+    }
+    venn_wait MariaDB mariadb-admin ping --silent
+  fi
   if ! mariadb-admin ping --silent >/dev/null 2>&1; then
     venn_db_log "starting MariaDB"
     service mariadb start >/dev/null 2>&1 || (mysqld_safe >/dev/null 2>&1 &)
@@ -41,6 +81,10 @@ GRANT ALL PRIVILEGES ON `venn\_t\_%`.* TO 'venn'@'localhost', 'venn'@'127.0.0.1'
 GRANT CREATE USER ON *.* TO 'venn'@'localhost', 'venn'@'127.0.0.1';
 CREATE DATABASE IF NOT EXISTS venn;
 SQL
+  if [ "$(mariadb -u root -N -e 'SELECT @@have_ssl')" != YES ]; then
+    # Not fatal: the store's TLS tests then fail and say so.
+    echo "test databases: MariaDB has no TLS (see $dropin and the server's log)" >&2
+  fi
   # Leftovers of interrupted runs.
   mariadb -u root -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'venn\\_t\\_%'" |
     while read -r db; do mariadb -u root -e "DROP DATABASE \`$db\`"; done
@@ -68,6 +112,7 @@ SQL
 
   export VENN_TEST_MYSQL_URL="mysql://venn:venn@127.0.0.1:3306/venn"
   export VENN_TEST_POSTGRES_URL="postgres://venn:venn@127.0.0.1:5432/venn"
+  export VENN_TEST_DB_CA="$tls/ca.pem"
   export VENN_TEST_REQUIRE_SERVERS=1
 }
 

@@ -1087,3 +1087,202 @@ fn every_migration() -> Vec<i64> {
         .count() as i64;
     (1..=n).collect()
 }
+
+/// `url` with `params` (`a=b&c=d`) appended to its query.
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// Opening `url` fails with [`StoreError::Tls`]; returns the message (checked for the setting's
+/// name and for the password).
+async fn tls_error(url: &str) -> String {
+    let mut opts = StoreOptions::new(url).unwrap();
+    opts.connect_timeout = std::time::Duration::from_secs(5);
+    let err = match Store::open_with(&opts).await {
+        Ok(s) => {
+            s.close().await;
+            panic!("{} connected", redact(url))
+        }
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert!(
+        matches!(err, NodeError::Datastore(StoreError::Tls { .. })),
+        "{text}"
+    );
+    assert!(text.contains("datastore: TLS to "), "{text}");
+    assert!(text.contains("`datastore`"), "{text}");
+    assert!(!text.contains(":venn@"), "{text}");
+    text
+}
+
+/// PostgreSQL over TLS: `sslmode=require` encrypts the session; `verify-full` without
+/// `sslrootcert` rejects the server's self-signed certificate with a clear error; with the
+/// server's own certificate as `sslrootcert`, `verify-ca` connects and `verify-full` to an
+/// address the certificate does not name is refused as such.
+#[tokio::test]
+async fn postgres_tls() {
+    for db in test_dbs("pgtls").await {
+        if db.backend != Backend::Postgres {
+            continue;
+        }
+        eprintln!("store test TLS on {}", db.backend);
+        let s = Store::open(&with_params(&db.url, "sslmode=require"))
+            .await
+            .unwrap_or_else(|e| panic!("sslmode=require: {e}"));
+        let (ssl,): (bool,) =
+            sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert!(ssl, "sslmode=require but the session is not encrypted");
+        s.close().await;
+
+        let text = tls_error(&with_params(&db.url, "sslmode=verify-full")).await;
+        assert!(
+            text.contains("not signed by a CA this node trusts"),
+            "{text}"
+        );
+        assert!(text.contains("sslrootcert="), "{text}");
+
+        // The server's certificate (Debian's snakeoil) as a private CA, when this user may read it.
+        let pool = admin(&db.url).await;
+        let (cert_file,): (String,) = sqlx::query_as("SHOW ssl_cert_file")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        // A relative path is relative to the server's data directory: not ours to read.
+        if std::path::Path::new(&cert_file).is_relative() || std::fs::read(&cert_file).is_err() {
+            eprintln!(
+                "SKIPPED sslrootcert tests on {}: cannot read {cert_file:?}",
+                db.backend
+            );
+            continue;
+        }
+        let root = format!("sslrootcert={cert_file}");
+        let s = Store::open(&with_params(&db.url, &format!("sslmode=verify-ca&{root}")))
+            .await
+            .unwrap_or_else(|e| panic!("sslmode=verify-ca&{root}: {e}"));
+        s.close().await;
+        // The snakeoil certificate names the machine, not 127.0.0.1.
+        if url::Url::parse(&db.url).unwrap().host_str() == Some("127.0.0.1") {
+            let text = tls_error(&with_params(
+                &db.url,
+                &format!("sslmode=verify-full&{root}"),
+            ))
+            .await;
+            assert!(text.contains("not for the host"), "{text}");
+        }
+    }
+}
+
+/// MySQL/MariaDB over TLS: `ssl-mode=REQUIRED` encrypts the session, `VERIFY_CA` and
+/// `VERIFY_IDENTITY` connect with the test CA as `ssl-ca` and refuse the server without it, and
+/// `DISABLED` (like the plain URLs of the other tests) still connects in the clear.
+#[tokio::test]
+async fn mysql_tls() {
+    let require = env("VENN_TEST_REQUIRE_SERVERS").is_some_and(|s| s == "1");
+    for db in test_dbs("mytls").await {
+        if db.backend != Backend::MySql {
+            continue;
+        }
+        let Some(ca) = env("VENN_TEST_DB_CA") else {
+            assert!(
+                !require,
+                "VENN_TEST_DB_CA is not set but VENN_TEST_REQUIRE_SERVERS=1 (MySQL TLS tests)"
+            );
+            eprintln!(
+                "SKIPPED store test mytls on {}: VENN_TEST_DB_CA is not set",
+                db.backend
+            );
+            continue;
+        };
+        eprintln!("store test TLS on {}", db.backend);
+        let cipher = |s: Store| async move {
+            let (_, value): (String, String) =
+                sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+                    .fetch_one(&s.pool)
+                    .await
+                    .unwrap();
+            s.close().await;
+            value
+        };
+        let ca_param = format!("ssl-ca={ca}");
+        for params in [
+            "ssl-mode=REQUIRED".to_owned(),
+            format!("ssl-mode=VERIFY_CA&{ca_param}"),
+            format!("ssl-mode=VERIFY_IDENTITY&{ca_param}"),
+        ] {
+            let s = Store::open(&with_params(&db.url, &params))
+                .await
+                .unwrap_or_else(|e| panic!("{params}: {e}"));
+            let value = cipher(s).await;
+            assert!(!value.is_empty(), "{params}: the session is not encrypted");
+        }
+
+        let s = Store::open(&with_params(&db.url, "ssl-mode=DISABLED"))
+            .await
+            .unwrap_or_else(|e| panic!("ssl-mode=DISABLED: {e}"));
+        assert_eq!(cipher(s).await, "", "ssl-mode=DISABLED but encrypted");
+        let s = Store::open(&db.url)
+            .await
+            .unwrap_or_else(|e| panic!("plain URL: {e}"));
+        s.close().await;
+
+        let text = tls_error(&with_params(&db.url, "ssl-mode=VERIFY_CA")).await;
+        assert!(
+            text.contains("not signed by a CA this node trusts"),
+            "{text}"
+        );
+        assert!(text.contains("ssl-ca="), "{text}");
+    }
+}
+
+/// A server that answers PostgreSQL's TLS request with "no" fails `sslmode=require` with an
+/// error that says so (no database server needed).
+#[tokio::test]
+async fn server_without_tls_while_required_is_a_clear_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            // SSLRequest: length 8, code 80877103; the answer `N` means "no TLS here".
+            let mut req = [0u8; 8];
+            sock.read_exact(&mut req).await.unwrap();
+            assert_eq!(req, [0, 0, 0, 8, 4, 210, 22, 47]);
+            sock.write_all(b"N").await.unwrap();
+        }
+    });
+    let text = tls_error(&format!(
+        "postgres://venn:venn@127.0.0.1:{port}/venn?sslmode=require"
+    ))
+    .await;
+    assert!(text.contains("offers no TLS"), "{text}");
+    server.abort();
+}
+
+/// A certificate file named in the URL that cannot be read is a bad URL, not an unreachable
+/// server.
+#[tokio::test]
+async fn missing_ca_file_is_a_bad_url() {
+    for url in [
+        "postgres://venn:s3cret@127.0.0.1:1/venn?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        "mysql://venn:s3cret@127.0.0.1:1/venn?ssl-mode=VERIFY_CA&ssl-ca=/nonexistent/ca.pem",
+    ] {
+        let err = Store::open(url).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, NodeError::Datastore(StoreError::BadUrl { .. })),
+            "{text}"
+        );
+        assert!(
+            text.contains("/nonexistent/ca.pem: cannot read the file"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+}

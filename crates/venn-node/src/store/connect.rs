@@ -4,6 +4,25 @@
 //! Every failure here is a [`StoreError`] that names the `datastore` setting and says what to do.
 //! URLs only ever appear redacted ([`redact`]): a password in a URL or in
 //! `datastore_password_file` never reaches a log line or an error message.
+//!
+//! # TLS to the database server
+//!
+//! sqlx speaks TLS through rustls with the *ring* provider (feature `tls-rustls-ring-webpki`),
+//! like the rest of venn: no OpenSSL, no aws-lc, so the static musl build stays as it is. The TLS
+//! settings are the URL's own parameters, passed to sqlx unchanged: `sslmode` / `sslrootcert`
+//! (PostgreSQL), `ssl-mode` / `ssl-ca` (MySQL/MariaDB), plus client certificates
+//! (`sslcert`/`sslkey`, `ssl-cert`/`ssl-key`). Without them sqlx encrypts when the server offers
+//! TLS but checks no certificate (`prefer` / `PREFERRED`), as libpq and the MySQL client do.
+//!
+//! Trusted roots: the Mozilla set compiled into the binary (webpki-roots), not the system's
+//! certificate store. venn ships as a static binary, often in a minimal container (scratch,
+//! distroless) with no `/etc/ssl/certs`, where native roots would be an empty set and every
+//! verifying mode would fail; the compiled-in set verifies publicly trusted database services
+//! the same everywhere. A private CA (most managed services' own CAs, a company CA) is named in
+//! the URL: `sslrootcert=/path/ca.pem` or `ssl-ca=/path/ca.pem`; sqlx adds it to those roots.
+//!
+//! A TLS failure is a [`StoreError::Tls`] that says which of these is wrong: the server offers
+//! no TLS, its certificate is not from a trusted CA, or it is for another host name.
 
 use std::time::Duration;
 
@@ -158,6 +177,20 @@ pub enum StoreError {
         /// What to check.
         hint: &'static str,
     },
+    /// TLS to the database server failed: the server offers none, or its certificate was not
+    /// accepted.
+    #[error("datastore: TLS to {url} failed: {detail}; {hint}")]
+    Tls {
+        /// The URL, redacted.
+        url: String,
+        /// What the driver or rustls reported.
+        detail: String,
+        /// What to change.
+        hint: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// The database user may not create tables, so the schema cannot be created or upgraded.
     #[error(
         "datastore: the user in {url} may not create or change tables ({detail}); grant it \
@@ -238,7 +271,7 @@ fn connect_hint(e: &sqlx::Error) -> &'static str {
             return "check that the database server runs and that host and port in `datastore` \
                     are right (and reachable from this machine)";
         }
-        sqlx::Error::Tls(_) => return "check the TLS settings (sslmode / ssl-mode) in `datastore`",
+        sqlx::Error::Tls(_) => return TLS_HINT,
         _ => String::new(),
     };
     match code.as_str() {
@@ -264,6 +297,97 @@ fn connect_hint(e: &sqlx::Error) -> &'static str {
         }
         _ => "check `datastore`",
     }
+}
+
+/// The general advice on a TLS failure.
+const TLS_HINT: &str = "check the TLS parameters in `datastore` (PostgreSQL: sslmode, sslrootcert; \
+                        MySQL/MariaDB: ssl-mode, ssl-ca)";
+
+/// A TLS failure while connecting, with what to do about it; `None` for other errors.
+///
+/// sqlx reports a server without TLS as [`sqlx::Error::Tls`], a rejected certificate as the
+/// [`rustls::Error`] inside an [`sqlx::Error::Io`] from the handshake.
+fn tls_failure(e: &sqlx::Error) -> Option<(String, &'static str)> {
+    use rustls::CertificateError as C;
+    match e {
+        sqlx::Error::Tls(inner) => {
+            let detail = inner.to_string();
+            let hint = if detail.contains("does not support TLS") {
+                "the server offers no TLS but `datastore` requires it (sslmode=require or \
+                 stricter, ssl-mode=REQUIRED or stricter): enable TLS on the database server, \
+                 or, on a trusted network only, lower sslmode / ssl-mode"
+            } else {
+                TLS_HINT
+            };
+            Some((detail, hint))
+        }
+        sqlx::Error::Io(io) => {
+            let tls = io.get_ref()?.downcast_ref::<rustls::Error>()?;
+            let hint = match tls {
+                rustls::Error::InvalidCertificate(
+                    C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension,
+                ) => {
+                    "the server's certificate is not signed by a CA this node trusts: name the \
+                     CA's certificate file in `datastore` (PostgreSQL: sslrootcert=/path/ca.pem, \
+                     MySQL/MariaDB: ssl-ca=/path/ca.pem)"
+                }
+                rustls::Error::InvalidCertificate(
+                    C::NotValidForName | C::NotValidForNameContext { .. },
+                ) => {
+                    "the server's certificate is not for the host named in `datastore`: connect \
+                     by a name the certificate lists, or check the CA only (sslmode=verify-ca, \
+                     ssl-mode=VERIFY_CA)"
+                }
+                rustls::Error::InvalidCertificate(
+                    C::Expired
+                    | C::ExpiredContext { .. }
+                    | C::NotValidYet
+                    | C::NotValidYetContext { .. },
+                ) => {
+                    "the server's certificate is expired or not yet valid: renew it on the \
+                     server (and check this machine's clock)"
+                }
+                _ => TLS_HINT,
+            };
+            Some((tls.to_string(), hint))
+        }
+        _ => None,
+    }
+}
+
+/// The certificate files named in the URL's TLS parameters must be readable: sqlx would report a
+/// missing one as a bare I/O error, as if the server were unreachable.
+fn check_tls_files(opts: &StoreOptions) -> Result<(), StoreError> {
+    if opts.backend == Backend::Sqlite {
+        return Ok(());
+    }
+    let Ok(u) = url::Url::parse(opts.url()) else {
+        return Ok(());
+    };
+    for (key, value) in u.query_pairs() {
+        let is_file = matches!(
+            key.as_ref(),
+            "sslrootcert"
+                | "ssl-root-cert"
+                | "ssl-ca"
+                | "sslca"
+                | "sslcert"
+                | "ssl-cert"
+                | "sslkey"
+                | "ssl-key"
+        );
+        // sqlx also takes the PEM text itself.
+        if !is_file || value.trim_start().starts_with("-----BEGIN") {
+            continue;
+        }
+        if let Err(e) = std::fs::File::open(value.as_ref()) {
+            return Err(StoreError::BadUrl {
+                url: opts.redacted(),
+                reason: format!("{key}={value}: cannot read the file: {e}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// True when a driver error means "you may not do DDL here".
@@ -298,11 +422,20 @@ pub(crate) fn migrator(backend: Backend) -> &'static Migrator {
 pub(crate) async fn connect(opts: &StoreOptions) -> Result<AnyPool, StoreError> {
     sqlx::any::install_default_drivers();
     let url = opts.redacted();
-    let unreachable = |source: sqlx::Error| StoreError::Unreachable {
-        url: url.clone(),
-        hint: connect_hint(&source),
-        source,
+    let unreachable = |source: sqlx::Error| match tls_failure(&source) {
+        Some((detail, hint)) => StoreError::Tls {
+            url: url.clone(),
+            detail,
+            hint,
+            source,
+        },
+        None => StoreError::Unreachable {
+            url: url.clone(),
+            hint: connect_hint(&source),
+            source,
+        },
     };
+    check_tls_files(opts)?;
     let connect_opts: AnyConnectOptions =
         opts.url()
             .parse()
