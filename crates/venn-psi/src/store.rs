@@ -260,11 +260,15 @@ impl Store {
             return Ok(());
         }
         let have = self.mem.items.len() + rows.len();
-        if have > self.mem.items.capacity() && self.consumed > 0 {
+        let cap = self.mem.items.capacity();
+        // With no file size (reserve_for not called) Vec's own doubling applies.
+        if have > cap && self.file_len > 0 && self.consumed > 0 {
             let est = (self.rows as f64 * self.file_len.max(self.consumed) as f64
                 / self.consumed as f64
                 * (1.0 + 1.0 / 16.0)) as usize;
-            let want = est.max(have);
+            // at least 1.5× when an estimate fell short (longer lines at the
+            // start of the file than later): never a reallocation per append
+            let want = est.max(have).max(cap + cap / 2);
             // only while the estimate fits the budget (it would spill otherwise)
             if (want as u64).saturating_mul(32 + PROTOCOL_BYTES_PER_ROW) < self.budget {
                 self.mem.items.reserve_exact(want - self.mem.items.len());
