@@ -906,6 +906,44 @@ mod tests {
     }
 
     #[test]
+    fn values_computed_from_keys_decode_like_given_values() {
+        // Values::Of computes the values bin by bin after grouping: every key
+        // must still decode to f(key), in both kinds of OKVS.
+        let f = |k: &[u128], v: &mut [u128]| {
+            for (k, v) in k.iter().zip(v.iter_mut()) {
+                *v = k.rotate_left(17) ^ 0x5555 ^ (k >> 3);
+            }
+        };
+        for (p, n) in [
+            (OkvsParams::new(40_000, 40), 40_000),
+            (OkvsParams::low_comm(30_001, 40), 30_001),
+        ] {
+            let keys = Prg::new(n as u128).blocks(n);
+            let mut want = vec![0u128; n];
+            f(&keys, &mut want);
+            if p.kind == Dense::Binary {
+                want.iter_mut().for_each(|v| *v &= (1 << 60) - 1);
+            }
+            let mask = |k: &[u128], v: &mut [u128]| {
+                f(k, v);
+                if p.kind == Dense::Binary {
+                    v.iter_mut().for_each(|v| *v &= (1 << 60) - 1);
+                }
+            };
+            let mut seeds = Prg::new(9);
+            let (hdr, cells) = encode_values(
+                &p,
+                &keys,
+                Values::Of(&mask),
+                || seeds.block(),
+                EncodeOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(decode(&p, &hdr, &cells, &keys), want);
+        }
+    }
+
+    #[test]
     fn binary_okvs_decodes_every_key() {
         for n in [0usize, 1, 2, 3, 5, 1000, 65535, 300_001] {
             let p = OkvsParams::low_comm(n, 40);
