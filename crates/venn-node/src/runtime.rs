@@ -376,19 +376,7 @@ pub async fn start_task(
         cmds.push(task_command(&dir, &config_path)?);
     }
     // The row first: the task may report before spawn returns.
-    let mut r = row.clone();
-    r.phase = "Running".into();
-    r.reason = String::new();
-    r.progress = 0;
-    r.step = "starting".into();
-    r.secret_sha256 = secret_hash(&secret);
-    r.start_time = now_unix();
-    r.end_time = 0;
-    state.store.update_task_party(&r).await?;
-    state
-        .store
-        .set_task_process(&m.job_id, &t.task_id, &me, 0, &r.secret_sha256)
-        .await?;
+    let mut r = mark_starting(state, m, t, row, &secret, "starting".into()).await?;
     let mut cmds = cmds.into_iter();
     let mut first = cmds.next().expect("at least one worker");
     first.process_group(0);
@@ -446,6 +434,40 @@ pub async fn start_task(
         finish(&st, &key.0, &key.1, attempt, &why).await;
     });
     Ok(())
+}
+
+/// Records this node's party Running at `step`, with the hash of the task's gateway secret
+/// and no process yet, before either runtime launches anything (the task may report before
+/// the launch call returns). Returns the row as recorded.
+async fn mark_starting(
+    state: &SharedState,
+    m: &Manifest,
+    t: &TaskSpec,
+    row: &TaskPartyRow,
+    secret: &str,
+    step: String,
+) -> Result<TaskPartyRow> {
+    let mut r = row.clone();
+    r.phase = "Running".into();
+    r.reason = String::new();
+    r.progress = 0;
+    r.step = step;
+    r.secret_sha256 = secret_hash(secret);
+    r.start_time = now_unix();
+    r.end_time = 0;
+    r.pid = 0;
+    state.store.update_task_party(&r).await?;
+    state
+        .store
+        .set_task_process(
+            &m.job_id,
+            &t.task_id,
+            state.domain_id(),
+            0,
+            &r.secret_sha256,
+        )
+        .await?;
+    Ok(r)
 }
 
 /// `venn task run --config <config>`, logging to the task's `task.log`.

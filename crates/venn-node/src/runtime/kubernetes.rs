@@ -1215,25 +1215,12 @@ pub(super) async fn start(
             config: super::worker_config(&config, &dir, w),
         })
         .collect();
-    let mut r = row.clone();
-    r.phase = "Running".into();
-    r.reason = String::new();
-    r.progress = 0;
-    r.step = if launches.len() > 1 {
+    let step = if launches.len() > 1 {
         format!("creating {} task pods", launches.len())
     } else {
         "creating the task pod".into()
     };
-    r.secret_sha256 = super::secret_hash(&config.secret);
-    r.start_time = now_unix();
-    r.end_time = 0;
-    r.pid = 0;
-    // The row first: the task may report before the create call returns.
-    state.store.update_task_party(&r).await?;
-    state
-        .store
-        .set_task_process(&m.job_id, &t.task_id, &me, 0, &r.secret_sha256)
-        .await?;
+    let r = super::mark_starting(state, m, t, row, &config.secret, step).await?;
     let mut names = Vec::with_capacity(launches.len());
     for l in &launches {
         match k.create(l).await {
