@@ -23,7 +23,19 @@ fn best<T>(label: &str, n: usize, mut f: impl FnMut() -> T) -> T {
     out.expect("ran")
 }
 
+/// The silent VOLE of a 2^20-row PSI (m = 1.35·2^20), both parties here.
+fn vole() {
+    let m = 1_416_832;
+    best("rr22 vole (sender + receiver threads)", m, || {
+        venn_psi::rr22::bench::vole(m)
+    });
+}
+
 fn main() {
+    // `VENN_BENCH=vole`: only the VOLE (for profiling it alone)
+    if std::env::var("VENN_BENCH").as_deref() == Ok("vole") {
+        return vole();
+    }
     let n = 1 << 14;
     println!("curve backend: {}", venn_psi::ecdh::curve_backend());
     let pts = best("ecdh: hash to ristretto255", n, || {
@@ -67,6 +79,9 @@ fn main() {
         rr::malicious_tags(&items, &mut v);
         v
     });
+
+    // silent VOLE, both parties in this process (m as for 2^20 PSI rows)
+    vole();
 
     let rows = 1 << 20;
     let mut csv = String::from("id,payload\n");

@@ -52,7 +52,7 @@
 //! B, so R → S sends |B| bits per cell instead of 128. Here B is the
 //! GF(2)-subspace of polynomials of degree < `vbits` inside GF(2^128)
 //! (not a subfield: every operation applied to B-values is GF(2)-linear —
-//! the binary OKVS's XORs, the Expand-Accumulate code's XORs, and
+//! the binary OKVS's XORs, the Expand-Convolute code's XORs, and
 //! multiplication by Δ — so closure under XOR is all the protocol uses):
 //! * the OKVS has a binary dense part ([`okvs::Dense::Binary`]) so decoding
 //!   is XOR only, and bins of 2^18 keys (e ≈ 1.23 with a 1.5% bin margin;
@@ -108,6 +108,7 @@
 //! base-OT receiver (the VOLE sender) as in libOTe; the sender's input size
 //! is bounded by the number of tags R accepts (n_y), as in Fig. 9.
 
+mod exconv;
 mod gf128;
 mod okvs;
 mod ot;
@@ -150,7 +151,8 @@ pub(crate) mod tags {
     pub(crate) const W_OPEN: u8 = 0x4A;
 }
 
-/// Phase timing for development: prints with `RR22_TRACE=1` in test builds.
+/// Phase timing: `VENN_LOG=venn_psi=trace` prints each protocol step with
+/// the milliseconds since the step's start (`RR22_TRACE=1` in test builds).
 #[cfg(test)]
 macro_rules! trace {
     ($t0:expr, $($arg:tt)*) => {
@@ -162,7 +164,7 @@ macro_rules! trace {
 #[cfg(not(test))]
 macro_rules! trace {
     ($t0:expr, $($arg:tt)*) => {
-        let _ = &$t0;
+        tracing::trace!(ms = $t0.elapsed().as_secs_f64() * 1e3, "{}", format_args!($($arg)*))
     };
 }
 pub(crate) use trace;
@@ -844,6 +846,26 @@ pub mod bench {
     /// The semi-honest output hash on `vs` (in place).
     pub fn tags(vs: &mut [u128]) {
         output_tags(vs, 10);
+    }
+
+    /// One fast-mode VOLE of `m` outputs between two threads over an
+    /// in-process channel; returns (sender seconds, receiver seconds).
+    pub fn vole(m: usize) -> (f64, f64) {
+        let (ca, cb) = crate::channel::memory_pair(8);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let t = std::time::Instant::now();
+                let out = vole::send_with(&ca, m, &vole::VoleCfg::FAST, vole::Cheat::None)
+                    .expect("sender");
+                std::hint::black_box(out);
+                t.elapsed().as_secs_f64()
+            });
+            let t = std::time::Instant::now();
+            let out = vole::recv(&cb, m, &vole::VoleCfg::FAST).expect("receiver");
+            std::hint::black_box(out);
+            let r = t.elapsed().as_secs_f64();
+            (h.join().expect("sender thread"), r)
+        })
     }
 }
 

@@ -1,0 +1,455 @@
+//! The Expand-Convolute code that compresses the silent VOLE's sparse vector.
+//!
+//! Raghuraman–Rindal–Tanguy, "Expand-Convolute Codes for Pseudorandom
+//! Correlation Generators from LPN", CRYPTO 2023 (eprint 2023/882). The
+//! generator is G = [I_k | B·T⁻¹]-shaped: the dual encoding of a length-N
+//! noise vector e (k outputs, N ≥ 2k) is
+//!
+//! ```text
+//! y     = T₂⁻¹ · T₁⁻¹ · e[k..N]          (the "convolution", twice)
+//! out_i = e_i + Σ_{j ∈ row i of B} y_j   (systematic part + expander)
+//! ```
+//!
+//! - T is an (N−k)×(N−k) unit lower-triangular matrix whose 24 sub-diagonals
+//!   are uniformly random bits and whose 25th sub-diagonal is all ones;
+//!   T⁻¹·x is the recursion y_i = x_i + y_{i−25} + Σ_{j=1..24} c_{i,j}·y_{i−j},
+//!   which generalises the accumulator (y_i = x_i + y_{i−1}) of
+//!   Expand-Accumulate codes. Two independent T (the second pass guards the
+//!   last rows, whose convolution reaches few positions, as libOTe does).
+//! - B has row weight 7: one position in each quarter of y (a "regular"
+//!   part, 4 entries) and 3 uniform positions.
+//!
+//! These are the parameters of libOTe's default silent-VOLE code
+//! `ExConv7x24`: expansion N = 2k, expander weight 7, convolution width 24,
+//! and an estimated minimum distance ratio δ = 0.15, from which the VOLE's
+//! number of noise positions follows (see [`super::vole`]). Against the
+//! Expand-Accumulate code it replaces (N = 5k, weight 11, δ = 0.1) the GGM
+//! trees are 2.5× smaller and the expander reads a vector a fifth as long,
+//! which stays in the L2 cache instead of missing to memory 11 times per
+//! output (measured: the VOLE of a 2^20-row PSI went from ~410 ms to
+//! ~240 ms, both parties on this machine's two hyperthreads; `VENN_BENCH=vole
+//! cargo bench -p venn-psi`).
+//!
+//! Implementation: the coefficients c_{i,·} are 24 bits per row taken from
+//! AES-CTR under a public per-chunk key (3 bytes per row, 5 rows per block).
+//! The window sum uses the "four Russians" method: y is cut into aligned
+//! groups of 4 rows, each with a 16-entry table of the XORs of all subsets
+//! of its rows, filled as the rows become final (15 XORs per group). A row
+//! then adds 8 table entries indexed by nibbles of its coefficient bits:
+//! ~8 lookups per row instead of 25 masked XORs, and no branches.
+
+use rayon::prelude::*;
+
+use super::prim::Aes;
+
+/// Expander row weight.
+pub(crate) const WEIGHT: usize = 7;
+/// Expander positions drawn one per quarter of y.
+const REGULAR: usize = 4;
+/// Random sub-diagonals of T.
+const WIDTH: usize = 24;
+/// Rows per group of the four-Russians tables.
+const GROUP: usize = 4;
+/// Tables kept: the current group and the 7 before it (a window of 25 rows
+/// reaches back at most 7 groups).
+const RING: usize = 8;
+/// Rows per batch of coefficients (5 rows per AES block).
+const COEFF_ROWS: usize = 5 * 64;
+/// Outputs per parallel task of the expander.
+const STEP: usize = 2048;
+
+/// The code of one VOLE chunk: k outputs from N inputs.
+pub(crate) struct ExConvCode {
+    k: usize,
+    n: usize,
+    conv: [Aes; 2],
+    expander: Aes,
+}
+
+impl ExConvCode {
+    /// The code for chunk `index` (public: both parties derive the same).
+    pub(crate) fn new(k: usize, n: usize, index: usize) -> Self {
+        assert!(
+            n >= 2 * k,
+            "Expand-Convolute needs N ≥ 2k (k = {k}, N = {n})"
+        );
+        let label = |what: &str| Aes::from_label(&format!("venn rr22 2026 ExConv {what} {index}"));
+        ExConvCode {
+            k,
+            n,
+            conv: [label("convolution 1"), label("convolution 2")],
+            expander: label("expander"),
+        }
+    }
+
+    /// Length of the convolved part y.
+    fn y_len(&self) -> usize {
+        self.n - self.k
+    }
+
+    /// Replaces `e[k..N]` by y = T₂⁻¹·T₁⁻¹·e[k..N].
+    pub(crate) fn convolve(&self, e: &mut [u128]) {
+        debug_assert_eq!(e.len(), self.n);
+        for aes in &self.conv {
+            convolve_one(aes, &mut e[self.k..], None);
+        }
+    }
+
+    /// [`ExConvCode::convolve`] of two vectors at once (they share the
+    /// coefficients, so the receiver's A and C cost less than twice one).
+    pub(crate) fn convolve_pair(&self, a: &mut [u128], c: &mut [u128]) {
+        debug_assert!(a.len() == self.n && c.len() == self.n);
+        for aes in &self.conv {
+            convolve_one(aes, &mut a[self.k..], Some(&mut c[self.k..]));
+        }
+    }
+
+    /// Expander positions (indices into y) of outputs [first, first +
+    /// count) into `pos`, `WEIGHT` per output: 4 regular, then 3 uniform.
+    /// Output o's come from the 32-bit words 0..7 of AES_expander(2o) ‖
+    /// AES_expander(2o + 1), reduced by Lemire's multiply-shift (the code is
+    /// public; 32 bits leave a relative bias below len/2^32 < 2^-13 in a
+    /// position's distribution, which does not change the code's shape).
+    fn positions(&self, first: usize, count: usize, blocks: &mut Vec<u128>, pos: &mut Vec<u32>) {
+        let len = self.y_len() as u64;
+        let step = len / REGULAR as u64;
+        debug_assert!(step > 0 && len < 1 << 32);
+        blocks.clear();
+        blocks.extend((2 * first..2 * (first + count)).map(|b| b as u128));
+        self.expander.enc_inplace(blocks);
+        pos.clear();
+        let reduce =
+            |r: u128, j: usize, n: u64| ((((r >> (32 * j)) as u32) as u64 * n) >> 32) as u32;
+        for o in blocks.chunks_exact(2) {
+            for j in 0..REGULAR {
+                pos.push(j as u32 * step as u32 + reduce(o[0], j, step));
+            }
+            for j in 0..WEIGHT - REGULAR {
+                pos.push(reduce(o[1], j, len));
+            }
+        }
+    }
+
+    /// out[i] = e[first + i] + Σ_j y[pos_j(first + i)] for a convolved `e`.
+    pub(crate) fn expand(&self, e: &[u128], first: usize, out: &mut [u128]) {
+        debug_assert!(e.len() == self.n && first + out.len() <= self.k);
+        let (sys, y) = e.split_at(self.k);
+        out.par_chunks_mut(STEP).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(blocks, pos), (ci, o)| {
+                let start = first + ci * STEP;
+                self.positions(start, o.len(), blocks, pos);
+                for ((out, row), x) in o
+                    .iter_mut()
+                    .zip(pos.chunks_exact(WEIGHT))
+                    .zip(&sys[start..])
+                {
+                    *out = row.iter().fold(*x, |s, &j| s ^ y[j as usize]);
+                }
+            },
+        );
+    }
+
+    /// [`ExConvCode::expand`] of two convolved vectors with the same positions.
+    pub(crate) fn expand_pair(
+        &self,
+        a: &[u128],
+        c: &[u128],
+        first: usize,
+        out_a: &mut [u128],
+        out_c: &mut [u128],
+    ) {
+        debug_assert!(a.len() == self.n && c.len() == self.n && out_a.len() == out_c.len());
+        let (sa, ya) = a.split_at(self.k);
+        let (sc, yc) = c.split_at(self.k);
+        out_a
+            .par_chunks_mut(STEP)
+            .zip(out_c.par_chunks_mut(STEP))
+            .enumerate()
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(blocks, pos), (ci, (oa, oc))| {
+                    let start = first + ci * STEP;
+                    self.positions(start, oa.len(), blocks, pos);
+                    for (i, ((xa, xc), row)) in oa
+                        .iter_mut()
+                        .zip(oc.iter_mut())
+                        .zip(pos.chunks_exact(WEIGHT))
+                        .enumerate()
+                    {
+                        let (mut s, mut t) = (sa[start + i], sc[start + i]);
+                        for &j in row {
+                            s ^= ya[j as usize];
+                            t ^= yc[j as usize];
+                        }
+                        *xa = s;
+                        *xc = t;
+                    }
+                },
+            );
+    }
+
+    /// Dual encoding of `e` (its tail is overwritten): all k outputs.
+    #[cfg(test)]
+    pub(crate) fn encode(&self, e: &mut [u128]) -> Vec<u128> {
+        self.convolve(e);
+        let mut out = vec![0u128; self.k];
+        self.expand(e, 0, &mut out);
+        out
+    }
+}
+
+/// The 24 coefficient bits of rows [row0, row0 + out.len()): bytes 3r..3r+3
+/// (little-endian) of AES(⌊r/5⌋) for r = row mod 5 (the 16th byte is unused).
+fn coefficients(aes: &Aes, row0: usize, out: &mut [u32], blocks: &mut Vec<u128>) {
+    debug_assert_eq!(row0 % 5, 0);
+    let b0 = row0 / 5;
+    blocks.clear();
+    blocks.extend((b0..b0 + out.len().div_ceil(5)).map(|b| b as u128));
+    aes.enc_inplace(blocks);
+    for (rows, blk) in out.chunks_mut(5).zip(blocks.iter()) {
+        let bytes = blk.to_le_bytes();
+        for (r, w) in rows.iter_mut().enumerate() {
+            *w = u32::from_le_bytes([bytes[3 * r], bytes[3 * r + 1], bytes[3 * r + 2], 0]);
+        }
+    }
+}
+
+/// y = T⁻¹·x in place for one T (coefficients from `aes`); with `other`,
+/// the same for a second vector (sharing the coefficients).
+///
+/// Row i = 4q + t: bit j−1 of w_i (j = 1..24) is c_{i,j}, and bit 24 is the
+/// fixed tap at j = 25. Shifted left by 4 − t, the nibble d of w_i selects
+/// positions 4(q−d) + 3 − b (b its bit), so y_i = x_i + Σ_{d=0..7}
+/// table_{q−d}[nibble d]: table_g holds the XORs of all subsets of group g
+/// (entry bit b ↔ y[4g + 3 − b]). The current group's table is filled as its
+/// rows become final (row t adds the 2^t entries with bit 3 − t and only
+/// higher bits), and the nibble never selects a row that is not yet final.
+/// Groups before the start read a zero table.
+fn convolve_one(aes: &Aes, x: &mut [u128], mut other: Option<&mut [u128]>) {
+    let len = x.len();
+    let mut coeff = vec![0u32; COEFF_ROWS];
+    let mut blocks = Vec::with_capacity(COEFF_ROWS / 5);
+    let mut tabs = [[0u128; 16]; RING];
+    let mut tabs2 = [[0u128; 16]; RING];
+    let mut row0 = 0;
+    while row0 < len {
+        let rows = COEFF_ROWS.min(len - row0);
+        coefficients(aes, row0, &mut coeff[..rows], &mut blocks);
+        for (d, &w) in coeff[..rows].iter().enumerate() {
+            let i = row0 + d;
+            let q = i / GROUP;
+            let t = i % GROUP;
+            let wv = (w | 1 << WIDTH) << (GROUP - t);
+            let cur = q % RING;
+            let s = window(&tabs, q, wv) ^ x[i];
+            x[i] = s;
+            fill(&mut tabs[cur], t, s);
+            if let Some(o) = other.as_deref_mut() {
+                let s = window(&tabs2, q, wv) ^ o[i];
+                o[i] = s;
+                fill(&mut tabs2[cur], t, s);
+            }
+        }
+        row0 += rows;
+    }
+}
+
+/// Σ_{d=0..7} table_{q−d}[nibble d of wv].
+#[inline(always)]
+fn window(tabs: &[[u128; 16]; RING], q: usize, wv: u32) -> u128 {
+    let mut s = 0u128;
+    for d in 0..RING {
+        s ^= tabs[q.wrapping_sub(d) % RING][((wv >> (GROUP * d)) & 15) as usize];
+    }
+    s
+}
+
+/// Adds the now final row t of its group to the group's table: every entry
+/// with bit 3 − t and only higher bits (2^t entries).
+#[inline(always)]
+fn fill(tab: &mut [u128; 16], t: usize, y: u128) {
+    match t {
+        0 => tab[8] = y,
+        1 => {
+            tab[4] = y;
+            tab[12] = tab[8] ^ y;
+        }
+        2 => {
+            for h in [0, 4, 8, 12] {
+                tab[2 | h] = tab[h] ^ y;
+            }
+        }
+        _ => {
+            for h in [0, 2, 4, 6, 8, 10, 12, 14] {
+                tab[1 | h] = tab[h] ^ y;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rr22::prim::Prg;
+
+    /// y = T⁻¹·x by forward substitution over an explicit T (the definition).
+    fn solve_naive(aes: &Aes, x: &[u128]) -> Vec<u128> {
+        let len = x.len();
+        let mut coeff = vec![0u32; len.next_multiple_of(5)];
+        let mut blocks = Vec::new();
+        for r0 in (0..coeff.len()).step_by(COEFF_ROWS) {
+            let end = (r0 + COEFF_ROWS).min(coeff.len());
+            coefficients(aes, r0, &mut coeff[r0..end], &mut blocks);
+        }
+        // T[i][i-j] = c_{i,j} (j = 1..24), T[i][i-25] = 1, T[i][i] = 1
+        let t = |i: usize, col: usize| -> bool {
+            if col == i || (col + WIDTH + 1 == i) {
+                return true;
+            }
+            col < i && i - col <= WIDTH && (coeff[i] >> (i - col - 1)) & 1 == 1
+        };
+        let mut y = vec![0u128; len];
+        for i in 0..len {
+            // row i of T·y = x: y_i = x_i + Σ_{col<i} T[i][col]·y_col
+            let s = (0..i)
+                .filter(|&col| t(i, col))
+                .fold(x[i], |s, col| s ^ y[col]);
+            y[i] = s;
+        }
+        y
+    }
+
+    #[test]
+    fn convolution_is_t_inverse_by_its_definition() {
+        let aes = Aes::from_label("test convolution");
+        for len in [1usize, 5, 24, 25, 26, 31, 32, 33, 100, 641, 2000] {
+            let x = Prg::new(len as u128).blocks(len);
+            let mut fast = x.clone();
+            convolve_one(&aes, &mut fast, None);
+            assert_eq!(fast, solve_naive(&aes, &x), "len {len}");
+            // and the pair version gives the same for both vectors
+            let x2 = Prg::new(len as u128 + 7).blocks(len);
+            let (mut a, mut c) = (x.clone(), x2.clone());
+            convolve_one(&aes, &mut a, Some(&mut c));
+            assert_eq!(a, fast);
+            assert_eq!(c, solve_naive(&aes, &x2));
+        }
+    }
+
+    #[test]
+    fn coefficients_are_24_random_bits_per_row() {
+        let aes = Aes::from_label("test coefficients");
+        let mut c = vec![0u32; 5000];
+        let mut blocks = Vec::new();
+        coefficients(&aes, 0, &mut c, &mut blocks);
+        assert!(c.iter().all(|w| *w < 1 << 24));
+        let ones: u32 = c.iter().map(|w| w.count_ones()).sum();
+        // 120,000 fair bits: within ~6 standard deviations of half
+        assert!((ones as i64 - 60_000).abs() < 1100, "{ones}");
+        // batches at any multiple of 5 agree with one long run
+        let mut tail = vec![0u32; 1000];
+        coefficients(&aes, 4000, &mut tail, &mut blocks);
+        assert_eq!(&c[4000..], &tail[..]);
+    }
+
+    #[test]
+    fn encoding_is_systematic_linear_and_uses_the_tail() {
+        let (k, n) = (3000, 6400);
+        let code = ExConvCode::new(k, n, 0);
+        let mut prg = Prg::new(3);
+        // linear: enc(x + y) = enc(x) + enc(y)
+        let x = prg.blocks(n);
+        let y = prg.blocks(n);
+        let mut xy: Vec<u128> = x.iter().zip(&y).map(|(a, b)| a ^ b).collect();
+        let (mut x, mut y) = (x, y);
+        let ex = code.encode(&mut x);
+        let ey = code.encode(&mut y);
+        let exy = code.encode(&mut xy);
+        assert!((0..k).all(|i| exy[i] == ex[i] ^ ey[i]));
+        // systematic: a vector that is zero past k encodes to its head
+        let mut head = prg.blocks(k);
+        head.resize(n, 0);
+        let eh = code.encode(&mut head.clone());
+        assert_eq!(&eh[..], &head[..k]);
+        // a single tail entry reaches many outputs (convolution + expander)
+        let mut one = vec![0u128; n];
+        one[k + 10] = 1;
+        let eo = code.encode(&mut one);
+        let touched = eo.iter().filter(|v| **v != 0).count();
+        assert!(touched > 100, "{touched}");
+    }
+
+    #[test]
+    fn expanding_a_range_matches_the_full_expansion() {
+        let (k, n) = (5000, 10_240);
+        let code = ExConvCode::new(k, n, 4);
+        let mut prg = Prg::new(5);
+        let mut a = prg.blocks(n);
+        let mut c = prg.blocks(n);
+        code.convolve_pair(&mut a, &mut c);
+        let mut full = vec![0u128; k];
+        code.expand(&a, 0, &mut full);
+        let mut tail = vec![0u128; k - 1234];
+        code.expand(&a, 1234, &mut tail);
+        assert_eq!(&full[1234..], &tail[..]);
+        let (mut pa, mut pc) = (vec![0u128; k], vec![0u128; k]);
+        code.expand_pair(&a, &c, 0, &mut pa, &mut pc);
+        assert_eq!(pa, full);
+        let mut fc = vec![0u128; k];
+        code.expand(&c, 0, &mut fc);
+        assert_eq!(pc, fc);
+    }
+
+    #[test]
+    fn expander_rows_have_one_position_per_quarter() {
+        let code = ExConvCode::new(1000, 2560, 1);
+        let len = 2560 - 1000;
+        let step = len / REGULAR;
+        let (mut blocks, mut pos) = (Vec::new(), Vec::new());
+        code.positions(17, 300, &mut blocks, &mut pos);
+        assert_eq!(pos.len(), 300 * WEIGHT);
+        for row in pos.chunks_exact(WEIGHT) {
+            for (j, p) in row.iter().enumerate() {
+                let p = *p as usize;
+                assert!(p < len);
+                if j < REGULAR {
+                    assert!((j * step..(j + 1) * step).contains(&p), "{j}: {p}");
+                }
+            }
+        }
+        // positions of a range equal those of the same outputs in a longer run
+        let mut longer = Vec::new();
+        code.positions(10, 307, &mut blocks, &mut longer);
+        assert_eq!(&longer[7 * WEIGHT..], &pos[..]);
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::rr22::prim::Prg;
+
+    #[test]
+    #[ignore]
+    fn exconv_speed() {
+        let n = 1 << 20;
+        let aes = Aes::from_label("speed");
+        let mut x = Prg::new(1).blocks(n);
+        let mut y = Prg::new(2).blocks(n);
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            convolve_one(&aes, &mut x, None);
+            let one = t.elapsed().as_secs_f64() * 1e9 / n as f64;
+            let t = std::time::Instant::now();
+            convolve_one(&aes, &mut x, Some(&mut y));
+            let two = t.elapsed().as_secs_f64() * 1e9 / n as f64;
+            let code = ExConvCode::new(n / 2, n, 0);
+            let mut out = vec![0u128; n / 2];
+            let t = std::time::Instant::now();
+            code.expand(&x, 0, &mut out);
+            let ex = t.elapsed().as_secs_f64() * 1e9 / (n / 2) as f64;
+            println!("convolve: {one:.1} ns/row, pair {two:.1} ns/row; expand {ex:.1} ns/output");
+        }
+    }
+}
