@@ -112,7 +112,7 @@ mod exconv;
 mod gf128;
 mod okvs;
 mod ot;
-mod prim;
+pub(crate) mod prim;
 mod vole;
 
 use rayon::prelude::*;

@@ -24,7 +24,7 @@
 //! BLAKE3's key derivation, once per process.
 
 use aes::Aes128;
-use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use std::sync::LazyLock;
 
 /// AES-128 on `u128` blocks.
@@ -79,6 +79,21 @@ impl Aes {
                 }
             }
         })
+    }
+
+    /// Decrypts `xs` in place (the inverse of [`Aes::enc_inplace`]).
+    pub(crate) fn dec_inplace(&self, xs: &mut [u128]) {
+        let mut buf = [Array::from([0u8; 16]); CHUNK];
+        for chunk in xs.chunks_mut(CHUNK) {
+            let n = chunk.len();
+            for (b, x) in buf.iter_mut().zip(chunk.iter()) {
+                *b = Array::from(x.to_le_bytes());
+            }
+            self.0.decrypt_blocks(&mut buf[..n]);
+            for (b, x) in buf.iter().zip(chunk.iter_mut()) {
+                *x = u128::from_le_bytes((*b).into());
+            }
+        }
     }
 
     /// out[i] = AES_k(xs[i]).
@@ -225,6 +240,18 @@ pub(crate) fn reduce64(r: u64, n: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decryption_inverts_encryption() {
+        let aes = Aes::new(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
+        let xs: Vec<u128> = (0..1000u128).map(|i| i * 0x9e37_79b9_7f4a_7c15).collect();
+        let mut ys = xs.clone();
+        aes.enc_inplace(&mut ys);
+        assert_ne!(ys, xs);
+        assert_eq!(ys[7], aes.enc(xs[7]));
+        aes.dec_inplace(&mut ys);
+        assert_eq!(ys, xs);
+    }
 
     #[test]
     fn bulk_aes_matches_single_blocks() {
