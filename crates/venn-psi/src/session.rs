@@ -340,6 +340,34 @@ fn normalize_into(out: &mut Vec<u8>, field: &[u8], cfg: &PsiConfig) {
 
 /// Matched keys formatted per parallel window of the output.
 const WRITE_WINDOW: usize = 1 << 18;
+/// Matched keys between a row's prefetch and its use (see the writer).
+const PREFETCH_ROWS: usize = 8;
+
+/// A matched key of a bucket: its group, the peer's row count, our row
+/// count and our first row (in file order).
+#[derive(Clone, Copy)]
+struct Matched {
+    gi: u32,
+    peer: u32,
+    n: u32,
+    first: u32,
+}
+
+impl Matched {
+    /// Our rows of this key, in file order.
+    fn rows<'a>(
+        &'a self,
+        g: &'a Grouped,
+        rows: &'a Rows,
+    ) -> impl ExactSizeIterator<Item = &'a [u8]> + Clone + 'a {
+        let own = if self.n == 1 {
+            std::slice::from_ref(&self.first)
+        } else {
+            g.rows(self.gi as usize)
+        };
+        own.iter().map(|&r| rows.raw(r as usize))
+    }
+}
 
 /// Bytes of input parsed per block (see [`Blocks`]).
 const READ_BLOCK: usize = 32 << 20;
@@ -1054,10 +1082,19 @@ fn run_inner(
             peer_len,
             peer_dups,
         )?;
-        let Some(result) = result else { continue };
+        let Some(mut result) = result else { continue };
 
         let tw = Instant::now();
-        // (group, peer count), sorted by key
+        // In group order, what each matched key needs is read sequentially:
+        // its item, its row count and its first row. The output then reads
+        // no grouping array at random, only the rows themselves.
+        result.par_sort_unstable_by_key(|&(gi, _)| gi);
+        let matched_of = |&(gi, c): &(u32, u32)| Matched {
+            gi,
+            peer: c,
+            n: counts[gi as usize],
+            first: g.order[g.starts[gi as usize] as usize],
+        };
         let key_of = |gi: u32| rws.key(g.rows(gi as usize)[0] as usize);
         let class = result
             .first()
@@ -1068,21 +1105,22 @@ fn run_inner(
                     .par_iter()
                     .all(|&(p, _)| order_class(shuffled[p as usize]) == c)
         });
-        let matched: Vec<(u32, u32)> = if by_item {
+        let matched: Vec<Matched> = if by_item {
             // the items sort like the keys (item::order_class): no walk to
             // the key bytes. The other receiver gets the same order either
             // way, since both sort the same keys.
-            let mut keyed: Vec<(Item, u32, u32)> = result
+            let mut keyed: Vec<(Item, Matched)> = result
                 .par_iter()
-                .map(|&(p, c)| (shuffled[p as usize], p, c))
+                .map(|m| (shuffled[m.0 as usize], matched_of(m)))
                 .collect();
             keyed.par_sort_unstable_by_key(|k| k.0);
-            keyed.into_par_iter().map(|(_, gi, c)| (gi, c)).collect()
+            keyed.into_par_iter().map(|(_, m)| m).collect()
         } else {
-            let mut m = result;
-            sort_by_key_bytes(&mut m, |m| m.0, &key_of);
+            let mut m: Vec<Matched> = result.par_iter().map(matched_of).collect();
+            sort_by_key_bytes(&mut m, |m| m.first, &|r| rws.key(r as usize));
             m
         };
+        drop(result);
         tracing::debug!(
             bucket = b,
             matched = matched.len(),
@@ -1090,13 +1128,12 @@ fn run_inner(
             "counts exchanged, matches sorted"
         );
         let mut is_matched = vec![false; g.len()];
-        for &(gi, c) in &matched {
-            is_matched[gi as usize] = true;
-            let a = g.count(gi as usize) as u64;
+        for m in &matched {
+            is_matched[m.gi as usize] = true;
             tot.keys += 1;
-            tot.rows_self += a;
-            tot.rows_peer += c as u64;
-            tot.join_rows += a * c as u64;
+            tot.rows_self += m.n as u64;
+            tot.rows_peer += m.peer as u64;
+            tot.join_rows += m.n as u64 * m.peer as u64;
         }
         let need_unmatched = cfg.join == JoinType::Difference || cfg.outer(party);
         let mut unmatched: Vec<u32> = Vec::new();
@@ -1111,6 +1148,7 @@ fn run_inner(
             .map(|gi| g.count(gi) as u64)
             .sum::<u64>();
         let row_iter = |gi: u32| g.rows(gi as usize).iter().map(|&r| rws.raw(r as usize));
+
         match &mut sink {
             Sink::Direct => {
                 let w = out.as_mut().expect("receivers have an output");
@@ -1125,8 +1163,17 @@ fn run_inner(
                             .map(|keys| {
                                 let mut buf = Vec::with_capacity(keys.len() * 32);
                                 let mut n = 0;
-                                for &(gi, c) in keys {
-                                    n += format_matched(&mut buf, party, row_iter(gi), c);
+                                for (k, m) in keys.iter().enumerate() {
+                                    // two cache misses per row (its record
+                                    // entry, then its bytes): fetch both
+                                    // ahead, in two stages
+                                    if let Some(a) = keys.get(k + 2 * PREFETCH_ROWS) {
+                                        rws.prefetch_rec(a.first as usize);
+                                    }
+                                    if let Some(a) = keys.get(k + PREFETCH_ROWS) {
+                                        rws.prefetch_raw(a.first as usize);
+                                    }
+                                    n += format_matched(&mut buf, party, m.rows(&g, rws), m.peer);
                                 }
                                 (buf, n)
                             })
@@ -1154,8 +1201,8 @@ fn run_inner(
                 ..
             } => {
                 let mut w = RunWriter::create(dir.join(format!("m{b:03}")))?;
-                for &(gi, c) in &matched {
-                    w.push(key_of(gi), c, row_iter(gi))?;
+                for m in &matched {
+                    w.push(rws.key(m.first as usize), m.peer, m.rows(&g, rws))?;
                 }
                 mr.push(w.finish()?);
                 let mut w = RunWriter::create(dir.join(format!("u{b:03}")))?;
