@@ -656,7 +656,6 @@ impl Grouped {
             pairs[counts[p]] = (it, i);
             counts[p] += 1;
         }
-        drop((items, idx));
         let mut slices: Vec<&mut [(Item, u32)]> = Vec::with_capacity(parts);
         let mut rest = pairs.as_mut_slice();
         for p in 0..parts {
@@ -665,9 +664,11 @@ impl Grouped {
             rest = tail;
         }
         slices.into_par_iter().for_each(|s| s.sort_unstable());
-        // sized for all rows unique (the usual case): never grown by doubling
+        // `unique` and `order` take over the memory of `items` and `idx`
+        // (sized for all rows unique, the usual case): no fresh pages
         let mut starts = Vec::with_capacity(n + 1);
-        let mut unique = Vec::with_capacity(n);
+        let mut unique = items;
+        unique.clear();
         for (p, &(it, _)) in pairs.iter().enumerate() {
             if unique.last() != Some(&it) {
                 unique.push(it);
@@ -675,7 +676,10 @@ impl Grouped {
             }
         }
         starts.push(n as u32);
-        let order = pairs.into_iter().map(|(_, r)| r).collect();
+        let mut order = idx;
+        order.clear();
+        order.extend(pairs.iter().map(|&(_, r)| r));
+        drop(pairs);
         unique
             .par_chunks_mut(1 << 12)
             .for_each(|c| aes.dec_inplace(c));
