@@ -91,7 +91,7 @@ impl ExConvCode {
     pub(crate) fn convolve(&self, e: &mut [u128]) {
         debug_assert_eq!(e.len(), self.n);
         for aes in &self.conv {
-            convolve_one(aes, &mut e[self.k..], None);
+            convolve_lanes(aes, [&mut e[self.k..]]);
         }
     }
 
@@ -100,7 +100,7 @@ impl ExConvCode {
     pub(crate) fn convolve_pair(&self, a: &mut [u128], c: &mut [u128]) {
         debug_assert!(a.len() == self.n && c.len() == self.n);
         for aes in &self.conv {
-            convolve_one(aes, &mut a[self.k..], Some(&mut c[self.k..]));
+            convolve_lanes(aes, [&mut a[self.k..], &mut c[self.k..]]);
         }
     }
 
@@ -215,8 +215,9 @@ fn coefficients(aes: &Aes, row0: usize, out: &mut [u32], blocks: &mut Vec<u128>)
     }
 }
 
-/// y = T⁻¹·x in place for one T (coefficients from `aes`); with `other`,
-/// the same for a second vector (sharing the coefficients).
+/// y = T⁻¹·x in place for one T (coefficients from `aes`), for L vectors
+/// at once (the receiver's A and C share the coefficients, the table
+/// indices and the loop; their table entries sit side by side).
 ///
 /// Row i = 4q + t: bit j−1 of w_i (j = 1..24) is c_{i,j}, and bit 24 is the
 /// fixed tap at j = 25. Shifted left by 4 − t, the nibble d of w_i selects
@@ -226,12 +227,12 @@ fn coefficients(aes: &Aes, row0: usize, out: &mut [u32], blocks: &mut Vec<u128>)
 /// rows become final (row t adds the 2^t entries with bit 3 − t and only
 /// higher bits), and the nibble never selects a row that is not yet final.
 /// Groups before the start read a zero table.
-fn convolve_one(aes: &Aes, x: &mut [u128], mut other: Option<&mut [u128]>) {
-    let len = x.len();
+fn convolve_lanes<const L: usize>(aes: &Aes, mut xs: [&mut [u128]; L]) {
+    let len = xs[0].len();
+    debug_assert!(xs.iter().all(|x| x.len() == len));
     let mut coeff = vec![0u32; COEFF_ROWS];
     let mut blocks = Vec::with_capacity(COEFF_ROWS / 5);
-    let mut tabs = [[0u128; 16]; RING];
-    let mut tabs2 = [[0u128; 16]; RING];
+    let mut tabs = [[[0u128; L]; 16]; RING];
     let mut row0 = 0;
     while row0 < len {
         let rows = COEFF_ROWS.min(len - row0);
@@ -241,26 +242,26 @@ fn convolve_one(aes: &Aes, x: &mut [u128], mut other: Option<&mut [u128]>) {
             let q = i / GROUP;
             let t = i % GROUP;
             let wv = (w | 1 << WIDTH) << (GROUP - t);
-            let cur = q % RING;
-            let s = window(&tabs, q, wv) ^ x[i];
-            x[i] = s;
-            fill(&mut tabs[cur], t, s);
-            if let Some(o) = other.as_deref_mut() {
-                let s = window(&tabs2, q, wv) ^ o[i];
-                o[i] = s;
-                fill(&mut tabs2[cur], t, s);
+            let mut s = window(&tabs, q, wv);
+            for (s, x) in s.iter_mut().zip(xs.iter_mut()) {
+                *s ^= x[i];
+                x[i] = *s;
             }
+            fill(&mut tabs[q % RING], t, s);
         }
         row0 += rows;
     }
 }
 
-/// Σ_{d=0..7} table_{q−d}[nibble d of wv].
+/// Σ_{d=0..7} table_{q−d}[nibble d of wv], per lane.
 #[inline(always)]
-fn window(tabs: &[[u128; 16]; RING], q: usize, wv: u32) -> u128 {
-    let mut s = 0u128;
+fn window<const L: usize>(tabs: &[[[u128; L]; 16]; RING], q: usize, wv: u32) -> [u128; L] {
+    let mut s = [0u128; L];
     for d in 0..RING {
-        s ^= tabs[q.wrapping_sub(d) % RING][((wv >> (GROUP * d)) & 15) as usize];
+        let e = &tabs[q.wrapping_sub(d) % RING][((wv >> (GROUP * d)) & 15) as usize];
+        for (s, e) in s.iter_mut().zip(e) {
+            *s ^= e;
+        }
     }
     s
 }
@@ -268,21 +269,28 @@ fn window(tabs: &[[u128; 16]; RING], q: usize, wv: u32) -> u128 {
 /// Adds the now final row t of its group to the group's table: every entry
 /// with bit 3 − t and only higher bits (2^t entries).
 #[inline(always)]
-fn fill(tab: &mut [u128; 16], t: usize, y: u128) {
+fn fill<const L: usize>(tab: &mut [[u128; L]; 16], t: usize, y: [u128; L]) {
+    let mut put = |to: usize, from: usize| {
+        let mut e = tab[from];
+        for (e, y) in e.iter_mut().zip(y) {
+            *e ^= y;
+        }
+        tab[to] = e;
+    };
     match t {
-        0 => tab[8] = y,
+        0 => put(8, 0),
         1 => {
-            tab[4] = y;
-            tab[12] = tab[8] ^ y;
+            put(4, 0);
+            put(12, 8);
         }
         2 => {
             for h in [0, 4, 8, 12] {
-                tab[2 | h] = tab[h] ^ y;
+                put(2 | h, h);
             }
         }
         _ => {
             for h in [0, 2, 4, 6, 8, 10, 12, 14] {
-                tab[1 | h] = tab[h] ^ y;
+                put(1 | h, h);
             }
         }
     }
@@ -326,12 +334,12 @@ mod tests {
         for len in [1usize, 5, 24, 25, 26, 31, 32, 33, 100, 641, 2000] {
             let x = Prg::new(len as u128).blocks(len);
             let mut fast = x.clone();
-            convolve_one(&aes, &mut fast, None);
+            convolve_lanes(&aes, [&mut fast]);
             assert_eq!(fast, solve_naive(&aes, &x), "len {len}");
             // and the pair version gives the same for both vectors
             let x2 = Prg::new(len as u128 + 7).blocks(len);
             let (mut a, mut c) = (x.clone(), x2.clone());
-            convolve_one(&aes, &mut a, Some(&mut c));
+            convolve_lanes(&aes, [&mut a, &mut c]);
             assert_eq!(a, fast);
             assert_eq!(c, solve_naive(&aes, &x2));
         }
@@ -439,10 +447,10 @@ mod speed {
         let mut y = Prg::new(2).blocks(n);
         for _ in 0..3 {
             let t = std::time::Instant::now();
-            convolve_one(&aes, &mut x, None);
+            convolve_lanes(&aes, [&mut x]);
             let one = t.elapsed().as_secs_f64() * 1e9 / n as f64;
             let t = std::time::Instant::now();
-            convolve_one(&aes, &mut x, Some(&mut y));
+            convolve_lanes(&aes, [&mut x, &mut y]);
             let two = t.elapsed().as_secs_f64() * 1e9 / n as f64;
             let code = ExConvCode::new(n / 2, n, 0);
             let mut out = vec![0u128; n / 2];

@@ -701,7 +701,11 @@ fn run_sender(
 /// equal tags is reported, also when two of our own tags collide.
 fn join_tags(mine: &[u128], mine_idx: &[u32], theirs: &[u128], tb: usize) -> Vec<Match> {
     let n = mine.len().max(theirs.len());
-    let bits = (n >> 12).max(1).next_power_of_two().trailing_zeros().min(12);
+    let bits = (n >> 12)
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros()
+        .min(12);
     let part = |t: u128| -> usize {
         if bits == 0 {
             0
