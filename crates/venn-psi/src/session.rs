@@ -628,11 +628,13 @@ impl Grouped {
     fn new(items: Vec<Item>, idx: Vec<u32>, key: u128) -> Self {
         debug_assert_eq!(items.len(), idx.len());
         let n = idx.len();
+        let t0 = Instant::now();
         let aes = Aes::new(key);
         let mut items = items;
         items
             .par_chunks_mut(1 << 12)
             .for_each(|c| aes.enc_inplace(c));
+        tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: keyed");
         let bits = ((n as f64 / 8192.0).log2().ceil().max(0.0) as u32).min(16);
         let parts = 1usize << bits;
         let part_of = |it: Item| {
@@ -656,6 +658,7 @@ impl Grouped {
             pairs[counts[p]] = (it, i);
             counts[p] += 1;
         }
+        tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: scattered");
         let mut slices: Vec<&mut [(Item, u32)]> = Vec::with_capacity(parts);
         let mut rest = pairs.as_mut_slice();
         for p in 0..parts {
@@ -663,7 +666,10 @@ impl Grouped {
             slices.push(head);
             rest = tail;
         }
-        slices.into_par_iter().for_each(|s| s.sort_unstable());
+        slices
+            .into_par_iter()
+            .for_each_init(Vec::new, |tmp, s| sort_keyed(s, bits, tmp));
+        tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: sorted");
         // `unique` and `order` take over the memory of `items` and `idx`
         // (sized for all rows unique, the usual case): no fresh pages
         let mut starts = Vec::with_capacity(n + 1);
@@ -683,6 +689,7 @@ impl Grouped {
         unique
             .par_chunks_mut(1 << 12)
             .for_each(|c| aes.dec_inplace(c));
+        tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: done");
         Grouped {
             order,
             starts,
@@ -706,6 +713,45 @@ impl Grouped {
     fn has_dups(&self) -> bool {
         self.order.len() > self.len()
     }
+}
+
+/// Sorts one radix partition of (keyed item, row) pairs whose top `used`
+/// bits are equal. The keyed items are uniformly random, so a counting sort
+/// on the next ~log2(len) bits leaves runs of one or two entries, which a
+/// comparison sort then finishes: about a third of `sort_unstable`'s time on
+/// partitions of 8k entries. `tmp` is scratch, kept between calls.
+fn sort_keyed(s: &mut [(Item, u32)], used: u32, tmp: &mut Vec<(Item, u32)>) {
+    let n = s.len();
+    if n < 64 {
+        s.sort_unstable();
+        return;
+    }
+    let b = n.next_power_of_two().trailing_zeros().min(16);
+    let shift = 128 - used - b;
+    let mask = (1usize << b) - 1;
+    let sub = |it: Item| ((it >> shift) as usize) & mask;
+    let mut starts = vec![0u32; (1 << b) + 1];
+    for e in s.iter() {
+        starts[sub(e.0) + 1] += 1;
+    }
+    for k in 0..1 << b {
+        starts[k + 1] += starts[k];
+    }
+    let mut fill = starts.clone();
+    tmp.clear();
+    tmp.resize(n, (0, 0));
+    for e in s.iter() {
+        let k = sub(e.0);
+        tmp[fill[k] as usize] = *e;
+        fill[k] += 1;
+    }
+    for w in starts.windows(2) {
+        let run = &mut tmp[w[0] as usize..w[1] as usize];
+        if run.len() > 1 {
+            run.sort_unstable();
+        }
+    }
+    s.copy_from_slice(tmp);
 }
 
 /// Sorts `v` by the key bytes of each element's group, bytewise.
@@ -1440,6 +1486,35 @@ mod tests {
                 sorted.sort_unstable();
                 assert_ne!(sorted[..50], g.unique[..50]);
             }
+        }
+    }
+
+    #[test]
+    fn keyed_partition_sort_equals_a_plain_sort() {
+        for (n, used) in [
+            (0usize, 0u32),
+            (10, 3),
+            (63, 0),
+            (64, 0),
+            (1000, 5),
+            (9000, 9),
+        ] {
+            let mut prg = crate::rr22::prim::Prg::new(n as u128);
+            // random keyed items with the top `used` bits equal, some repeated
+            let mut v: Vec<(Item, u32)> = (0..n as u32)
+                .map(|i| {
+                    let it = prg.block() >> used;
+                    (it, i)
+                })
+                .collect();
+            for i in (0..n).step_by(7).skip(1) {
+                v[i].0 = v[i / 2].0;
+            }
+            let mut want = v.clone();
+            want.sort_unstable();
+            let mut tmp = Vec::new();
+            sort_keyed(&mut v, used, &mut tmp);
+            assert_eq!(v, want, "n={n}");
         }
     }
 
