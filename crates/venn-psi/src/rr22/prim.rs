@@ -62,38 +62,12 @@ impl Aes {
     /// array per call was zeroed on every call, which the GGM trees (many
     /// calls on a few blocks each) paid for in memset time.
     pub(crate) fn enc_inplace(&self, xs: &mut [u128]) {
-        thread_local! {
-            static BUF: std::cell::RefCell<[Block; CHUNK]> =
-                std::cell::RefCell::new([Array::from([0u8; 16]); CHUNK]);
-        }
-        BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            for chunk in xs.chunks_mut(CHUNK) {
-                let n = chunk.len();
-                for (b, x) in buf.iter_mut().zip(chunk.iter()) {
-                    *b = Array::from(x.to_le_bytes());
-                }
-                self.0.encrypt_blocks(&mut buf[..n]);
-                for (b, x) in buf.iter().zip(chunk.iter_mut()) {
-                    *x = u128::from_le_bytes((*b).into());
-                }
-            }
-        })
+        staged(xs, |b| self.0.encrypt_blocks(b));
     }
 
     /// Decrypts `xs` in place (the inverse of [`Aes::enc_inplace`]).
     pub(crate) fn dec_inplace(&self, xs: &mut [u128]) {
-        let mut buf = [Array::from([0u8; 16]); CHUNK];
-        for chunk in xs.chunks_mut(CHUNK) {
-            let n = chunk.len();
-            for (b, x) in buf.iter_mut().zip(chunk.iter()) {
-                *b = Array::from(x.to_le_bytes());
-            }
-            self.0.decrypt_blocks(&mut buf[..n]);
-            for (b, x) in buf.iter().zip(chunk.iter_mut()) {
-                *x = u128::from_le_bytes((*b).into());
-            }
-        }
+        staged(xs, |b| self.0.decrypt_blocks(b));
     }
 
     /// out[i] = AES_k(xs[i]).
@@ -109,6 +83,28 @@ impl Aes {
             *o ^= *x;
         }
     }
+}
+
+/// Applies `f` to `xs` as AES blocks, through a per-thread staging buffer
+/// of [`CHUNK`] blocks (the cipher works on byte arrays, not `u128`s).
+fn staged(xs: &mut [u128], f: impl Fn(&mut [Block])) {
+    thread_local! {
+        static BUF: std::cell::RefCell<[Block; CHUNK]> =
+            std::cell::RefCell::new([Array::from([0u8; 16]); CHUNK]);
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        for chunk in xs.chunks_mut(CHUNK) {
+            let n = chunk.len();
+            for (b, x) in buf.iter_mut().zip(chunk.iter()) {
+                *b = Array::from(x.to_le_bytes());
+            }
+            f(&mut buf[..n]);
+            for (b, x) in buf.iter().zip(chunk.iter_mut()) {
+                *x = u128::from_le_bytes((*b).into());
+            }
+        }
+    })
 }
 
 /// Fresh 128 bits from the operating system's CSPRNG (through `rand`).
