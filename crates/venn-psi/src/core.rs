@@ -11,8 +11,9 @@
 //!
 //! Why positions in a shuffled order: the learner needs the peer's position of a
 //! match to ask for its multiplicity and to tell the peer which of its items
-//! matched (for `--receiver both`). Shuffling first means a position says
-//! nothing about the peer's other items.
+//! matched (for `--receiver both`). A pseudorandom order (the session sorts
+//! by AES under a secret per-run key) means a position says nothing about the
+//! peer's other items.
 
 use crate::channel::Channel;
 use crate::error::PsiError;
