@@ -25,8 +25,8 @@
 //! number of noise positions follows (see [`super::vole`]). Against the
 //! Expand-Accumulate code it replaces (N = 5k, weight 11, δ = 0.1) the GGM
 //! trees are 2.5× smaller and the expander reads a vector a fifth as long,
-//! which stays in the L2 cache instead of missing to memory 11 times per
-//! output (measured: the VOLE of a 2^20-row PSI went from ~410 ms to
+//! 7 instead of 11 times per output (measured: the VOLE of a 2^20-row PSI
+//! went from ~410 ms to
 //! ~240 ms, both parties on this machine's two hyperthreads; `VENN_BENCH=vole
 //! cargo bench -p venn-psi`).
 //!
