@@ -82,6 +82,14 @@ fn main() {
 
     // silent VOLE, both parties in this process (m as for 2^20 PSI rows)
     vole();
+    // the code's convolution: n rows (the tail half of 2n entries)
+    let (mut a, mut c) = rr::data(2 * n, 128);
+    best("rr22 exconv convolution (one vector)", n, || {
+        rr::convolve(&mut a, None)
+    });
+    best("rr22 exconv convolution (A and C)", n, || {
+        rr::convolve(&mut a, Some(&mut c))
+    });
 
     let rows = 1 << 20;
     let mut csv = String::from("id,payload\n");

@@ -625,12 +625,11 @@ impl Grouped {
     /// then each partition — small enough for the cache — is sorted on its
     /// own, in parallel. No step reads memory at random. The unique items are
     /// the group heads' keyed values, decrypted.
-    fn new(items: Vec<Item>, idx: Vec<u32>, key: u128) -> Self {
+    fn new(mut items: Vec<Item>, idx: Vec<u32>, key: u128) -> Self {
         debug_assert_eq!(items.len(), idx.len());
         let n = idx.len();
         let t0 = Instant::now();
         let aes = Aes::new(key);
-        let mut items = items;
         items
             .par_chunks_mut(1 << 12)
             .for_each(|c| aes.enc_inplace(c));
@@ -1198,7 +1197,6 @@ fn run_inner(
             .map(|gi| g.count(gi) as u64)
             .sum::<u64>();
         let row_iter = |gi: u32| g.rows(gi as usize).iter().map(|&r| rws.raw(r as usize));
-
         match &mut sink {
             Sink::Direct => {
                 let w = out.as_mut().expect("receivers have an output");

@@ -43,7 +43,7 @@ use rayon::prelude::*;
 use super::prim::Aes;
 
 /// Expander row weight.
-pub(crate) const WEIGHT: usize = 7;
+const WEIGHT: usize = 7;
 /// Expander positions drawn one per quarter of y.
 const REGULAR: usize = 4;
 /// Random sub-diagonals of T.
@@ -130,24 +130,37 @@ impl ExConvCode {
         }
     }
 
-    /// out[i] = e[first + i] + Σ_j y[pos_j(first + i)] for a convolved `e`.
-    pub(crate) fn expand(&self, e: &[u128], first: usize, out: &mut [u128]) {
-        debug_assert!(e.len() == self.n && first + out.len() <= self.k);
-        let (sys, y) = e.split_at(self.k);
-        out.par_chunks_mut(STEP).enumerate().for_each_init(
+    /// Runs `row(task, i, output, positions)` for outputs [first, first +
+    /// len), cut into parallel tasks of `STEP` outputs; `tasks` yields each
+    /// task's output chunks (one slice, or a pair of slices).
+    fn for_each_row<T: Send>(
+        &self,
+        first: usize,
+        len: usize,
+        tasks: impl IndexedParallelIterator<Item = T>,
+        row: impl Fn(&mut T, usize, usize, &[u32]) + Sync,
+    ) {
+        debug_assert!(first + len <= self.k);
+        tasks.enumerate().for_each_init(
             || (Vec::new(), Vec::new()),
-            |(blocks, pos), (ci, o)| {
+            |(blocks, pos), (ci, mut task)| {
                 let start = first + ci * STEP;
-                self.positions(start, o.len(), blocks, pos);
-                for ((out, row), x) in o
-                    .iter_mut()
-                    .zip(pos.chunks_exact(WEIGHT))
-                    .zip(&sys[start..])
-                {
-                    *out = row.iter().fold(*x, |s, &j| s ^ y[j as usize]);
+                self.positions(start, STEP.min(len - ci * STEP), blocks, pos);
+                for (i, p) in pos.chunks_exact(WEIGHT).enumerate() {
+                    row(&mut task, i, start + i, p);
                 }
             },
         );
+    }
+
+    /// out[i] = e[first + i] + Σ_j y[pos_j(first + i)] for a convolved `e`.
+    pub(crate) fn expand(&self, e: &[u128], first: usize, out: &mut [u128]) {
+        debug_assert_eq!(e.len(), self.n);
+        let (sys, y) = e.split_at(self.k);
+        let len = out.len();
+        self.for_each_row(first, len, out.par_chunks_mut(STEP), |o, i, at, p| {
+            o[i] = p.iter().fold(sys[at], |s, &j| s ^ y[j as usize]);
+        });
     }
 
     /// [`ExConvCode::expand`] of two convolved vectors with the same positions.
@@ -162,31 +175,17 @@ impl ExConvCode {
         debug_assert!(a.len() == self.n && c.len() == self.n && out_a.len() == out_c.len());
         let (sa, ya) = a.split_at(self.k);
         let (sc, yc) = c.split_at(self.k);
-        out_a
-            .par_chunks_mut(STEP)
-            .zip(out_c.par_chunks_mut(STEP))
-            .enumerate()
-            .for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(blocks, pos), (ci, (oa, oc))| {
-                    let start = first + ci * STEP;
-                    self.positions(start, oa.len(), blocks, pos);
-                    for (i, ((xa, xc), row)) in oa
-                        .iter_mut()
-                        .zip(oc.iter_mut())
-                        .zip(pos.chunks_exact(WEIGHT))
-                        .enumerate()
-                    {
-                        let (mut s, mut t) = (sa[start + i], sc[start + i]);
-                        for &j in row {
-                            s ^= ya[j as usize];
-                            t ^= yc[j as usize];
-                        }
-                        *xa = s;
-                        *xc = t;
-                    }
-                },
-            );
+        let len = out_a.len();
+        let tasks = out_a.par_chunks_mut(STEP).zip(out_c.par_chunks_mut(STEP));
+        self.for_each_row(first, len, tasks, |(oa, oc), i, at, p| {
+            let (mut s, mut t) = (sa[at], sc[at]);
+            for &j in p {
+                s ^= ya[j as usize];
+                t ^= yc[j as usize];
+            }
+            oa[i] = s;
+            oc[i] = t;
+        });
     }
 
     /// Dual encoding of `e` (its tail is overwritten): all k outputs.
@@ -212,6 +211,16 @@ fn coefficients(aes: &Aes, row0: usize, out: &mut [u32], blocks: &mut Vec<u128>)
         for (r, w) in rows.iter_mut().enumerate() {
             *w = u32::from_le_bytes([bytes[3 * r], bytes[3 * r + 1], bytes[3 * r + 2], 0]);
         }
+    }
+}
+
+/// Both convolution passes over the tail half of `a` (and of `c`, at once)
+/// under chunk 0's code (`cargo bench -p venn-psi`; not a stable API).
+pub(crate) fn bench_convolve(a: &mut [u128], c: Option<&mut [u128]>) {
+    let code = ExConvCode::new(a.len() / 2, a.len(), 0);
+    match c {
+        Some(c) => code.convolve_pair(a, c),
+        None => code.convolve(a),
     }
 }
 
@@ -430,34 +439,5 @@ mod tests {
         let mut longer = Vec::new();
         code.positions(10, 307, &mut blocks, &mut longer);
         assert_eq!(&longer[7 * WEIGHT..], &pos[..]);
-    }
-}
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-    use crate::rr22::prim::Prg;
-
-    #[test]
-    #[ignore]
-    fn exconv_speed() {
-        let n = 1 << 20;
-        let aes = Aes::from_label("speed");
-        let mut x = Prg::new(1).blocks(n);
-        let mut y = Prg::new(2).blocks(n);
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            convolve_lanes(&aes, [&mut x]);
-            let one = t.elapsed().as_secs_f64() * 1e9 / n as f64;
-            let t = std::time::Instant::now();
-            convolve_lanes(&aes, [&mut x, &mut y]);
-            let two = t.elapsed().as_secs_f64() * 1e9 / n as f64;
-            let code = ExConvCode::new(n / 2, n, 0);
-            let mut out = vec![0u128; n / 2];
-            let t = std::time::Instant::now();
-            code.expand(&x, 0, &mut out);
-            let ex = t.elapsed().as_secs_f64() * 1e9 / (n / 2) as f64;
-            println!("convolve: {one:.1} ns/row, pair {two:.1} ns/row; expand {ex:.1} ns/output");
-        }
     }
 }
