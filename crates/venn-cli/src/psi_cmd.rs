@@ -216,6 +216,7 @@ pub(crate) fn run(a: PsiArgs) -> anyhow::Result<()> {
     let set = WorkerSet::new(a.workers)?;
     // One worker here means one pair whatever the peer runs: its whole input
     // is read while the link comes up.
+    crate::alloc::fit_to_input(&a.input);
     let ahead = (a.workers == 1).then(|| venn_psi::ReadAhead::start(&cfg, &a.input));
     let open = |i: u32| -> anyhow::Result<LinkChannel> {
         let link = match (&a.listen, &a.connect) {

@@ -159,6 +159,7 @@ fn execute(cfg: &TaskConfig) -> anyhow::Result<Value> {
     pc.tmp_dir = cfg.work_dir.clone();
     pc.validate()?;
     // a single worker reads its whole input while the link comes up
+    crate::alloc::fit_to_input(&cfg.input);
     let ahead = (cfg.workers <= 1).then(|| venn_psi::ReadAhead::start(&pc, &cfg.input));
     progress(cfg, 0.02, "connecting");
     // The link token is not a secret here: the gateways authenticate both hops (task secret on

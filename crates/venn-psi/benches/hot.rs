@@ -36,6 +36,10 @@ fn main() {
     if std::env::var("VENN_BENCH").as_deref() == Ok("vole") {
         return vole();
     }
+    // `VENN_BENCH=read`: only the input read path
+    if std::env::var("VENN_BENCH").as_deref() == Ok("read") {
+        return read();
+    }
     let n = 1 << 14;
     println!("curve backend: {}", venn_psi::ecdh::curve_backend());
     let pts = best("ecdh: hash to ristretto255", n, || {
@@ -107,5 +111,26 @@ fn main() {
             acc ^= venn_psi::item::item_of(r.field(0));
         }
         acc
+    });
+
+    read();
+}
+
+/// The whole read path of a run on a 2^20-row file of 18-digit IDs.
+fn read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ids.csv");
+    let mut ids = String::from("id\n");
+    let rows = 1 << 20;
+    for i in 0..rows {
+        ids.push_str(&format!(
+            "{:018}\n",
+            100_000_000_000_000_000u64 + i as u64 * 7919
+        ));
+    }
+    std::fs::write(&path, &ids).expect("write the bench file");
+    let cfg = venn_psi::PsiConfig::new(vec!["id".into()], true);
+    best("read_input: 18-digit ids (2^20 rows)", rows, || {
+        venn_psi::bench_read(&cfg, &path).expect("reads")
     });
 }

@@ -410,28 +410,45 @@ pub fn plain_records<E>(
     text: &[u8],
     mut f: impl FnMut(u64, &[u8], &[Range<usize>]) -> Result<(), E>,
 ) -> Result<(), E> {
+    // One scan for commas and newlines over the whole text (not two short
+    // scans per line): lines of ~20 bytes made the per-call set-up of
+    // `memchr` a fifth of the parse.
     let mut fields: Vec<Range<usize>> = Vec::with_capacity(16);
     let mut line = 0u64;
-    let mut pos = 0usize;
-    while pos < text.len() {
-        let end = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |n| pos + n);
-        line += 1;
-        let mut rec = &text[pos..end];
-        pos = end + 1;
+    let mut rec_start = 0usize;
+    let mut field_start = 0usize;
+    let mut emit = |line: u64,
+                    rec_start: usize,
+                    field_start: usize,
+                    end: usize,
+                    fields: &mut Vec<Range<usize>>| {
+        let mut rec = &text[rec_start..end];
         if let [head @ .., b'\r'] = rec {
             rec = head;
         }
         if rec.is_empty() {
+            fields.clear();
+            return Ok(());
+        }
+        // the last field ends with the record (its CR, if any, removed)
+        fields.push(field_start - rec_start..rec.len());
+        let r = f(line, rec, fields);
+        fields.clear();
+        r
+    };
+    for pos in memchr::memchr2_iter(b',', b'\n', text) {
+        if text[pos] == b',' {
+            fields.push(field_start - rec_start..pos - rec_start);
+            field_start = pos + 1;
             continue;
         }
-        fields.clear();
-        let mut start = 0;
-        for comma in memchr::memchr_iter(b',', rec) {
-            fields.push(start..comma);
-            start = comma + 1;
-        }
-        fields.push(start..rec.len());
-        f(line, rec, &fields)?;
+        line += 1;
+        emit(line, rec_start, field_start, pos, &mut fields)?;
+        rec_start = pos + 1;
+        field_start = pos + 1;
+    }
+    if rec_start < text.len() {
+        emit(line + 1, rec_start, field_start, text.len(), &mut fields)?;
     }
     Ok(())
 }

@@ -41,4 +41,4 @@ pub mod workers;
 
 pub use config::{JoinType, Normalize, Protocol, PsiConfig, Receiver, Side, parse_size};
 pub use report::Report;
-pub use session::{ReadAhead, receivers_of, run, run_read_ahead};
+pub use session::{ReadAhead, bench_read, receivers_of, run, run_read_ahead};

@@ -72,6 +72,13 @@ pub fn run(
     run_scoped(cfg, None, input, Dest::Output(output), chan)
 }
 
+/// Reads `input` as a run would (all rows, `cfg`'s key columns) and returns
+/// the row count: the read path alone, for `cargo bench -p venn-psi`.
+#[doc(hidden)]
+pub fn bench_read(cfg: &PsiConfig, input: &Path) -> Result<u64, PsiError> {
+    Ok(read_input(cfg, None, input)?.loaded.rows)
+}
+
 /// A party's input file, read on a thread of its own while the link to the
 /// peer is set up ([`ReadAhead::start`], then [`run_read_ahead`]).
 ///
@@ -438,6 +445,38 @@ impl KeyCols<'_> {
         Ok(true)
     }
 
+    /// Where the key of a quote-free record lies in `raw`, when it is one
+    /// field used as it stands: one key column, the right field count, not
+    /// empty after trimming, ASCII (so valid UTF-8) and, with `lowercase`,
+    /// no capitals. `None` sends the record down [`Self::key`], which also
+    /// reports what is wrong with it.
+    #[inline]
+    fn field_as_key(
+        &self,
+        raw: &[u8],
+        fields: &[std::ops::Range<usize>],
+    ) -> Option<std::ops::Range<usize>> {
+        let &[c] = self.cols else { return None };
+        if fields.len() != self.ncols {
+            return None;
+        }
+        let mut r = fields[c].clone();
+        let norm = &self.cfg.normalize;
+        if norm.trim {
+            while r.start < r.end && raw[r.start].is_ascii_whitespace() {
+                r.start += 1;
+            }
+            while r.end > r.start && raw[r.end - 1].is_ascii_whitespace() {
+                r.end -= 1;
+            }
+        }
+        let f = &raw[r.clone()];
+        let plain = !f.is_empty()
+            && f.is_ascii()
+            && !(norm.lowercase && f.iter().any(u8::is_ascii_uppercase));
+        plain.then_some(r)
+    }
+
     /// Parses quote-free lines into rows: (rows, skipped rows, lines).
     /// Errors carry line numbers counted from 1 at the start of `text`.
     /// Parses into `rows` (emptied first; a buffer of an earlier block, so
@@ -463,18 +502,22 @@ impl KeyCols<'_> {
         let mut key = Vec::with_capacity(64);
         let mut skipped = 0u64;
         plain_records(text, |line, raw, fields| {
+            // One key column that is its own key (no case change needed):
+            // the item comes from the field in place, the key stays in the
+            // row. Everything else (and every error) takes the general path.
+            if let Some(r) = self.field_as_key(raw, fields) {
+                let item = item_of(&raw[r.clone()]);
+                if self.keeps(item) {
+                    rows.push_key_in_raw(item, raw, r.start, r.len());
+                }
+                return Ok(());
+            }
             let field = |i: usize| &raw[fields[i].clone()];
             match self.key(fields.len(), field, &mut key) {
                 Ok(true) => {
                     let item = item_of(&key);
                     if self.keeps(item) {
-                        // one key column left as it is: the key is that field
-                        match self.cols {
-                            &[c] if raw[fields[c].clone()] == key[..] => {
-                                rows.push_key_in_raw(item, raw, fields[c].start, key.len())
-                            }
-                            _ => rows.push(item, raw, &key),
-                        }
+                        rows.push(item, raw, &key)
                     }
                 }
                 Ok(false) => skipped += 1,
