@@ -36,6 +36,7 @@ pub mod item;
 mod output;
 pub mod report;
 mod session;
+mod sort;
 mod store;
 pub mod workers;
 
