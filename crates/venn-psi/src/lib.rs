@@ -36,7 +36,6 @@ pub mod item;
 mod output;
 pub mod report;
 mod session;
-mod sort;
 mod store;
 pub mod workers;
 

@@ -816,7 +816,10 @@ fn sort_by_key_bytes<'k, T: Copy + Send + Sync>(
         .par_iter()
         .map(|x| (prefix(key_of(group(x))), *x))
         .collect();
-    crate::sort::by_u128(&mut keyed, |a, b| key_of(group(a)).cmp(key_of(group(b))));
+    keyed.par_sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| key_of(group(&a.1)).cmp(key_of(group(&b.1))))
+    });
     for (dst, (_, x)) in v.iter_mut().zip(keyed) {
         *dst = x;
     }
@@ -938,7 +941,7 @@ fn exchange_counts(
             }
             if peer_learns && !peer_native {
                 // forward the result: peer positions, with our counts
-                crate::sort::by_u32(&mut m, |&(_, j)| j);
+                m.sort_unstable_by_key(|&(_, j)| j);
                 let pos: Vec<u32> = m.iter().map(|&(_, j)| j).collect();
                 let mut msg = encode_positions(&pos, peer_len);
                 if my_dups {
@@ -949,13 +952,13 @@ fn exchange_counts(
                 Ok(Some(m.iter().zip(pc).map(|(&(i, _), c)| (i, c)).collect()))
             } else if peer_learns {
                 // both have the result: swap counts, each ordered by the receiver's positions
-                crate::sort::by_u32(&mut m, |&(_, j)| j);
+                m.sort_unstable_by_key(|&(_, j)| j);
                 if my_dups {
                     let mut msg = Vec::new();
                     wire::put_u32s(&mut msg, &counts_of(&m));
                     wire::send(chan, COUNTS, &msg)?;
                 }
-                crate::sort::by_u32(&mut m, |&(i, _)| i);
+                m.sort_unstable_by_key(|&(i, _)| i);
                 let pc = recv_counts(COUNTS, m.len())?;
                 Ok(Some(m.iter().zip(pc).map(|(&(i, _), c)| (i, c)).collect()))
             } else {
@@ -1172,20 +1175,12 @@ fn run_inner(
             peer_dups,
         )?;
         let Some(mut result) = result else { continue };
-        tracing::trace!(
-            ms = t0.elapsed().as_secs_f64() * 1e3,
-            "counts exchanged"
-        );
 
         let tw = Instant::now();
         // In group order, what each matched key needs is read sequentially:
         // its item, its row count and its first row. The output then reads
         // no grouping array at random, only the rows themselves.
-        crate::sort::by_u32(&mut result, |&(gi, _)| gi);
-        tracing::trace!(
-            ms = t0.elapsed().as_secs_f64() * 1e3,
-            "matches in group order"
-        );
+        result.par_sort_unstable_by_key(|&(gi, _)| gi);
         let matched_of = |&(gi, c): &(u32, u32)| Matched {
             gi,
             peer: c,
@@ -1210,9 +1205,7 @@ fn run_inner(
                 .par_iter()
                 .map(|m| (shuffled[m.0 as usize], matched_of(m)))
                 .collect();
-            tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "matches keyed");
-            crate::sort::by_u128(&mut keyed, |a, b| a.gi.cmp(&b.gi));
-            tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "matches sorted by item");
+            keyed.par_sort_unstable_by_key(|k| k.0);
             keyed.into_par_iter().map(|(_, m)| m).collect()
         } else {
             let mut m: Vec<Matched> = result.par_iter().map(matched_of).collect();
