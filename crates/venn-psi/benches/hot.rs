@@ -36,6 +36,10 @@ fn main() {
     if std::env::var("VENN_BENCH").as_deref() == Ok("vole") {
         return vole();
     }
+    // `VENN_BENCH=okvs`: only the fast OKVS (for profiling it alone)
+    if std::env::var("VENN_BENCH").as_deref() == Ok("okvs") {
+        return okvs();
+    }
     // `VENN_BENCH=read`: only the input read path
     if std::env::var("VENN_BENCH").as_deref() == Ok("read") {
         return read();
@@ -133,4 +137,15 @@ fn read() {
     best("read_input: 18-digit ids (2^20 rows)", rows, || {
         venn_psi::bench_read(&cfg, &path).expect("reads")
     });
+}
+
+/// The fast OKVS alone, encode and decode of 2^20 keys.
+fn okvs() {
+    use venn_psi::rr22::bench as rr;
+    let n = 1 << 20;
+    let (keys, vals) = rr::data(n, 128);
+    let e = best("rr22 okvs encode (fast)", n, || {
+        rr::okvs_encode(&keys, &vals, false)
+    });
+    best("rr22 okvs decode (fast)", n, || rr::okvs_decode(&e, &keys));
 }

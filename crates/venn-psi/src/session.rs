@@ -825,6 +825,36 @@ fn sort_by_key_bytes<'k, T: Copy + Send + Sync>(
     }
 }
 
+/// Sorts (group, peer count) pairs by group. With many matches, one
+/// counting pass: each pair is placed at its group's slot of a dense table,
+/// which is then read in order (sequential, no comparisons). Few matches, a
+/// repeated group (two equal tags, ~2^-40) or a zero count (which marks an
+/// empty slot) take the comparison sort.
+fn into_group_order(result: &mut Vec<(u32, u32)>, groups: usize) {
+    if result.len() * 16 < groups || result.iter().any(|&(_, c)| c == 0) {
+        result.par_sort_unstable_by_key(|&(gi, _)| gi);
+        return;
+    }
+    let mut at = vec![0u32; groups];
+    let mut repeated = false;
+    for &(gi, c) in result.iter() {
+        let slot = &mut at[gi as usize];
+        repeated |= *slot != 0;
+        *slot = c;
+    }
+    if repeated {
+        result.par_sort_unstable_by_key(|&(gi, _)| gi);
+        return;
+    }
+    result.clear();
+    result.extend(
+        at.iter()
+            .enumerate()
+            .filter(|&(_, &c)| c != 0)
+            .map(|(gi, &c)| (gi as u32, c)),
+    );
+}
+
 fn u64s(buf: &[u8], n: usize, what: &str) -> Result<Vec<u64>, PsiError> {
     if buf.len() < n * 8 {
         return Err(PsiError::peer(format!("{what}: message too short")));
@@ -835,24 +865,35 @@ fn u64s(buf: &[u8], n: usize, what: &str) -> Result<Vec<u64>, PsiError> {
         .collect())
 }
 
-/// The forwarded result's positions (sorted, in [0, n)): a bitmap of n bits
-/// when they are strictly increasing and that is shorter than 4 bytes per
-/// position (at 2^20 items and 50% overlap: 128 KiB instead of 2 MiB), else
-/// the plain list with its length. The first byte says which.
-fn encode_positions(pos: &[u32], n: usize) -> Vec<u8> {
-    let strictly = pos.windows(2).all(|w| w[0] < w[1]);
+/// The forwarded result's positions (in [0, n)): a bitmap of n bits when
+/// that is shorter than 4 bytes per position (at 2^20 items and 50%
+/// overlap: 128 KiB instead of 2 MiB), else the plain list with its length.
+/// The first byte says which. A bitmap lists the positions in ascending
+/// order, so it is used only when that loses nothing: no position repeats,
+/// and they are ascending already unless `any_order` (no per-position
+/// values travel beside them).
+fn encode_positions(pos: &[u32], n: usize, any_order: bool) -> Vec<u8> {
     let mut msg = Vec::new();
-    if strictly && n.div_ceil(8) < 4 * pos.len() {
+    if n.div_ceil(8) < 4 * pos.len() {
+        // set straight from the positions, in whatever order they come
         msg.push(1);
         msg.resize(1 + n.div_ceil(8), 0);
+        let mut fits = true;
+        let mut prev: Option<u32> = None;
         for &j in pos {
-            msg[1 + j as usize / 8] |= 1 << (j % 8);
+            let (byte, bit) = (1 + j as usize / 8, 1u8 << (j % 8));
+            fits &= msg[byte] & bit == 0 && (any_order || prev.is_none_or(|p| p < j));
+            msg[byte] |= bit;
+            prev = Some(j);
         }
-    } else {
-        msg.push(0);
-        msg.extend_from_slice(&(pos.len() as u64).to_le_bytes());
-        wire::put_u32s(&mut msg, pos);
+        if fits {
+            return msg;
+        }
+        msg.clear();
     }
+    msg.push(0);
+    msg.extend_from_slice(&(pos.len() as u64).to_le_bytes());
+    wire::put_u32s(&mut msg, pos);
     msg
 }
 
@@ -940,10 +981,15 @@ fn exchange_counts(
                 return Err(PsiError::peer("protocol result out of range"));
             }
             if peer_learns && !peer_native {
-                // forward the result: peer positions, with our counts
-                m.sort_unstable_by_key(|&(_, j)| j);
+                // forward the result: peer positions, with our counts. The
+                // positions need an order only when counts travel (ours
+                // beside them, or the peer's back in their order).
+                let any_order = !my_dups && !peer_dups;
+                if !any_order {
+                    m.sort_unstable_by_key(|&(_, j)| j);
+                }
                 let pos: Vec<u32> = m.iter().map(|&(_, j)| j).collect();
-                let mut msg = encode_positions(&pos, peer_len);
+                let mut msg = encode_positions(&pos, peer_len, any_order);
                 if my_dups {
                     wire::put_u32s(&mut msg, &counts_of(&m));
                 }
@@ -1180,7 +1226,7 @@ fn run_inner(
         // In group order, what each matched key needs is read sequentially:
         // its item, its row count and its first row. The output then reads
         // no grouping array at random, only the rows themselves.
-        result.par_sort_unstable_by_key(|&(gi, _)| gi);
+        into_group_order(&mut result, g.len());
         let matched_of = |&(gi, c): &(u32, u32)| Matched {
             gi,
             peer: c,
@@ -1560,6 +1606,51 @@ mod tests {
     }
 
     #[test]
+    fn group_order_equals_a_sort() {
+        let mut prg = 12345u64;
+        let mut next = || {
+            prg ^= prg << 13;
+            prg ^= prg >> 7;
+            prg ^= prg << 17;
+            prg
+        };
+        for (groups, k, zero, repeat) in [
+            (1000, 900, false, false),
+            (1000, 10, false, false),
+            (1000, 900, true, false),
+            (1000, 900, false, true),
+            (0, 0, false, false),
+        ] {
+            let mut gis: Vec<u32> = (0..groups as u32).collect();
+            for i in (1..gis.len()).rev() {
+                gis.swap(i, (next() % (i as u64 + 1)) as usize);
+            }
+            let mut v: Vec<(u32, u32)> = gis[..k]
+                .iter()
+                .map(|&g| (g, 1 + (next() % 5) as u32))
+                .collect();
+            if zero {
+                v[3].1 = 0;
+            }
+            if repeat {
+                let first = v[0];
+                v.push((first.0, 7));
+            }
+            let mut want = v.clone();
+            want.sort_by_key(|&(g, _)| g);
+            into_group_order(&mut v, groups);
+            // equal groups (the repeat) may come in either order
+            let key = |x: &Vec<(u32, u32)>| {
+                let mut x = x.clone();
+                x.sort_unstable();
+                x
+            };
+            assert!(v.windows(2).all(|w| w[0].0 <= w[1].0));
+            assert_eq!(key(&v), key(&want));
+        }
+    }
+
+    #[test]
     fn forwarded_positions_roundtrip() {
         let cases: Vec<(Vec<u32>, usize)> = vec![
             (vec![], 0),
@@ -1572,7 +1663,7 @@ mod tests {
             (vec![7, 9, 63, 64], 65),
         ];
         for (pos, n) in cases {
-            let mut msg = encode_positions(&pos, n);
+            let mut msg = encode_positions(&pos, n, false);
             let dense = n.div_ceil(8) < 4 * pos.len() && pos.windows(2).all(|w| w[0] < w[1]);
             assert_eq!(msg[0], dense as u8, "{pos:?}");
             msg.extend_from_slice(&[9, 0, 0, 0]);
@@ -1580,6 +1671,17 @@ mod tests {
             assert_eq!(got, pos);
             assert_eq!(rest, &[9, 0, 0, 0]);
         }
+        // in any order: a duplicate-free set still goes as a bitmap (and
+        // comes back ascending); a repeated position forces the list
+        let msg = encode_positions(&[9, 2, 7, 0, 5], 10, true);
+        assert_eq!(msg[0], 1);
+        assert_eq!(decode_positions(&msg, 10).unwrap().0, vec![0, 2, 5, 7, 9]);
+        let msg = encode_positions(&[9, 2, 7, 0, 5], 10, false);
+        assert_eq!(msg[0], 0);
+        assert_eq!(decode_positions(&msg, 10).unwrap().0, vec![9, 2, 7, 0, 5]);
+        let msg = encode_positions(&[9, 2, 9, 0, 5], 10, true);
+        assert_eq!(msg[0], 0);
+        assert_eq!(decode_positions(&msg, 10).unwrap().0, vec![9, 2, 9, 0, 5]);
         assert!(decode_positions(&[], 5).is_err());
         assert!(decode_positions(&[1, 0], 100).is_err());
         assert!(decode_positions(&[0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 2], 100).is_err());
