@@ -231,6 +231,42 @@ fn memory_budget_takes_the_bucketed_path_with_the_same_result() {
     );
 }
 
+/// RR22 with one party spilling: the other one grouped its rows and (as
+/// the listener, RR22's receiver) encoded its OKVS before the run, and must
+/// undo both for the bucketed run. Either party may be the one that spills.
+#[test]
+fn rr22_work_done_ahead_is_undone_when_the_peer_needs_buckets() {
+    let p = Pair::new();
+    let tok = ("ahead-token-ahead-token", "ahead-token-ahead-token");
+    let rr22 = ["--protocol", "rr22"];
+    let (a, b) = p.run(&rr22, &rr22, tok);
+    report(&a);
+    report(&b);
+    let direct = (
+        std::fs::read(p.p("a_out.csv")).unwrap(),
+        std::fs::read(p.p("b_out.csv")).unwrap(),
+    );
+    let tmp = p.p("tmp");
+    let t = tmp.to_str().unwrap();
+    let small = [
+        "--protocol",
+        "rr22",
+        "--memory-budget",
+        "128KiB",
+        "--tmp-dir",
+        t,
+    ];
+    let large = ["--protocol", "rr22", "--memory-budget", "1GiB"];
+    for (fa, fb) in [(&large[..], &small[..]), (&small[..], &large[..])] {
+        let (a, b) = p.run(fa, fb, tok);
+        let (ra, rb) = (report(&a), report(&b));
+        assert!(ra["buckets"].as_u64().unwrap() > 1);
+        assert_eq!(ra["buckets"], rb["buckets"]);
+        assert_eq!(std::fs::read(p.p("a_out.csv")).unwrap(), direct.0);
+        assert_eq!(std::fs::read(p.p("b_out.csv")).unwrap(), direct.1);
+    }
+}
+
 #[test]
 fn one_receiver_only() {
     let p = Pair::new();

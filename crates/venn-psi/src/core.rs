@@ -47,6 +47,9 @@ pub struct CoreInput<'a> {
     /// RR22: the malicious variant; other protocols ignore it (the session
     /// refuses it for them).
     pub malicious: bool,
+    /// RR22 receiver: the OKVS, if the session encoded it ahead of the run
+    /// ([`crate::rr22::encode_ahead`]); other protocols ignore it.
+    pub okvs_ahead: Option<&'a crate::rr22::OkvsSlot>,
 }
 
 /// A match: (position in my items, position in the peer's items).
@@ -128,6 +131,7 @@ pub(crate) mod testing {
                     stat_sec: 40,
                     low_comm: mode.0,
                     malicious: mode.1,
+                    okvs_ahead: None,
                 };
                 core(&ca, &input)
             });
@@ -142,6 +146,7 @@ pub(crate) mod testing {
                     stat_sec: 40,
                     low_comm: mode.0,
                     malicious: mode.1,
+                    okvs_ahead: None,
                 };
                 core(&cb, &input)
             });

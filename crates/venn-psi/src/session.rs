@@ -106,7 +106,7 @@ impl ReadAhead {
         let (c, p) = (cfg.clone(), path.clone());
         let state = match std::thread::Builder::new()
             .name("venn-psi-read".into())
-            .spawn(move || read_input(&c, None, &p))
+            .spawn(move || read_input(&c, None, &p).map(|i| work_ahead(&c, i)))
         {
             Ok(h) => Ahead::Reading(h),
             Err(_) => Ahead::Done(Box::new(read_input(cfg, None, input))),
@@ -330,6 +330,45 @@ struct Input {
     ncols: usize,
     loaded: Loaded,
     skipped: u64,
+    /// Work done before the peer was there ([`work_ahead`]).
+    pre: Option<Pre>,
+}
+
+/// What [`work_ahead`] did: the whole input grouped as bucket 0 of 1, and
+/// the RR22 receiver's OKVS for it.
+struct Pre {
+    g: Grouped,
+    okvs: Option<crate::rr22::OkvsSlot>,
+}
+
+/// The work a party that reads ahead ([`ReadAhead`]) does next, before its
+/// peer is there: while the link comes up and the peer starts and reads,
+/// this party's cores are idle. If its rows are one bucket by its own
+/// measure (the usual case; the peer may still ask for more), it groups
+/// them, and as RR22's receiver in the fast or malicious mode it encodes
+/// its OKVS ([`crate::rr22::encode_ahead`]). Measured at 2^20 rows with
+/// `compare.sh` (the listener starts 0.3 s earlier): see docs/psi.md. A run
+/// that needs more buckets puts the items back ([`Grouped::items_by_row`]).
+fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {
+    if input.loaded.need_buckets != 1 || !input.loaded.in_memory() {
+        return input;
+    }
+    let Ok(mut br) = input.loaded.bucket(0, 1) else {
+        return input;
+    };
+    let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
+    let g = Grouped::new(items, idx, os_random());
+    let receiver = match (cfg.self_receives(), cfg.peer_receives()) {
+        (true, false) => true,
+        (true, true) => cfg.leader,
+        _ => false,
+    };
+    let okvs = (cfg.protocol == crate::config::Protocol::Rr22 && !cfg.low_comm && receiver)
+        .then(|| crate::rr22::encode_ahead(&g.unique, cfg.stat_sec).ok())
+        .flatten()
+        .map(crate::rr22::OkvsSlot::new);
+    input.pre = Some(Pre { g, okvs });
+    input
 }
 
 fn normalize_into(out: &mut Vec<u8>, field: &[u8], cfg: &PsiConfig) {
@@ -642,6 +681,7 @@ fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Inp
         ncols,
         loaded: store.finish()?,
         skipped,
+        pre: None,
     })
 }
 
@@ -750,6 +790,18 @@ impl Grouped {
 
     fn rows(&self, g: usize) -> &[u32] {
         &self.order[self.starts[g] as usize..self.starts[g + 1] as usize]
+    }
+
+    /// Each row's item, by row index (rows `0..n`): the input of
+    /// [`Grouped::new`] for one whole bucket, back from the groups.
+    fn items_by_row(&self) -> Vec<Item> {
+        let mut out = vec![0; self.order.len()];
+        for (gi, &item) in self.unique.iter().enumerate() {
+            for &r in self.rows(gi) {
+                out[r as usize] = item;
+            }
+        }
+        out
     }
 
     fn has_dups(&self) -> bool {
@@ -1164,11 +1216,24 @@ fn run_inner(
     // The protocols size their tags from the totals; rows bound unique keys.
     let total_len = (rows, peer_rows);
 
+    // work done ahead: used with one bucket, undone with more
+    let mut pre = input.pre.take();
+    if buckets > 1
+        && let Some(p) = pre.take()
+    {
+        input.loaded.restore_items(p.g.items_by_row());
+    }
     for b in 0..buckets {
         let mut br = input.loaded.bucket(b, buckets)?;
-        let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
+        let (mut g, okvs) = match pre.take() {
+            // one bucket: its items went into the grouping ahead
+            Some(p) => (p.g, p.okvs),
+            None => {
+                let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
+                (Grouped::new(items, idx, os_random()), None)
+            }
+        };
         let rws = br.rows();
-        let mut g = Grouped::new(items, idx, os_random());
         tracing::debug!(
             bucket = b,
             t = t0.elapsed().as_secs_f64(),
@@ -1200,6 +1265,7 @@ fn run_inner(
             stat_sec: cfg.stat_sec,
             low_comm: cfg.low_comm,
             malicious: cfg.malicious,
+            okvs_ahead: okvs.as_ref(),
         };
         tracing::debug!(
             bucket = b,

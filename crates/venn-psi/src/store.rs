@@ -398,6 +398,20 @@ impl BucketRows<'_> {
 }
 
 impl Loaded {
+    /// Whether the rows are in memory (not spilled).
+    pub(crate) fn in_memory(&self) -> bool {
+        self.mem.is_some()
+    }
+
+    /// Puts back the items that `bucket(0, 1)` moved out (work done ahead
+    /// for one bucket, undone when the run needs more), in row order.
+    pub(crate) fn restore_items(&mut self, items: Vec<Item>) {
+        if let Some(mem) = &mut self.mem {
+            debug_assert_eq!(items.len(), mem.len());
+            mem.items = items;
+        }
+    }
+
     /// Rows of bucket `b` out of `buckets`. With one bucket in memory the
     /// rows' items move into the result: ask for it once.
     pub(crate) fn bucket(&mut self, b: usize, buckets: usize) -> Result<BucketRows<'_>, PsiError> {

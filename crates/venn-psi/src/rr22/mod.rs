@@ -183,6 +183,63 @@ const FRAME_BLOCKS: usize = (MAX_FRAME - 1) / 16;
 const LOW_COMM_CHUNK: usize = 1 << 19;
 
 /// The RR22 core (see module docs); has the engine's `CoreFn` shape.
+/// The receiver's OKVS encoded ahead of the run ([`encode_ahead`]), for the
+/// session to hand to [`intersect`] through [`CoreInput::okvs_ahead`].
+///
+/// Why: in the fast mode the OKVS depends only on the receiver's own items
+/// (its shape on their number and λ, its values on H), so a receiver that
+/// is ready before its peer — it read its file while the peer was still
+/// starting or reading — encodes in that idle time instead of beside the
+/// VOLE, where it competed for the cores with both parties' VOLE work.
+/// The OKVS seed is fresh either way and the messages are the same.
+pub struct OkvsAhead {
+    params: OkvsParams,
+    header: OkvsHeader,
+    cells: Vec<u128>,
+}
+
+/// A slot the protocol takes an [`OkvsAhead`] from (at most once).
+#[derive(Default)]
+pub struct OkvsSlot(std::sync::Mutex<Option<OkvsAhead>>);
+
+impl OkvsSlot {
+    /// A slot holding `ahead`.
+    pub fn new(ahead: OkvsAhead) -> Self {
+        OkvsSlot(std::sync::Mutex::new(Some(ahead)))
+    }
+
+    fn take(&self) -> Option<OkvsAhead> {
+        self.0.lock().ok().and_then(|mut a| a.take())
+    }
+}
+
+impl std::fmt::Debug for OkvsSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OkvsSlot")
+    }
+}
+
+/// Encodes the fast mode's OKVS P = Encode{(x, H(x))} for `items`, as
+/// [`run_receiver`] would. Only the fast mode: the low-communication
+/// shape depends on the peer's size. The run uses it only if its shape is
+/// the one this was made for (same item count and λ).
+pub fn encode_ahead(items: &[u128], stat_sec: u32) -> Result<OkvsAhead, PsiError> {
+    let params = OkvsParams::new(items.len(), stat_sec);
+    let mut seeds = Prg::from_os();
+    let (header, cells) = okvs::encode_values(
+        &params,
+        items,
+        okvs::Values::Of(&|x: &[u128], v: &mut [u128]| prim::hash_value(x, v)),
+        || seeds.block(),
+        EncodeOptions::default(),
+    )?;
+    Ok(OkvsAhead {
+        params,
+        header,
+        cells,
+    })
+}
+
 pub(crate) fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
     intersect_with(chan, input, Options::default())
 }
@@ -305,7 +362,13 @@ fn intersect_with(
     let tb = tag_bytes(input.stat_sec, input.total_len.0, input.total_len.1);
     let shape = Shape::new(input, n_x, n_y)?;
     if receiver {
-        run_receiver(chan, input.items, n_y, &shape, tb, opts.encode)
+        // an OKVS encoded ahead fits if it has this run's shape (fast mode:
+        // full-width values, the same params)
+        let ahead = input
+            .okvs_ahead
+            .and_then(OkvsSlot::take)
+            .filter(|a| shape.vbits == 128 && a.params == shape.params);
+        run_receiver(chan, input.items, n_y, &shape, tb, opts.encode, ahead)
             .map(|m| CoreOutput { matches: Some(m) })
     } else {
         run_sender(chan, input.items, &shape, tb, opts.cheat)?;
@@ -474,6 +537,7 @@ fn run_receiver(
     shape: &Shape,
     tb: usize,
     opts: EncodeOptions,
+    ahead: Option<OkvsAhead>,
 ) -> Result<Vec<Match>, PsiError> {
     let params = &shape.params;
     let m = params.len();
@@ -487,6 +551,12 @@ fn run_receiver(
     let vmask = shape.vmask();
     // The OKVS encoding needs no message: it runs beside the VOLE.
     let (vole_out, encoded) = std::thread::scope(|s| {
+        if let Some(a) = ahead {
+            trace!(t0, "R: okvs encoded ahead");
+            let v = vole::recv(chan, m, &shape.vole);
+            trace!(t0, "R: vole done (m = {m})");
+            return (v, Ok((a.header, a.cells)));
+        }
         let enc = s.spawn(|| {
             // P = Encode{(x, H(x))}, H(x) cut to vbits bits (RR22 §5: H_B)
             let value = |x: &[u128], v: &mut [u128]| {
@@ -1010,6 +1080,7 @@ mod tests {
             stat_sec: 40,
             low_comm: false,
             malicious: true,
+            okvs_ahead: None,
         };
         let a: &'static [u128] = Box::leak(a.into_boxed_slice());
         let b: &'static [u128] = Box::leak(b.into_boxed_slice());
@@ -1057,6 +1128,7 @@ mod tests {
             stat_sec: 40,
             low_comm: true,
             malicious: true,
+            okvs_ahead: None,
         };
         let err = intersect(&ca, &input).unwrap_err().to_string();
         assert!(err.contains("--low-comm"), "{err}");
@@ -1076,6 +1148,7 @@ mod tests {
             stat_sec: 40,
             low_comm: true,
             malicious: false,
+            okvs_ahead: None,
         };
         let sh = Shape::new(&input, 1 << 20, 1 << 20).unwrap();
         assert_eq!(sh.vbits, 60);
@@ -1199,6 +1272,7 @@ mod tests {
                     stat_sec: 40,
                     low_comm: false,
                     malicious: false,
+                    okvs_ahead: None,
                 };
                 let r = intersect(&cb, &input);
                 drop(cb);
@@ -1214,6 +1288,7 @@ mod tests {
                 stat_sec: 40,
                 low_comm: false,
                 malicious: false,
+                okvs_ahead: None,
             };
             let r = intersect(&ca, &input);
             h.join().unwrap().unwrap();
@@ -1264,6 +1339,7 @@ mod tests {
                     stat_sec: 40,
                     low_comm: mode.0,
                     malicious: mode.1,
+                    okvs_ahead: None,
                 };
                 intersect(&cb, &input).unwrap()
             });
@@ -1277,6 +1353,7 @@ mod tests {
                 stat_sec: 40,
                 low_comm: mode.0,
                 malicious: mode.1,
+                okvs_ahead: None,
             };
             (intersect(&ca, &input).unwrap(), hb.join().unwrap())
         });
