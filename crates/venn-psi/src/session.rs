@@ -337,7 +337,9 @@ struct Input {
 /// What [`work_ahead`] did: the whole input grouped as bucket 0 of 1, and
 /// the RR22 receiver's OKVS for it.
 struct Pre {
+    /// The grouping, its unique items moved to `unique`.
     g: Grouped,
+    unique: std::sync::Arc<Vec<Item>>,
     okvs: Option<crate::rr22::OkvsSlot>,
 }
 
@@ -357,17 +359,17 @@ fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {
         return input;
     };
     let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
-    let g = Grouped::new(items, idx, os_random());
+    let mut g = Grouped::new(items, idx, os_random());
+    let unique = std::sync::Arc::new(std::mem::take(&mut g.unique));
     let receiver = match (cfg.self_receives(), cfg.peer_receives()) {
         (true, false) => true,
         (true, true) => cfg.leader,
         _ => false,
     };
     let okvs = (cfg.protocol == crate::config::Protocol::Rr22 && !cfg.low_comm && receiver)
-        .then(|| crate::rr22::encode_ahead(&g.unique, cfg.stat_sec).ok())
-        .flatten()
-        .map(crate::rr22::OkvsSlot::new);
-    input.pre = Some(Pre { g, okvs });
+        .then(|| crate::rr22::OkvsSlot::spawn(unique.clone(), cfg.stat_sec))
+        .flatten();
+    input.pre = Some(Pre { g, unique, okvs });
     input
 }
 
@@ -793,10 +795,11 @@ impl Grouped {
     }
 
     /// Each row's item, by row index (rows `0..n`): the input of
-    /// [`Grouped::new`] for one whole bucket, back from the groups.
-    fn items_by_row(&self) -> Vec<Item> {
+    /// [`Grouped::new`] for one whole bucket, back from the groups and
+    /// their `unique` items.
+    fn items_by_row(&self, unique: &[Item]) -> Vec<Item> {
         let mut out = vec![0; self.order.len()];
-        for (gi, &item) in self.unique.iter().enumerate() {
+        for (gi, &item) in unique.iter().enumerate() {
             for &r in self.rows(gi) {
                 out[r as usize] = item;
             }
@@ -1221,16 +1224,21 @@ fn run_inner(
     if buckets > 1
         && let Some(p) = pre.take()
     {
-        input.loaded.restore_items(p.g.items_by_row());
+        if let Some(o) = p.okvs {
+            o.cancel();
+        }
+        input.loaded.restore_items(p.g.items_by_row(&p.unique));
     }
     for b in 0..buckets {
         let mut br = input.loaded.bucket(b, buckets)?;
-        let (mut g, okvs) = match pre.take() {
+        let (g, shuffled, okvs) = match pre.take() {
             // one bucket: its items went into the grouping ahead
-            Some(p) => (p.g, p.okvs),
+            Some(p) => (p.g, p.unique, p.okvs),
             None => {
                 let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
-                (Grouped::new(items, idx, os_random()), None)
+                let mut g = Grouped::new(items, idx, os_random());
+                let unique = std::sync::Arc::new(std::mem::take(&mut g.unique));
+                (g, unique, None)
             }
         };
         let rws = br.rows();
@@ -1253,10 +1261,9 @@ fn run_inner(
         tot.unique += g.len() as u64;
 
         // the groups are in pseudorandom order already (Grouped::new)
-        let shuffled: Vec<Item> = std::mem::take(&mut g.unique);
         let counts: Vec<u32> = g.starts.windows(2).map(|w| w[1] - w[0]).collect();
         let cin = CoreInput {
-            items: &shuffled,
+            items: &shuffled[..],
             peer_len,
             self_learns,
             peer_learns,

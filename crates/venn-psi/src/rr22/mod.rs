@@ -183,32 +183,49 @@ const FRAME_BLOCKS: usize = (MAX_FRAME - 1) / 16;
 const LOW_COMM_CHUNK: usize = 1 << 19;
 
 /// The RR22 core (see module docs); has the engine's `CoreFn` shape.
-/// The receiver's OKVS encoded ahead of the run ([`encode_ahead`]), for the
-/// session to hand to [`intersect`] through [`CoreInput::okvs_ahead`].
+/// The receiver's OKVS, encoded ahead of the run on a thread of its own
+/// ([`OkvsSlot::spawn`]), for the session to hand to [`intersect`] through
+/// [`CoreInput::okvs_ahead`].
 ///
-/// Why: in the fast mode the OKVS depends only on the receiver's own items
-/// (its shape on their number and λ, its values on H), so a receiver that
-/// is ready before its peer — it read its file while the peer was still
-/// starting or reading — encodes in that idle time instead of beside the
-/// VOLE, where it competed for the cores with both parties' VOLE work.
-/// The OKVS seed is fresh either way and the messages are the same.
+/// Why: in the fast and malicious modes the OKVS depends only on the
+/// receiver's own items (its shape on their number and λ, its values on H),
+/// so a receiver that is ready before its peer — it read its file while the
+/// peer was still starting or reading — encodes in that idle time. The
+/// encoding runs in the background: where there was no idle time it is
+/// still running when the VOLE starts and overlaps it, as the encoding
+/// inside the run always did. The OKVS seed is fresh either way and the
+/// messages are the same.
 pub struct OkvsAhead {
     params: OkvsParams,
     header: OkvsHeader,
     cells: Vec<u128>,
 }
 
-/// A slot the protocol takes an [`OkvsAhead`] from (at most once).
-#[derive(Default)]
-pub struct OkvsSlot(std::sync::Mutex<Option<OkvsAhead>>);
+type Encoding = std::thread::JoinHandle<Result<OkvsAhead, PsiError>>;
+
+/// A slot the protocol takes the background encoding from (at most once).
+pub struct OkvsSlot(std::sync::Mutex<Option<Encoding>>);
 
 impl OkvsSlot {
-    /// A slot holding `ahead`.
-    pub fn new(ahead: OkvsAhead) -> Self {
-        OkvsSlot(std::sync::Mutex::new(Some(ahead)))
+    /// Starts encoding P = Encode{(x, H(x))} for `items` (the fast mode's
+    /// OKVS, as [`run_receiver`] makes it) on a new thread. `None` if no
+    /// thread could be started (the run then encodes as usual).
+    pub fn spawn(items: std::sync::Arc<Vec<u128>>, stat_sec: u32) -> Option<Self> {
+        std::thread::Builder::new()
+            .name("venn-psi-okvs".into())
+            .spawn(move || encode_ahead(&items, stat_sec))
+            .ok()
+            .map(|h| OkvsSlot(std::sync::Mutex::new(Some(h))))
     }
 
-    fn take(&self) -> Option<OkvsAhead> {
+    /// Waits for the encoding (if nobody took it) and drops it.
+    pub fn cancel(self) {
+        if let Some(h) = self.take() {
+            let _ = h.join();
+        }
+    }
+
+    fn take(&self) -> Option<Encoding> {
         self.0.lock().ok().and_then(|mut a| a.take())
     }
 }
@@ -219,11 +236,7 @@ impl std::fmt::Debug for OkvsSlot {
     }
 }
 
-/// Encodes the fast mode's OKVS P = Encode{(x, H(x))} for `items`, as
-/// [`run_receiver`] would. Only the fast mode: the low-communication
-/// shape depends on the peer's size. The run uses it only if its shape is
-/// the one this was made for (same item count and λ).
-pub fn encode_ahead(items: &[u128], stat_sec: u32) -> Result<OkvsAhead, PsiError> {
+fn encode_ahead(items: &[u128], stat_sec: u32) -> Result<OkvsAhead, PsiError> {
     let params = OkvsParams::new(items.len(), stat_sec);
     let mut seeds = Prg::from_os();
     let (header, cells) = okvs::encode_values(
@@ -362,12 +375,9 @@ fn intersect_with(
     let tb = tag_bytes(input.stat_sec, input.total_len.0, input.total_len.1);
     let shape = Shape::new(input, n_x, n_y)?;
     if receiver {
-        // an OKVS encoded ahead fits if it has this run's shape (fast mode:
-        // full-width values, the same params)
-        let ahead = input
-            .okvs_ahead
-            .and_then(OkvsSlot::take)
-            .filter(|a| shape.vbits == 128 && a.params == shape.params);
+        // an OKVS encoded ahead is used if it has this run's shape (checked
+        // once it is done: full-width values, the same params)
+        let ahead = input.okvs_ahead.and_then(OkvsSlot::take);
         run_receiver(chan, input.items, n_y, &shape, tb, opts.encode, ahead)
             .map(|m| CoreOutput { matches: Some(m) })
     } else {
@@ -537,7 +547,7 @@ fn run_receiver(
     shape: &Shape,
     tb: usize,
     opts: EncodeOptions,
-    ahead: Option<OkvsAhead>,
+    ahead: Option<Encoding>,
 ) -> Result<Vec<Match>, PsiError> {
     let params = &shape.params;
     let m = params.len();
@@ -551,11 +561,28 @@ fn run_receiver(
     let vmask = shape.vmask();
     // The OKVS encoding needs no message: it runs beside the VOLE.
     let (vole_out, encoded) = std::thread::scope(|s| {
-        if let Some(a) = ahead {
-            trace!(t0, "R: okvs encoded ahead");
+        let fits = |a: &OkvsAhead| shape.vbits == 128 && a.params == *params;
+        if let Some(h) = ahead {
             let v = vole::recv(chan, m, &shape.vole);
             trace!(t0, "R: vole done (m = {m})");
-            return (v, Ok((a.header, a.cells)));
+            let e = match h.join() {
+                Ok(Ok(a)) if fits(&a) => Ok((a.header, a.cells)),
+                Ok(Err(e)) => Err(e),
+                // another shape (cannot happen: the session asks only for
+                // this one) or a panic: encode here
+                _ => {
+                    let mut seeds = Prg::from_os();
+                    okvs::encode_values(
+                        params,
+                        items,
+                        okvs::Values::Of(&|x: &[u128], v: &mut [u128]| prim::hash_value(x, v)),
+                        || seeds.block(),
+                        opts,
+                    )
+                }
+            };
+            trace!(t0, "R: okvs encoded ahead");
+            return (v, e);
         }
         let enc = s.spawn(|| {
             // P = Encode{(x, H(x))}, H(x) cut to vbits bits (RR22 §5: H_B)
