@@ -208,22 +208,11 @@ fn memory_budget_takes_the_bucketed_path_with_the_same_result() {
     let (a, b) = p.run(&["--receiver", "both"], &[], tok);
     report(&a);
     report(&b);
-    let direct = (
-        std::fs::read(p.p("a_out.csv")).unwrap(),
-        std::fs::read(p.p("b_out.csv")).unwrap(),
-    );
+    let direct = outputs(&p);
     let tmp = p.p("tmp");
     let t = tmp.to_str().unwrap();
-    let (a, b) = p.run(
-        &["--memory-budget", "128KiB", "--tmp-dir", t],
-        &["--memory-budget", "1GiB"],
-        tok,
-    );
-    let (ra, rb) = (report(&a), report(&b));
-    assert!(ra["buckets"].as_u64().unwrap() > 1);
-    assert_eq!(ra["buckets"], rb["buckets"]);
-    assert_eq!(std::fs::read(p.p("a_out.csv")).unwrap(), direct.0);
-    assert_eq!(std::fs::read(p.p("b_out.csv")).unwrap(), direct.1);
+    let small = ["--memory-budget", "128KiB", "--tmp-dir", t];
+    bucketed_gives(&p, (&small, &["--memory-budget", "1GiB"]), tok, &direct);
     assert_eq!(
         std::fs::read_dir(&tmp).unwrap().count(),
         0,
@@ -242,10 +231,7 @@ fn rr22_work_done_ahead_is_undone_when_the_peer_needs_buckets() {
     let (a, b) = p.run(&rr22, &rr22, tok);
     report(&a);
     report(&b);
-    let direct = (
-        std::fs::read(p.p("a_out.csv")).unwrap(),
-        std::fs::read(p.p("b_out.csv")).unwrap(),
-    );
+    let direct = outputs(&p);
     let tmp = p.p("tmp");
     let t = tmp.to_str().unwrap();
     let small = [
@@ -257,14 +243,32 @@ fn rr22_work_done_ahead_is_undone_when_the_peer_needs_buckets() {
         t,
     ];
     let large = ["--protocol", "rr22", "--memory-budget", "1GiB"];
-    for (fa, fb) in [(&large[..], &small[..]), (&small[..], &large[..])] {
-        let (a, b) = p.run(fa, fb, tok);
-        let (ra, rb) = (report(&a), report(&b));
-        assert!(ra["buckets"].as_u64().unwrap() > 1);
-        assert_eq!(ra["buckets"], rb["buckets"]);
-        assert_eq!(std::fs::read(p.p("a_out.csv")).unwrap(), direct.0);
-        assert_eq!(std::fs::read(p.p("b_out.csv")).unwrap(), direct.1);
+    for flags in [(&large[..], &small[..]), (&small[..], &large[..])] {
+        bucketed_gives(&p, flags, tok, &direct);
     }
+}
+
+/// Both parties' output files.
+fn outputs(p: &Pair) -> (Vec<u8>, Vec<u8>) {
+    (
+        std::fs::read(p.p("a_out.csv")).unwrap(),
+        std::fs::read(p.p("b_out.csv")).unwrap(),
+    )
+}
+
+/// Runs the pair with `flags` (A's, B's): both must agree on more than one
+/// bucket and write exactly `direct`.
+fn bucketed_gives(
+    p: &Pair,
+    flags: (&[&str], &[&str]),
+    tok: (&str, &str),
+    direct: &(Vec<u8>, Vec<u8>),
+) {
+    let (a, b) = p.run(flags.0, flags.1, tok);
+    let (ra, rb) = (report(&a), report(&b));
+    assert!(ra["buckets"].as_u64().unwrap() > 1);
+    assert_eq!(ra["buckets"], rb["buckets"]);
+    assert_eq!(&outputs(p), direct);
 }
 
 #[test]
