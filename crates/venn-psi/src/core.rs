@@ -48,7 +48,7 @@ pub struct CoreInput<'a> {
     /// refuses it for them).
     pub malicious: bool,
     /// RR22 receiver: the OKVS, if the session encoded it ahead of the run
-    /// ([`crate::rr22::encode_ahead`]); other protocols ignore it.
+    /// ([`crate::rr22::OkvsSlot::spawn`]); other protocols ignore it.
     pub okvs_ahead: Option<&'a crate::rr22::OkvsSlot>,
 }
 

@@ -335,7 +335,7 @@ struct Input {
 }
 
 /// What [`work_ahead`] did: the whole input grouped as bucket 0 of 1, and
-/// the RR22 receiver's OKVS for it.
+/// the RR22 receiver's OKVS for it, encoding in the background.
 struct Pre {
     /// The grouping, its unique items moved to `unique`.
     g: Grouped,
@@ -348,7 +348,7 @@ struct Pre {
 /// this party's cores are idle. If its rows are one bucket by its own
 /// measure (the usual case; the peer may still ask for more), it groups
 /// them, and as RR22's receiver in the fast or malicious mode it encodes
-/// its OKVS ([`crate::rr22::encode_ahead`]). Measured at 2^20 rows with
+/// its OKVS ([`crate::rr22::OkvsSlot::spawn`]). Measured at 2^20 rows with
 /// `compare.sh` (the listener starts 0.3 s earlier): see docs/psi.md. A run
 /// that needs more buckets puts the items back ([`Grouped::items_by_row`]).
 fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {

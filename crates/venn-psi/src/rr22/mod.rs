@@ -182,9 +182,8 @@ const FRAME_BLOCKS: usize = (MAX_FRAME - 1) / 16;
 /// 2^19 was also faster than 2^20.
 const LOW_COMM_CHUNK: usize = 1 << 19;
 
-/// The RR22 core (see module docs); has the engine's `CoreFn` shape.
 /// The receiver's OKVS, encoded ahead of the run on a thread of its own
-/// ([`OkvsSlot::spawn`]), for the session to hand to [`intersect`] through
+/// ([`OkvsSlot::spawn`]), for the session to hand to the protocol through
 /// [`CoreInput::okvs_ahead`].
 ///
 /// Why: in the fast and malicious modes the OKVS depends only on the
@@ -208,7 +207,7 @@ pub struct OkvsSlot(std::sync::Mutex<Option<Encoding>>);
 
 impl OkvsSlot {
     /// Starts encoding P = Encode{(x, H(x))} for `items` (the fast mode's
-    /// OKVS, as [`run_receiver`] makes it) on a new thread. `None` if no
+    /// OKVS, as the receiver makes it in the run) on a new thread. `None` if no
     /// thread could be started (the run then encodes as usual).
     pub fn spawn(items: std::sync::Arc<Vec<u128>>, stat_sec: u32) -> Option<Self> {
         std::thread::Builder::new()
@@ -253,6 +252,7 @@ fn encode_ahead(items: &[u128], stat_sec: u32) -> Result<OkvsAhead, PsiError> {
     })
 }
 
+/// The RR22 core (see module docs); has the engine's `CoreFn` shape.
 pub(crate) fn intersect(chan: &dyn Channel, input: &CoreInput<'_>) -> Result<CoreOutput, PsiError> {
     intersect_with(chan, input, Options::default())
 }
