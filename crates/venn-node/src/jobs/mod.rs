@@ -960,7 +960,9 @@ async fn apply(
             row.attempt = *attempt;
             row.start_time = *start_time;
             row.end_time = *end_time;
-            state.store.update_task_party(&row).await
+            state.store.update_task_party(&row).await?;
+            refresh_failed_reason(state, &j.job_id).await;
+            Ok(())
         }
         Body::Command { command, reason } => {
             let text = format!("{command} by {caller}: {reason}");
@@ -1250,6 +1252,38 @@ async fn view(
         },
         rows,
     ))
+}
+
+/// Recomputes the reason of a job that has already Failed, after a party's
+/// late result: a party's own task can end after the job failed elsewhere
+/// (the peer reported first that this party went away), and the job's
+/// reason should then name the cause ([`phase::aggregate`]). The scheduler
+/// does not revisit finished jobs, so whoever records a party's result on
+/// a failed job calls this. Only the reason changes; nothing starts or stops.
+pub(crate) async fn refresh_failed_reason(state: &SharedState, job_id: &str) {
+    let res = async {
+        let Some(j) = state.store.job(job_id).await? else {
+            return Ok(());
+        };
+        if j.phase != JobPhase::Failed.as_str() {
+            return Ok(());
+        }
+        let m: Manifest = serde_json::from_str(&j.manifest)
+            .map_err(|e| NodeError::Invalid(format!("stored manifest: {e}")))?;
+        let (v, _) = view(state, &j, &m).await?;
+        let d = phase::evaluate(&v);
+        if d.phase == JobPhase::Failed && d.reason != j.reason {
+            state
+                .store
+                .set_job_phase(&j.job_id, JobPhase::Failed.as_str(), &d.reason, true, true)
+                .await?;
+            tracing::info!(job = %j.job_id, reason = %d.reason, "job reason");
+        }
+        Ok::<(), NodeError>(())
+    };
+    if let Err(e) = res.await {
+        tracing::error!(job = %job_id, "refreshing the job's reason: {e}");
+    }
 }
 
 /// One scheduling pass over a job: new phase, own tasks started or stopped.

@@ -203,8 +203,16 @@ pub struct Decision {
 
 /// A task's state from its parties' states: any Failed → Failed (with that party's reason);
 /// all Succeeded → Succeeded; any started → Running; else Pending.
+///
+/// Of several failed parties, the reason shown is the cause: a party whose
+/// only complaint is that its peer went away ([`peer_went_away`]) failed
+/// because another one did, so another failed party's reason comes first
+/// (else the first in party order). Without this the job's reason depended
+/// on which report reached the node first.
 pub fn aggregate(parties: &[(String, TaskPhase, String)]) -> (TaskPhase, String) {
-    if let Some((d, _, r)) = parties.iter().find(|p| p.1 == TaskPhase::Failed) {
+    let mut failed = parties.iter().filter(|p| p.1 == TaskPhase::Failed);
+    let cause = failed.clone().find(|p| !peer_went_away(&p.2));
+    if let Some((d, _, r)) = cause.or_else(|| failed.next()) {
         return (TaskPhase::Failed, format!("{d}: {r}"));
     }
     if !parties.is_empty() && parties.iter().all(|p| p.1 == TaskPhase::Succeeded) {
@@ -224,6 +232,12 @@ pub fn aggregate(parties: &[(String, TaskPhase, String)]) -> (TaskPhase, String)
         return (TaskPhase::Running, reason);
     }
     (TaskPhase::Pending, String::new())
+}
+
+/// Whether a party's failure only says that the other party went away: the
+/// PSI engine's and the link's wording, "the peer closed the connection…".
+fn peer_went_away(reason: &str) -> bool {
+    reason.starts_with("the peer closed the connection")
 }
 
 /// Decides the job's phase and the tasks to start (see the module docs for the rules).
@@ -485,6 +499,26 @@ mod tests {
         assert_eq!(
             aggregate(&[p("a", Succeeded), p("b", Failed)]),
             (Failed, "b: why".into())
+        );
+        // the cause, not the consequence: b was killed, a saw it go away
+        let gone = "the peer closed the connection before the protocol finished";
+        let f = |d: &str, r: &str| (d.to_string(), Failed, r.to_string());
+        assert_eq!(
+            aggregate(&[f("a", gone), f("b", "killed (signal 9)")]),
+            (Failed, "b: killed (signal 9)".into())
+        );
+        assert_eq!(
+            aggregate(&[f("a", "disk full"), f("b", gone)]),
+            (Failed, "a: disk full".into())
+        );
+        // both saw the other go away: the first in party order
+        assert_eq!(
+            aggregate(&[f("a", gone), f("b", gone)]),
+            (Failed, format!("a: {gone}"))
+        );
+        assert_eq!(
+            aggregate(&[f("a", "x"), f("b", "y")]),
+            (Failed, "a: x".into())
         );
     }
 
