@@ -27,9 +27,11 @@
 //! in, and on this VM a fresh 4 KiB page costs ~2 µs (the host backs it
 //! again). A 2^20-row RR22 receiver touched ~500 MB of pages for a 175 MB
 //! peak. For inputs up to [`RETAIN_MAX_INPUT`] bytes the PSI commands
-//! therefore never purge: RR22 at 2^20, both parties, alternated runs:
-//! 1.25–1.46 s against 1.57–1.73 s, page faults 126k → 61k (receiver),
-//! peak RSS 175 → 250–270 MB (receiver) and 175 → 220–240 MB (sender),
+//! therefore never purge: RR22 at 2^20, both parties, two sets of
+//! alternated runs an hour apart: 1.25–1.46 s against 1.57–1.73 s, then
+//! 1.39–1.54 s against 1.48–1.57 s (the system time per party fell from
+//! ~0.31 to ~0.19 s both times), page faults 126k → 61k (receiver),
+//! peak RSS 175 → 250–270 MB (receiver) and 175 → 220–250 MB (sender),
 //! still under half of SecretFlow's 520–710 MB. At 2^22 rows the same
 //! switch saved ~0.5 s of 4.3–4.9 s but raised the sender's peak from
 //! 640 MB to 720–750 MB, SecretFlow's own level, so larger inputs keep
