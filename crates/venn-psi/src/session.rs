@@ -361,11 +361,8 @@ fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {
     let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
     let mut g = Grouped::new(items, idx, os_random());
     let unique = std::sync::Arc::new(std::mem::take(&mut g.unique));
-    let receiver = match (cfg.self_receives(), cfg.peer_receives()) {
-        (true, false) => true,
-        (true, true) => cfg.leader,
-        _ => false,
-    };
+    let receiver = crate::rr22::is_receiver(cfg.self_receives(), cfg.peer_receives(), cfg.leader)
+        == Some(true);
     let okvs = (cfg.protocol == crate::config::Protocol::Rr22 && !cfg.low_comm && receiver)
         .then(|| crate::rr22::OkvsSlot::spawn(unique.clone(), cfg.stat_sec))
         .flatten();

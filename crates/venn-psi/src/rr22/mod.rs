@@ -237,19 +237,48 @@ impl std::fmt::Debug for OkvsSlot {
 
 fn encode_ahead(items: &[u128], stat_sec: u32) -> Result<OkvsAhead, PsiError> {
     let params = OkvsParams::new(items.len(), stat_sec);
-    let mut seeds = Prg::from_os();
-    let (header, cells) = okvs::encode_values(
-        &params,
-        items,
-        okvs::Values::Of(&|x: &[u128], v: &mut [u128]| prim::hash_value(x, v)),
-        || seeds.block(),
-        EncodeOptions::default(),
-    )?;
+    let (header, cells) = encode_p(&params, items, u128::MAX, EncodeOptions::default())?;
     Ok(OkvsAhead {
         params,
         header,
         cells,
     })
+}
+
+/// The receiver's P = Encode{(x, H(x))}, H(x) cut to the bits of `vmask`
+/// (RR22 §5: H_B), under a fresh seed.
+fn encode_p(
+    params: &OkvsParams,
+    items: &[u128],
+    vmask: u128,
+    opts: EncodeOptions,
+) -> Result<(OkvsHeader, Vec<u128>), PsiError> {
+    let value = |x: &[u128], v: &mut [u128]| {
+        prim::hash_value(x, v);
+        if vmask != u128::MAX {
+            v.iter_mut().for_each(|h| *h &= vmask);
+        }
+    };
+    let mut seeds = Prg::from_os();
+    okvs::encode_values(
+        params,
+        items,
+        okvs::Values::Of(&value),
+        || seeds.block(),
+        opts,
+    )
+}
+
+/// Whether this party is RR22's receiver R (the OPRF receiver, which
+/// learns the result): the party that learns, the leader if both do.
+/// `None` when neither learns (nothing runs).
+pub fn is_receiver(self_learns: bool, peer_learns: bool, leader: bool) -> Option<bool> {
+    match (self_learns, peer_learns) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        (true, true) => Some(leader),
+        (false, false) => None,
+    }
 }
 
 /// The RR22 core (see module docs); has the engine's `CoreFn` shape.
@@ -348,11 +377,8 @@ fn intersect_with(
     input: &CoreInput<'_>,
     opts: Options,
 ) -> Result<CoreOutput, PsiError> {
-    let receiver = match (input.self_learns, input.peer_learns) {
-        (true, false) => true,
-        (false, true) => false,
-        (true, true) => input.leader,
-        (false, false) => return Ok(CoreOutput { matches: None }),
+    let Some(receiver) = is_receiver(input.self_learns, input.peer_learns, input.leader) else {
+        return Ok(CoreOutput { matches: None });
     };
     let (n_x, n_y) = if receiver {
         (input.items.len(), input.peer_len)
@@ -570,36 +596,13 @@ fn run_receiver(
                 Ok(Err(e)) => Err(e),
                 // another shape (cannot happen: the session asks only for
                 // this one) or a panic: encode here
-                _ => {
-                    let mut seeds = Prg::from_os();
-                    okvs::encode_values(
-                        params,
-                        items,
-                        okvs::Values::Of(&|x: &[u128], v: &mut [u128]| prim::hash_value(x, v)),
-                        || seeds.block(),
-                        opts,
-                    )
-                }
+                _ => encode_p(params, items, vmask, opts),
             };
             trace!(t0, "R: okvs encoded ahead");
             return (v, e);
         }
         let enc = s.spawn(|| {
-            // P = Encode{(x, H(x))}, H(x) cut to vbits bits (RR22 §5: H_B)
-            let value = |x: &[u128], v: &mut [u128]| {
-                prim::hash_value(x, v);
-                if vmask != u128::MAX {
-                    v.iter_mut().for_each(|h| *h &= vmask);
-                }
-            };
-            let mut seeds = Prg::from_os();
-            let r = okvs::encode_values(
-                params,
-                items,
-                okvs::Values::Of(&value),
-                || seeds.block(),
-                opts,
-            );
+            let r = encode_p(params, items, vmask, opts);
             trace!(t0, "R: okvs encoded");
             r
         });
