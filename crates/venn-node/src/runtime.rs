@@ -551,7 +551,6 @@ async fn finish(state: &SharedState, job: &str, task: &str, attempt: i64, exit: 
     if let Err(e) = report_party(state, &row).await {
         tracing::error!(job, task, "recording the task result: {e}");
     }
-    crate::jobs::refresh_failed_reason(state, job).await;
 }
 
 /// Records this node's party of a task Failed with `why`, when it is still Running in
@@ -574,7 +573,6 @@ async fn fail_party(state: &SharedState, job: &str, task: &str, attempt: i64, wh
     if let Err(e) = report_party(state, &row).await {
         tracing::error!(job, task, "recording the task failure: {e}");
     }
-    crate::jobs::refresh_failed_reason(state, job).await;
     true
 }
 

@@ -961,7 +961,9 @@ async fn apply(
             row.start_time = *start_time;
             row.end_time = *end_time;
             state.store.update_task_party(&row).await?;
-            refresh_failed_reason(state, &j.job_id).await;
+            if row.phase == TaskPhase::Failed.as_str() {
+                refresh_failed_reason(state, &j.job_id).await;
+            }
             Ok(())
         }
         Body::Command { command, reason } => {
@@ -1150,6 +1152,9 @@ async fn load(state: &NodeState, job: &str) -> Result<(JobRow, Manifest)> {
 /// Records a change of this node's party of a task and tells the other parties.
 pub async fn report_party(state: &NodeState, row: &TaskPartyRow) -> Result<()> {
     state.store.update_task_party(row).await?;
+    if row.phase == TaskPhase::Failed.as_str() {
+        refresh_failed_reason(state, &row.job_id).await;
+    }
     let (_, m) = load(state, &row.job_id).await?;
     broadcast(
         state,
@@ -1258,9 +1263,10 @@ async fn view(
 /// late result: a party's own task can end after the job failed elsewhere
 /// (the peer reported first that this party went away), and the job's
 /// reason should then name the cause ([`phase::aggregate`]). The scheduler
-/// does not revisit finished jobs, so whoever records a party's result on
-/// a failed job calls this. Only the reason changes; nothing starts or stops.
-pub(crate) async fn refresh_failed_reason(state: &SharedState, job_id: &str) {
+/// does not revisit finished jobs, so both places that record a party's
+/// failure (this node's own, [`report_party`]; a peer's, `apply`) call this.
+/// Only the reason changes; nothing starts or stops.
+async fn refresh_failed_reason(state: &NodeState, job_id: &str) {
     let res = async {
         let Some(j) = state.store.job(job_id).await? else {
             return Ok(());
@@ -1273,9 +1279,10 @@ pub(crate) async fn refresh_failed_reason(state: &SharedState, job_id: &str) {
         let (v, _) = view(state, &j, &m).await?;
         let d = phase::evaluate(&v);
         if d.phase == JobPhase::Failed && d.reason != j.reason {
+            // only if nothing changed the job meanwhile (a restart)
             state
                 .store
-                .set_job_phase(&j.job_id, JobPhase::Failed.as_str(), &d.reason, true, true)
+                .replace_failed_reason(&j.job_id, &j.reason, &d.reason)
                 .await?;
             tracing::info!(job = %j.job_id, reason = %d.reason, "job reason");
         }

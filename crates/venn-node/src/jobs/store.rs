@@ -207,6 +207,22 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the reason of a job that is still Failed with reason `old`
+    /// (compare and set: a restart or another writer in between wins).
+    pub async fn replace_failed_reason(&self, id: &str, old: &str, reason: &str) -> Result<()> {
+        self.query(
+            "UPDATE jobs SET reason = ?, updated_at = ? \
+             WHERE job_id = ? AND phase = 'Failed' AND reason = ?",
+        )
+        .bind(reason)
+        .bind(now_unix())
+        .bind(id)
+        .bind(old)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Sets the sticky command of a job.
     pub async fn set_job_control(&self, id: &str, control: &str, reason: &str) -> Result<()> {
         self.query("UPDATE jobs SET control = ?, reason = ?, updated_at = ? WHERE job_id = ?")

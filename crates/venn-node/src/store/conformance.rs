@@ -620,6 +620,18 @@ async fn jobs_tables() {
             ["job-1"]
         );
         assert_eq!(s.live_jobs(&["job-2".into()]).await.unwrap().len(), 2);
+        // a failed job's reason is replaced only from the reason it has,
+        // and only while it is Failed
+        s.replace_failed_reason("job-2", "stale", "y")
+            .await
+            .unwrap();
+        assert_eq!(s.job("job-2").await.unwrap().unwrap().reason, "x");
+        s.replace_failed_reason("job-2", "x", "y").await.unwrap();
+        assert_eq!(s.job("job-2").await.unwrap().unwrap().reason, "y");
+        s.replace_failed_reason("job-1", "restart", "z")
+            .await
+            .unwrap();
+        assert_eq!(s.job("job-1").await.unwrap().unwrap().reason, "restart");
 
         s.upsert_approval(&approval("job-1", "alice"))
             .await
