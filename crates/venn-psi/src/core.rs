@@ -47,9 +47,10 @@ pub struct CoreInput<'a> {
     /// RR22: the malicious variant; other protocols ignore it (the session
     /// refuses it for them).
     pub malicious: bool,
-    /// RR22 receiver: the OKVS, if the session encoded it ahead of the run
-    /// ([`crate::rr22::OkvsSlot::spawn`]); other protocols ignore it.
-    pub okvs_ahead: Option<&'a crate::rr22::OkvsSlot>,
+    /// RR22 receiver: its noise, A and OKVS, if the session prepared them
+    /// ahead of the run ([`crate::rr22::ReceiverAhead::spawn`]); other
+    /// protocols ignore it.
+    pub rr22_ahead: Option<&'a crate::rr22::ReceiverAhead>,
 }
 
 /// A match: (position in my items, position in the peer's items).
@@ -131,7 +132,7 @@ pub(crate) mod testing {
                     stat_sec: 40,
                     low_comm: mode.0,
                     malicious: mode.1,
-                    okvs_ahead: None,
+                    rr22_ahead: None,
                 };
                 core(&ca, &input)
             });
@@ -146,7 +147,7 @@ pub(crate) mod testing {
                     stat_sec: 40,
                     low_comm: mode.0,
                     malicious: mode.1,
-                    okvs_ahead: None,
+                    rr22_ahead: None,
                 };
                 core(&cb, &input)
             });

@@ -335,20 +335,20 @@ struct Input {
 }
 
 /// What [`work_ahead`] did: the whole input grouped as bucket 0 of 1, and
-/// the RR22 receiver's OKVS for it, encoding in the background.
+/// the RR22 receiver's noise, A and OKVS for it, computed in the background.
 struct Pre {
     /// The grouping, its unique items moved to `unique`.
     g: Grouped,
     unique: std::sync::Arc<Vec<Item>>,
-    okvs: Option<crate::rr22::OkvsSlot>,
+    rr22: Option<crate::rr22::ReceiverAhead>,
 }
 
 /// The work a party that reads ahead ([`ReadAhead`]) does next, before its
 /// peer is there: while the link comes up and the peer starts and reads,
 /// this party's cores are idle. If its rows are one bucket by its own
 /// measure (the usual case; the peer may still ask for more), it groups
-/// them, and as RR22's receiver in the fast or malicious mode it encodes
-/// its OKVS ([`crate::rr22::OkvsSlot::spawn`]). Measured at 2^20 rows with
+/// them, and as RR22's receiver in the fast or malicious mode it prepares
+/// all it sends before the tags ([`crate::rr22::ReceiverAhead::spawn`]). Measured at 2^20 rows with
 /// `compare.sh` (the listener starts 0.3 s earlier): see docs/psi.md. A run
 /// that needs more buckets puts the items back ([`Grouped::items_by_row`]).
 fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {
@@ -363,10 +363,10 @@ fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {
     let unique = std::sync::Arc::new(std::mem::take(&mut g.unique));
     let receiver = crate::rr22::is_receiver(cfg.self_receives(), cfg.peer_receives(), cfg.leader)
         == Some(true);
-    let okvs = (cfg.protocol == crate::config::Protocol::Rr22 && !cfg.low_comm && receiver)
-        .then(|| crate::rr22::OkvsSlot::spawn(unique.clone(), cfg.stat_sec))
+    let rr22 = (cfg.protocol == crate::config::Protocol::Rr22 && !cfg.low_comm && receiver)
+        .then(|| crate::rr22::ReceiverAhead::spawn(unique.clone(), cfg.stat_sec, cfg.malicious))
         .flatten();
-    input.pre = Some(Pre { g, unique, okvs });
+    input.pre = Some(Pre { g, unique, rr22 });
     input
 }
 
@@ -1221,16 +1221,16 @@ fn run_inner(
     if buckets > 1
         && let Some(p) = pre.take()
     {
-        if let Some(o) = p.okvs {
+        if let Some(o) = p.rr22 {
             o.cancel();
         }
         input.loaded.restore_items(p.g.items_by_row(&p.unique));
     }
     for b in 0..buckets {
         let mut br = input.loaded.bucket(b, buckets)?;
-        let (g, shuffled, okvs) = match pre.take() {
+        let (g, shuffled, ahead) = match pre.take() {
             // one bucket: its items went into the grouping ahead
-            Some(p) => (p.g, p.unique, p.okvs),
+            Some(p) => (p.g, p.unique, p.rr22),
             None => {
                 let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
                 let mut g = Grouped::new(items, idx, os_random());
@@ -1269,7 +1269,7 @@ fn run_inner(
             stat_sec: cfg.stat_sec,
             low_comm: cfg.low_comm,
             malicious: cfg.malicious,
-            okvs_ahead: okvs.as_ref(),
+            rr22_ahead: ahead.as_ref(),
         };
         tracing::debug!(
             bucket = b,

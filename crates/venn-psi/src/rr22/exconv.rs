@@ -95,15 +95,6 @@ impl ExConvCode {
         }
     }
 
-    /// [`ExConvCode::convolve`] of two vectors at once (they share the
-    /// coefficients, so the receiver's A and C cost less than twice one).
-    pub(crate) fn convolve_pair(&self, a: &mut [u128], c: &mut [u128]) {
-        debug_assert!(a.len() == self.n && c.len() == self.n);
-        for aes in &self.conv {
-            convolve_lanes(aes, [&mut a[self.k..], &mut c[self.k..]]);
-        }
-    }
-
     /// Expander positions (indices into y) of outputs [first, first +
     /// count) into `pos`, `WEIGHT` per output: 4 regular, then 3 uniform.
     /// Output o's come from the 32-bit words 0..7 of AES_expander(2o) ‖
@@ -163,31 +154,6 @@ impl ExConvCode {
         });
     }
 
-    /// [`ExConvCode::expand`] of two convolved vectors with the same positions.
-    pub(crate) fn expand_pair(
-        &self,
-        a: &[u128],
-        c: &[u128],
-        first: usize,
-        out_a: &mut [u128],
-        out_c: &mut [u128],
-    ) {
-        debug_assert!(a.len() == self.n && c.len() == self.n && out_a.len() == out_c.len());
-        let (sa, ya) = a.split_at(self.k);
-        let (sc, yc) = c.split_at(self.k);
-        let len = out_a.len();
-        let tasks = out_a.par_chunks_mut(STEP).zip(out_c.par_chunks_mut(STEP));
-        self.for_each_row(first, len, tasks, |(oa, oc), i, at, p| {
-            let (mut s, mut t) = (sa[at], sc[at]);
-            for &j in p {
-                s ^= ya[j as usize];
-                t ^= yc[j as usize];
-            }
-            oa[i] = s;
-            oc[i] = t;
-        });
-    }
-
     /// Dual encoding of `e` (its tail is overwritten): all k outputs.
     #[cfg(test)]
     pub(crate) fn encode(&self, e: &mut [u128]) -> Vec<u128> {
@@ -214,19 +180,16 @@ fn coefficients(aes: &Aes, row0: usize, out: &mut [u32], blocks: &mut Vec<u128>)
     }
 }
 
-/// Both convolution passes over the tail half of `a` (and of `c`, at once)
-/// under chunk 0's code (`cargo bench -p venn-psi`; not a stable API).
-pub(crate) fn bench_convolve(a: &mut [u128], c: Option<&mut [u128]>) {
-    let code = ExConvCode::new(a.len() / 2, a.len(), 0);
-    match c {
-        Some(c) => code.convolve_pair(a, c),
-        None => code.convolve(a),
-    }
+/// Both convolution passes over the tail half of `a` under chunk 0's code
+/// (`cargo bench -p venn-psi`; not a stable API).
+pub(crate) fn bench_convolve(a: &mut [u128]) {
+    ExConvCode::new(a.len() / 2, a.len(), 0).convolve(a);
 }
 
 /// y = T⁻¹·x in place for one T (coefficients from `aes`), for L vectors
-/// at once (the receiver's A and C share the coefficients, the table
-/// indices and the loop; their table entries sit side by side).
+/// at once (they would share the coefficients, the table indices and the
+/// loop, their table entries side by side; the VOLE now convolves one
+/// vector at a time, since the receiver computes its A ahead of C).
 ///
 /// Row i = 4q + t: bit j−1 of w_i (j = 1..24) is c_{i,j}, and bit 24 is the
 /// fixed tap at j = 25. Shifted left by 4 − t, the nibble d of w_i selects
@@ -403,19 +366,12 @@ mod tests {
         let code = ExConvCode::new(k, n, 4);
         let mut prg = Prg::new(5);
         let mut a = prg.blocks(n);
-        let mut c = prg.blocks(n);
-        code.convolve_pair(&mut a, &mut c);
+        code.convolve(&mut a);
         let mut full = vec![0u128; k];
         code.expand(&a, 0, &mut full);
         let mut tail = vec![0u128; k - 1234];
         code.expand(&a, 1234, &mut tail);
         assert_eq!(&full[1234..], &tail[..]);
-        let (mut pa, mut pc) = (vec![0u128; k], vec![0u128; k]);
-        code.expand_pair(&a, &c, 0, &mut pa, &mut pc);
-        assert_eq!(pa, full);
-        let mut fc = vec![0u128; k];
-        code.expand(&c, 0, &mut fc);
-        assert_eq!(pc, fc);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!    with C = A·Δ + B.
 //! 2. R encodes P = Encode{(x, H(x)) : x ∈ X} (`okvs.rs`; H from `prim.rs`),
 //!    sends the OKVS header (seed, per-bin attempt numbers) and A' = A + P
-//!    (m·16 bytes, in frames of at most 4 MiB).
+//!    (m·16 bytes, in frames of at most 4 MiB). A depends on R's VOLE noise
+//!    only, so A' can go out while the VOLE still computes C (below).
 //! 3. S computes K = B + A'·Δ (= C + P·Δ) and for each y ∈ Y, in its own
 //!    (random) item order, the tag Ho(Decode(K, y) + Δ·H(y)) truncated to
 //!    ⌈(λ + log2(n_x·n_y))/8⌉ bytes ([`crate::core::tag_bytes`]).
@@ -33,10 +34,16 @@
 //! distinct (the engine guarantees it); a duplicate makes the OKVS encoding
 //! fail with an error, never a silent loss.
 //!
-//! Concurrency: the receiver overlaps the OKVS encoding with the VOLE, streams
-//! its OT-extension messages from a second thread while it reads the sender's
-//! replies, and streams A' from a second thread while it computes its own
-//! tags, so neither party ever blocks on a send while the other does too.
+//! Concurrency: nothing R sends before the tags depends on S's messages
+//! except through C, so R computes its VOLE noise, A, P and A' = A + P on a
+//! thread of its own (ahead of the run when it has idle time,
+//! [`ReceiverAhead`]) while the VOLE's messages give it C. It streams its
+//! OT-extension messages from a second thread while it reads S's replies;
+//! in the semi-honest modes that thread then sends the OKVS header and A'
+//! at once, and S reads them after its VOLE (in the malicious mode A' goes
+//! after the VOLE check and w_r, as the variant requires). R computes its own
+//! tags meanwhile, so neither party ever blocks on a send while the other
+//! does too.
 //!
 //! Communication (n_x = n_y = n): R → S about 1.35·128 bits per receiver item
 //! (OKVS expansion: RR22's e ≈ 1.27 at 2^14-key bins times the bin-capacity
@@ -54,8 +61,8 @@
 //! (not a subfield: every operation applied to B-values is GF(2)-linear —
 //! the binary OKVS's XORs, the Expand-Convolute code's XORs, and
 //! multiplication by Δ — so closure under XOR is all the protocol uses):
-//! * the OKVS has a binary dense part ([`okvs::Dense::Binary`]) so decoding
-//!   is XOR only, and bins of 2^18 keys (e ≈ 1.23 with a 1.5% bin margin;
+//! * the OKVS decodes with XORs only (its dense part is binary, as in
+//!   every mode: see [`okvs`]), and its bins hold 2^18 keys (e ≈ 1.23 with a 1.5% bin margin;
 //!   §6.2 uses no bins at all);
 //! * `vbits` = λ + ⌈log2 n_y⌉ (60 at 2^20): the receiver could tell an
 //!   item y ∉ X from its tag only if Decode(P, y) = H_B(y), probability
@@ -182,67 +189,125 @@ const FRAME_BLOCKS: usize = (MAX_FRAME - 1) / 16;
 /// 2^19 was also faster than 2^20.
 const LOW_COMM_CHUNK: usize = 1 << 19;
 
-/// The receiver's OKVS, encoded ahead of the run on a thread of its own
-/// ([`OkvsSlot::spawn`]), for the session to hand to the protocol through
-/// [`CoreInput::okvs_ahead`].
+/// What the RR22 receiver prepares before its peer is there, started by
+/// [`ReceiverAhead::spawn`] for the session to hand to the protocol through
+/// [`CoreInput::rr22_ahead`].
 ///
-/// Why: in the fast and malicious modes the OKVS depends only on the
-/// receiver's own items (its shape on their number and λ, its values on H),
-/// so a receiver that is ready before its peer — it read its file while the
-/// peer was still starting or reading — encodes in that idle time. The
-/// encoding runs in the background: where there was no idle time it is
-/// still running when the VOLE starts and overlaps it, as the encoding
-/// inside the run always did. The OKVS seed is fresh either way and the
-/// messages are the same.
-pub struct OkvsAhead {
+/// Why: in the fast and malicious modes nothing the receiver sends before
+/// the tags depends on the sender. Its VOLE noise and A = H·A_sparse follow
+/// from its own randomness ([`vole::RecvNoise`]), its OKVS P from its own
+/// items (the shape from their number and λ, the values from H), and so does
+/// A' = A + P. A receiver that is ready before its peer — it read its file
+/// while the peer was still starting or reading — computes all of it in
+/// that idle time, and in the run only its C waits on the sender's replies.
+/// The work runs in the background: where there was no idle time it is
+/// still running when the VOLE starts and overlaps it, as it does inside the
+/// run ([`run_receiver`]). The noise and the OKVS seed are fresh either way
+/// and the messages are the same.
+pub struct ReceiverAhead(std::sync::Mutex<Option<Prepared>>);
+
+/// The receiver's noise, and the thread computing A' from it.
+struct Prepared {
     params: OkvsParams,
-    header: OkvsHeader,
-    cells: Vec<u128>,
+    noise: vole::RecvNoise,
+    masking: std::thread::JoinHandle<Result<Masked, PsiError>>,
 }
 
-type Encoding = std::thread::JoinHandle<Result<OkvsAhead, PsiError>>;
+/// A' = A + P with P's header, and the β_i of A's chunks (the malicious
+/// check needs them).
+struct Masked {
+    header: OkvsHeader,
+    a_prime: Vec<u128>,
+    betas: vole::Betas,
+}
 
-/// A slot the protocol takes the background encoding from (at most once).
-pub struct OkvsSlot(std::sync::Mutex<Option<Encoding>>);
-
-impl OkvsSlot {
-    /// Starts encoding P = Encode{(x, H(x))} for `items` (the fast mode's
-    /// OKVS, as the receiver makes it in the run) on a new thread. `None` if no
-    /// thread could be started (the run then encodes as usual).
-    pub fn spawn(items: std::sync::Arc<Vec<u128>>, stat_sec: u32) -> Option<Self> {
+impl ReceiverAhead {
+    /// Draws the VOLE noise for `items` (the fast mode's shape, or the
+    /// malicious mode's) and starts computing A' = A + P on a new thread.
+    /// `None` if no thread could be started (the run then does it all).
+    pub fn spawn(items: std::sync::Arc<Vec<u128>>, stat_sec: u32, malicious: bool) -> Option<Self> {
+        let (params, cfg) = fast_shape(items.len(), stat_sec, malicious);
+        let noise = vole::RecvNoise::new(params.len(), &cfg);
+        let (p, n) = (params, noise.clone());
         std::thread::Builder::new()
-            .name("venn-psi-okvs".into())
-            .spawn(move || encode_ahead(&items, stat_sec))
+            .name("venn-psi-ahead".into())
+            .spawn(move || mask_p(&p, &items, u128::MAX, EncodeOptions::default(), &n))
             .ok()
-            .map(|h| OkvsSlot(std::sync::Mutex::new(Some(h))))
+            .map(|masking| {
+                ReceiverAhead(std::sync::Mutex::new(Some(Prepared {
+                    params,
+                    noise,
+                    masking,
+                })))
+            })
     }
 
-    /// Waits for the encoding (if nobody took it) and drops it.
+    /// Waits for the work (if nobody took it) and drops it.
     pub fn cancel(self) {
-        if let Some(h) = self.take() {
-            let _ = h.join();
+        if let Some(p) = self.take() {
+            let _ = p.masking.join();
         }
     }
 
-    fn take(&self) -> Option<Encoding> {
+    fn take(&self) -> Option<Prepared> {
         self.0.lock().ok().and_then(|mut a| a.take())
     }
 }
 
-impl std::fmt::Debug for OkvsSlot {
+impl std::fmt::Debug for ReceiverAhead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OkvsSlot")
+        f.write_str("ReceiverAhead")
     }
 }
 
-fn encode_ahead(items: &[u128], stat_sec: u32) -> Result<OkvsAhead, PsiError> {
-    let params = OkvsParams::new(items.len(), stat_sec);
-    let (header, cells) = encode_p(&params, items, u128::MAX, EncodeOptions::default())?;
-    Ok(OkvsAhead {
-        params,
+/// The OKVS parameters and VOLE of the fast (or malicious) mode for a
+/// receiver with `n_x` items: one definition for the run and the work ahead.
+fn fast_shape(n_x: usize, stat_sec: u32, malicious: bool) -> (OkvsParams, vole::VoleCfg) {
+    (
+        OkvsParams::new(n_x, stat_sec),
+        vole::VoleCfg {
+            malicious,
+            ..vole::VoleCfg::FAST
+        },
+    )
+}
+
+/// A = H·A_sparse for `noise` and P = Encode{(x, H(x))}, side by side; then
+/// A' = A + P in place (P's memory is free before the run needs more).
+fn mask_p(
+    params: &OkvsParams,
+    items: &[u128],
+    vmask: u128,
+    opts: EncodeOptions,
+    noise: &vole::RecvNoise,
+) -> Result<Masked, PsiError> {
+    let ((mut a, betas), p) = rayon::join(|| noise.a(), || encode_p(params, items, vmask, opts));
+    let (header, p) = p?;
+    debug_assert!(a.iter().chain(&p).all(|x| x & !vmask == 0));
+    a.par_chunks_mut(1 << 14)
+        .zip(p.par_chunks(1 << 14))
+        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x ^= y));
+    Ok(Masked {
         header,
-        cells,
+        a_prime: a,
+        betas,
     })
+}
+
+/// The thread computing A', started ahead ([`ReceiverAhead`]) or in the run.
+enum Masking<'s> {
+    Ahead(std::thread::JoinHandle<Result<Masked, PsiError>>),
+    Here(std::thread::ScopedJoinHandle<'s, Result<Masked, PsiError>>),
+}
+
+impl Masking<'_> {
+    fn join(self) -> Result<Masked, PsiError> {
+        match self {
+            Masking::Ahead(h) => h.join(),
+            Masking::Here(h) => h.join(),
+        }
+        .unwrap_or_else(|_| Err(PsiError::peer("RR22: the thread computing A' panicked")))
+    }
 }
 
 /// The receiver's P = Encode{(x, H(x))}, H(x) cut to the bits of `vmask`
@@ -342,13 +407,11 @@ impl Shape {
                 malicious: false,
             })
         } else {
+            let (params, vole) = fast_shape(n_x, input.stat_sec, input.malicious);
             Ok(Shape {
-                params: OkvsParams::new(n_x, input.stat_sec),
+                params,
                 vbits: 128,
-                vole: vole::VoleCfg {
-                    malicious: input.malicious,
-                    ..vole::VoleCfg::FAST
-                },
+                vole,
                 malicious: input.malicious,
             })
         }
@@ -401,9 +464,13 @@ fn intersect_with(
     let tb = tag_bytes(input.stat_sec, input.total_len.0, input.total_len.1);
     let shape = Shape::new(input, n_x, n_y)?;
     if receiver {
-        // an OKVS encoded ahead is used if it has this run's shape (checked
-        // once it is done: full-width values, the same params)
-        let ahead = input.okvs_ahead.and_then(OkvsSlot::take);
+        // the work done ahead is used if it has this run's shape
+        // (full-width values, the same OKVS and VOLE)
+        let ahead = input.rr22_ahead.and_then(ReceiverAhead::take).filter(|p| {
+            shape.vbits == 128
+                && p.params == shape.params
+                && p.noise.fits(shape.params.len(), &shape.vole)
+        });
         run_receiver(chan, input.items, n_y, &shape, tb, opts.encode, ahead)
             .map(|m| CoreOutput { matches: Some(m) })
     } else {
@@ -573,7 +640,7 @@ fn run_receiver(
     shape: &Shape,
     tb: usize,
     opts: EncodeOptions,
-    ahead: Option<Encoding>,
+    ahead: Option<Prepared>,
 ) -> Result<Vec<Match>, PsiError> {
     let params = &shape.params;
     let m = params.len();
@@ -585,55 +652,36 @@ fn run_receiver(
         None
     };
     let vmask = shape.vmask();
-    // The OKVS encoding needs no message: it runs beside the VOLE.
-    let (vole_out, encoded) = std::thread::scope(|s| {
-        let fits = |a: &OkvsAhead| shape.vbits == 128 && a.params == *params;
-        if let Some(h) = ahead {
-            let v = vole::recv(chan, m, &shape.vole);
-            trace!(t0, "R: vole done (m = {m})");
-            let e = match h.join() {
-                Ok(Ok(a)) if fits(&a) => Ok((a.header, a.cells)),
-                Ok(Err(e)) => Err(e),
-                // another shape (cannot happen: the session asks only for
-                // this one) or a panic: encode here
-                _ => encode_p(params, items, vmask, opts),
-            };
-            trace!(t0, "R: okvs encoded ahead");
-            return (v, e);
-        }
-        let enc = s.spawn(|| {
-            let r = encode_p(params, items, vmask, opts);
-            trace!(t0, "R: okvs encoded");
-            r
-        });
-        let v = vole::recv(chan, m, &shape.vole);
-        trace!(t0, "R: vole done (m = {m})");
-        let e = enc
-            .join()
-            .unwrap_or_else(|_| Err(PsiError::peer("RR22: OKVS thread panicked")));
-        (v, e)
-    });
-    let (mut a, c) = vole_out?;
-    let (header, p) = encoded?;
-    debug_assert!(a.iter().chain(&p).all(|x| x & !vmask == 0));
-    // A' = A + P in place: P's memory is free before the tags are computed
-    a.par_chunks_mut(1 << 14)
-        .zip(p.par_chunks(1 << 14))
-        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x ^= y));
-    drop(p);
-    let wr = if shape.malicious {
-        let wr = Prg::from_os().block();
-        wire::send(chan, tags::W_R, &wr.to_le_bytes())?;
-        wr
-    } else {
-        0
+    let (noise, ahead) = match ahead {
+        Some(p) => (p.noise, Some(p.masking)),
+        None => (vole::RecvNoise::new(m, &shape.vole), None),
     };
-    wire::send(chan, tags::OKVS_HDR, &encode_header(&header))?;
-    // A' = A + P goes out on a second thread while this one computes our tags.
-    let fc = shape.frame_cells();
-    let (sent, mut mine) = std::thread::scope(|s| {
-        let sender = s.spawn(|| -> Result<(), PsiError> {
-            for ac in a.chunks(fc) {
+    let (matches, wr) = std::thread::scope(|s| {
+        // A' = A + P needs no message: computed ahead, or here beside the VOLE
+        let masking = match ahead {
+            Some(h) => Masking::Ahead(h),
+            None => Masking::Here(s.spawn(|| mask_p(params, items, vmask, opts, &noise))),
+        };
+        // A second thread sends the OKVS header and A' once `ready` says
+        // so: in the semi-honest modes as soon as the VOLE's OT messages
+        // are out (the sender reads A' after its VOLE), in the malicious
+        // mode after the VOLE check and w_r. Meanwhile this thread
+        // finishes C and computes its own tags.
+        let (ready, ready_rx) = std::sync::mpsc::channel::<()>();
+        let (got_header, header_rx) = std::sync::mpsc::channel();
+        let okvs_out = s.spawn(move || -> Result<(), PsiError> {
+            let Masked {
+                header,
+                a_prime,
+                betas,
+            } = masking.join()?;
+            trace!(t0, "R: A' ready");
+            let hdr = encode_header(&header);
+            if got_header.send((header, betas)).is_err() || ready_rx.recv().is_err() {
+                return Ok(()); // the run stopped before A' was due
+            }
+            wire::send(chan, tags::OKVS_HDR, &hdr)?;
+            for ac in a_prime.chunks(shape.frame_cells()) {
                 let mut frame = Vec::with_capacity(1 + (ac.len() * shape.vbits).div_ceil(8));
                 frame.push(tags::OKVS_DATA);
                 pack_cells(&mut frame, ac.iter().copied(), shape.vbits);
@@ -641,18 +689,48 @@ fn run_receiver(
             }
             Ok(())
         });
-        let mut mine = okvs::decode_grouped(params, &header, &c, items);
-        if !shape.malicious {
-            output_tags(&mut mine.0, tb);
-        }
-        trace!(t0, "R: own tags");
-        let sent = sender
+        let early = (!shape.malicious).then(|| ready.clone());
+        let run = || -> Result<_, PsiError> {
+            let (c, checks, ()) = vole::recv_c(chan, &noise, move || {
+                if let Some(r) = early {
+                    let _ = r.send(());
+                }
+                Ok(())
+            })?;
+            trace!(t0, "R: vole done (m = {m})");
+            let Ok((header, betas)) = header_rx.recv() else {
+                return Ok(None); // okvs_out failed: its error is the cause
+            };
+            vole::recv_check(chan, &noise, &betas, checks)?;
+            let wr = if shape.malicious {
+                let wr = Prg::from_os().block();
+                wire::send(chan, tags::W_R, &wr.to_le_bytes())?;
+                let _ = ready.send(());
+                wr
+            } else {
+                0
+            };
+            let mut mine = okvs::decode_grouped(params, &header, &c, items);
+            drop(c);
+            if !shape.malicious {
+                output_tags(&mut mine.0, tb);
+            }
+            trace!(t0, "R: own tags");
+            Ok(Some((mine, wr)))
+        };
+        let r = run();
+        // a run that stopped early never sends `ready`: release okvs_out
+        drop(ready);
+        let sent = okvs_out
             .join()
             .unwrap_or_else(|_| Err(PsiError::peer("RR22: sending thread panicked")));
-        (sent, mine)
-    });
-    sent?;
-    drop((a, c));
+        match (r, sent) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(Some(x)), Ok(())) => Ok(x),
+            (Ok(None), Ok(())) => Err(PsiError::peer("RR22: the thread computing A' stopped")),
+        }
+    })?;
+    let mut mine = matches;
     if let Some(commitment) = commitment {
         // the opening of w_s, checked against the commitment; then
         // H_o(x, Decode(C, x) + w) with w = w_r + w_s
@@ -966,10 +1044,9 @@ pub mod bench {
     }
 
     /// The Expand-Convolute code's two convolution passes over the tail
-    /// half of `a` (the sender's vector), or of `a` and `c` at once (the
-    /// receiver's A and C).
-    pub fn convolve(a: &mut [u128], c: Option<&mut [u128]>) {
-        exconv::bench_convolve(a, c);
+    /// half of `a`.
+    pub fn convolve(a: &mut [u128]) {
+        exconv::bench_convolve(a);
     }
 }
 
@@ -1110,7 +1187,7 @@ mod tests {
             stat_sec: 40,
             low_comm: false,
             malicious: true,
-            okvs_ahead: None,
+            rr22_ahead: None,
         };
         let a: &'static [u128] = Box::leak(a.into_boxed_slice());
         let b: &'static [u128] = Box::leak(b.into_boxed_slice());
@@ -1158,7 +1235,7 @@ mod tests {
             stat_sec: 40,
             low_comm: true,
             malicious: true,
-            okvs_ahead: None,
+            rr22_ahead: None,
         };
         let err = intersect(&ca, &input).unwrap_err().to_string();
         assert!(err.contains("--low-comm"), "{err}");
@@ -1178,7 +1255,7 @@ mod tests {
             stat_sec: 40,
             low_comm: true,
             malicious: false,
-            okvs_ahead: None,
+            rr22_ahead: None,
         };
         let sh = Shape::new(&input, 1 << 20, 1 << 20).unwrap();
         assert_eq!(sh.vbits, 60);
@@ -1302,7 +1379,7 @@ mod tests {
                     stat_sec: 40,
                     low_comm: false,
                     malicious: false,
-                    okvs_ahead: None,
+                    rr22_ahead: None,
                 };
                 let r = intersect(&cb, &input);
                 drop(cb);
@@ -1318,7 +1395,7 @@ mod tests {
                 stat_sec: 40,
                 low_comm: false,
                 malicious: false,
-                okvs_ahead: None,
+                rr22_ahead: None,
             };
             let r = intersect(&ca, &input);
             h.join().unwrap().unwrap();
@@ -1369,7 +1446,7 @@ mod tests {
                     stat_sec: 40,
                     low_comm: mode.0,
                     malicious: mode.1,
-                    okvs_ahead: None,
+                    rr22_ahead: None,
                 };
                 intersect(&cb, &input).unwrap()
             });
@@ -1383,7 +1460,7 @@ mod tests {
                 stat_sec: 40,
                 low_comm: mode.0,
                 malicious: mode.1,
-                okvs_ahead: None,
+                rr22_ahead: None,
             };
             (intersect(&ca, &input).unwrap(), hb.join().unwrap())
         });

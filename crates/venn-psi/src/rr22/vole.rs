@@ -419,39 +419,157 @@ pub(crate) fn send_with(
 }
 
 /// The VOLE receiver's side: returns (A, C) with C = A·Δ + B, |A| = |C| = m.
+///
+/// The all-in-one form of [`RecvNoise`], [`RecvNoise::a`], [`recv_c`] and
+/// [`recv_check`]: A is computed on a thread of its own beside the messages.
 pub(crate) fn recv(
     chan: &dyn Channel,
     m: usize,
     cfg: &VoleCfg,
 ) -> Result<(Vec<u128>, Vec<u128>), PsiError> {
-    let mut prg = Prg::from_os();
+    let noise = RecvNoise::new(m, cfg);
+    std::thread::scope(|s| {
+        let a = s.spawn(|| noise.a());
+        let (c, checks, ()) = recv_c(chan, &noise, || Ok(()))?;
+        let (a, betas) = a
+            .join()
+            .map_err(|_| PsiError::peer("VOLE: the thread computing A panicked"))?;
+        recv_check(chan, &noise, &betas, checks)?;
+        Ok((a, c))
+    })
+}
+
+/// Everything the VOLE receiver picks alone, chunk by chunk: the noise
+/// positions α_i, the first chunk's noise values β_i and the check's mask y*
+/// (malicious mode). Later chunks' β_i are the previous chunk's reserved A
+/// outputs, so they too follow from this alone ([`RecvNoise::a`]).
+///
+/// Why it is a value of its own: the receiver's A = H·A_sparse needs no
+/// message, only this noise. A receiver that is ready before its peer
+/// computes A (the dearer half of its compression) in that idle time, and
+/// in the run only C waits on the sender's replies. The distribution of
+/// everything sent is the same whenever the noise is drawn.
+#[derive(Clone)]
+pub(crate) struct RecvNoise {
+    m: usize,
+    cfg: VoleCfg,
+    chunks: Vec<ChunkNoise>,
+}
+
+#[derive(Clone)]
+struct ChunkNoise {
+    p: ChunkParams,
+    alpha: Vec<usize>,
+    /// β_i of the first chunk (empty for bootstrapped chunks)
+    beta: Vec<u128>,
+    /// the check's mask y* (malicious mode; else 0)
+    y_star: u128,
+}
+
+/// Every chunk's β_i, computed with A (the malicious check needs them).
+pub(crate) struct Betas(Vec<Vec<u128>>);
+
+/// Per chunk of a malicious-mode run, what the check needs from the
+/// sender's message: the challenge χ and Σ_j χ_j·w_j + z*.
+pub(crate) struct PendingChecks(Vec<(Aes, u128)>);
+
+impl RecvNoise {
+    /// Draws the noise of an m-output VOLE (from the OS's randomness).
+    pub(crate) fn new(m: usize, cfg: &VoleCfg) -> Self {
+        let mut prg = Prg::from_os();
+        let bmask = cfg.mask();
+        let chunks = chunks(m, cfg)
+            .into_iter()
+            .map(|p| {
+                // α_i uniform in [0, L), β_i uniform non-zero in the subspace
+                let alpha = prg
+                    .blocks(NOISE)
+                    .iter()
+                    .map(|r| reduce64(*r as u64, p.leaves as u64) as usize)
+                    .collect();
+                let beta = if p.uses_cots() {
+                    prg.blocks(NOISE)
+                        .into_iter()
+                        .map(|b| if b & bmask == 0 { 1 } else { b & bmask })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let y_star = if p.check { prg.block() } else { 0 };
+                ChunkNoise {
+                    p,
+                    alpha,
+                    beta,
+                    y_star,
+                }
+            })
+            .collect();
+        RecvNoise {
+            m,
+            cfg: *cfg,
+            chunks,
+        }
+    }
+
+    /// Whether this noise is for an m-output VOLE of kind `cfg`.
+    pub(crate) fn fits(&self, m: usize, cfg: &VoleCfg) -> bool {
+        self.m == m && self.cfg == *cfg
+    }
+
+    /// A = H·A_sparse, chunk by chunk (A_sparse: β_i at α_i of block i; a
+    /// bootstrapped chunk's β_i are the previous chunk's reserved outputs).
+    pub(crate) fn a(&self) -> (Vec<u128>, Betas) {
+        let mut a = vec![0u128; self.m];
+        let mut betas = Vec::with_capacity(self.chunks.len());
+        let mut sparse = Vec::new();
+        let mut done = 0;
+        for ch in &self.chunks {
+            let p = &ch.p;
+            let beta = match betas.last_mut() {
+                None => ch.beta.clone(),
+                Some((_, reserve)) => std::mem::take(reserve),
+            };
+            sparse.clear();
+            sparse.resize(p.n(), 0);
+            for (i, (al, b)) in ch.alpha.iter().zip(&beta).enumerate() {
+                sparse[i * p.leaves + al] = *b;
+            }
+            let code = p.code();
+            code.convolve(&mut sparse);
+            code.expand(&sparse, 0, &mut a[done..done + p.m]);
+            let mut reserve = vec![0u128; p.reserve];
+            code.expand(&sparse, p.m, &mut reserve);
+            betas.push((beta, reserve));
+            done += p.m;
+        }
+        (a, Betas(betas.into_iter().map(|(b, _)| b).collect()))
+    }
+}
+
+/// The VOLE receiver's C = A·Δ + B for `noise`, from the messages: base OTs,
+/// OT extension, punctured trees, compression. A is not computed here (see
+/// [`RecvNoise::a`]).
+///
+/// `after_ot` runs on the thread that streamed the OT extension messages out,
+/// once they are all sent: the caller may send more there (the semi-honest
+/// receiver sends its OKVS, which the sender reads after the VOLE). Its
+/// result comes back with C. In malicious mode the caller finishes with
+/// [`recv_check`].
+pub(crate) fn recv_c<T: Send>(
+    chan: &dyn Channel,
+    noise: &RecvNoise,
+    after_ot: impl FnOnce() -> Result<T, PsiError> + Send,
+) -> Result<(Vec<u128>, PendingChecks, T), PsiError> {
     let t0 = std::time::Instant::now();
     let base = ot::base_send(chan)?;
     super::trace!(t0, "R: base OT");
     let mut iknp = IknpReceiver::new(&base);
-    let bmask = cfg.mask();
-    // Phase 1: every chunk's noise and OT extension message. None depends on
-    // the sender's replies (a bootstrapped chunk's β_i come from the
-    // previous chunk's outputs, but its OT choices do not involve β_i).
+    // Phase 1: every chunk's OT extension message. None depends on the
+    // sender's replies (a bootstrapped chunk's OT choices do not involve β_i).
     let mut pending: Vec<Pending> = Vec::new();
     let mut msgs = Vec::new();
-    for p in chunks(m, cfg) {
-        // noise: α_i uniform in [0, L), β_i uniform non-zero in the subspace
-        let alpha: Vec<usize> = prg
-            .blocks(NOISE)
-            .iter()
-            .map(|r| reduce64(*r as u64, p.leaves as u64) as usize)
-            .collect();
-        let beta: Vec<u128> = if p.uses_cots() {
-            prg.blocks(NOISE)
-                .into_iter()
-                .map(|b| if b & bmask == 0 { 1 } else { b & bmask })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        // the check's mask y* (malicious mode)
-        let y_star = if p.check { prg.block() } else { 0 };
+    for ch in &noise.chunks {
+        let p = &ch.p;
         // choice bits: bits of β_i (first chunk), then for tree i level l
         // (1-based) the complement of α_i's bit at that level (the sibling's
         // side), then the bits of y*
@@ -465,119 +583,133 @@ pub(crate) fn recv(
         for i in 0..NOISE {
             if p.uses_cots() {
                 for k in 0..bb {
-                    set(i * bb + k, (beta[i] >> k) & 1 == 1);
+                    set(i * bb + k, (ch.beta[i] >> k) & 1 == 1);
                 }
             }
             for l in 1..=p.depth {
-                let a_bit = (alpha[i] >> (p.depth - l)) & 1 == 1;
+                let a_bit = (ch.alpha[i] >> (p.depth - l)) & 1 == 1;
                 set(p.pprf_ot(i, l - 1), !a_bit);
             }
         }
         if p.check {
             for k in 0..KAPPA {
-                set(p.mask_ot() + k, (y_star >> k) & 1 == 1);
+                set(p.mask_ot() + k, (ch.y_star >> k) & 1 == 1);
             }
         }
-        let (msg, t) = if cfg.malicious {
+        let (msg, t) = if noise.cfg.malicious {
             iknp.extend_checked(&choices)
         } else {
             iknp.extend(&choices)
         };
         msgs.push(msg);
-        let first = p.uses_cots().then(|| {
-            let c = (0..NOISE)
+        // c_i = β_i·Δ + b_i of the first chunk
+        let first_c = p.uses_cots().then(|| {
+            (0..NOISE)
                 .map(|i| pack_gf(&t[i * bb..(i + 1) * bb]))
-                .collect();
-            (beta, c)
+                .collect()
         });
-        let mask = p.check.then(|| {
+        let z_star = if p.check {
             let mo = p.mask_ot();
-            (y_star, pack_gf(&t[mo..mo + KAPPA]))
-        });
+            pack_gf(&t[mo..mo + KAPPA])
+        } else {
+            0
+        };
         let pprf_t = &t[p.pprf_ot(0, 0)..p.pprf_ot(0, 0) + NOISE * p.depth];
         let mut mr = vec![0u128; pprf_t.len()];
         tccr(pprf_t, p.tweak(), &mut mr);
         pending.push(Pending {
-            p,
-            alpha,
-            first,
+            first_c,
             mr,
-            mask,
+            z_star,
         });
     }
-    // Phase 2: one thread streams the OT messages out while this one
-    // processes the sender's replies (so neither side blocks on a full link).
-    let (a, c, checks) = std::thread::scope(|s| {
-        let out = s.spawn(move || -> Result<(), PsiError> {
+    // Phase 2: one thread streams the OT messages out (then runs
+    // `after_ot`) while this one processes the sender's replies (so neither
+    // side blocks on a full link).
+    std::thread::scope(|s| {
+        let out = s.spawn(move || -> Result<T, PsiError> {
             for msg in msgs {
                 wire::send(chan, tags::VOLE_OT, &msg)?;
             }
-            Ok(())
+            after_ot()
         });
-        let r = recv_replies(chan, m, pending, t0);
+        let r = recv_replies(chan, noise, pending, t0);
         let o = out
             .join()
             .unwrap_or_else(|_| Err(PsiError::peer("VOLE: sending thread panicked")));
-        let r = r?;
-        o?;
-        Ok::<_, PsiError>(r)
-    })?;
-    if cfg.malicious {
-        let (xs, vs): (Vec<u128>, Vec<u128>) = checks.into_iter().unzip();
-        let mut bytes = Vec::new();
-        wire::put_u128s(&mut bytes, &xs);
-        wire::send(chan, tags::VOLE_CHECK, &bytes)?;
-        let theirs = wire::recv(chan, tags::VOLE_CHECK, "VOLE consistency check")?;
-        if theirs[..] != check_digest(&vs)[..] {
-            return Err(PsiError::peer(
-                "malicious-security check failed: the peer's VOLE is inconsistent (sparse-VOLE check)",
-            ));
-        }
+        let (c, checks) = r?;
+        Ok((c, checks, o?))
+    })
+}
+
+/// Malicious mode: the sparse-VOLE consistency check of every chunk, once A
+/// (and so every β_i) is known. Sends x* = x + y* per chunk and compares the
+/// sender's digest with Σ χ_j·w_j + z*. A no-op in the other modes.
+pub(crate) fn recv_check(
+    chan: &dyn Channel,
+    noise: &RecvNoise,
+    betas: &Betas,
+    checks: PendingChecks,
+) -> Result<(), PsiError> {
+    if !noise.cfg.malicious {
+        return Ok(());
     }
-    Ok((a, c))
+    let mut xs = Vec::with_capacity(checks.0.len());
+    let mut vs = Vec::with_capacity(checks.0.len());
+    for ((chi, v), (ch, beta)) in checks.0.iter().zip(noise.chunks.iter().zip(&betas.0)) {
+        // x = Σ_i χ_{i·L+α_i}·β_i (the sparse A)
+        let x = (0..NOISE).fold(0u128, |acc, i| {
+            let j = (i * ch.p.leaves + ch.alpha[i]) as u128;
+            acc ^ super::gf128::mul(chi.enc(j), beta[i])
+        });
+        xs.push(x ^ ch.y_star);
+        vs.push(*v);
+    }
+    let mut bytes = Vec::new();
+    wire::put_u128s(&mut bytes, &xs);
+    wire::send(chan, tags::VOLE_CHECK, &bytes)?;
+    let theirs = wire::recv(chan, tags::VOLE_CHECK, "VOLE consistency check")?;
+    if theirs[..] != check_digest(&vs)[..] {
+        return Err(PsiError::peer(
+            "malicious-security check failed: the peer's VOLE is inconsistent (sparse-VOLE check)",
+        ));
+    }
+    Ok(())
 }
 
-/// A chunk prepared by the receiver before the sender's reply: parameters,
-/// α_i, (β_i, c_i) for the first chunk, the PPRF OT pads m_r, and the
-/// check's mask (y*, z*) in malicious mode.
+/// A chunk's state between the receiver's OT extension and the sender's
+/// reply: c_i of the first chunk, the PPRF OT pads m_r, and the check's z*.
 struct Pending {
-    p: ChunkParams,
-    alpha: Vec<usize>,
-    first: Option<(Vec<u128>, Vec<u128>)>,
+    first_c: Option<Vec<u128>>,
     mr: Vec<u128>,
-    mask: Option<(u128, u128)>,
+    z_star: u128,
 }
 
-/// Phase 2 of [`recv`], per chunk: punctured trees, sparse vectors, code.
-/// Also returns, per chunk of a malicious-mode run, (x*, Σ χ_j·w_j + z*).
-#[allow(clippy::type_complexity)]
+/// Phase 2 of [`recv_c`], per chunk: punctured trees, sparse C, code.
 fn recv_replies(
     chan: &dyn Channel,
-    m: usize,
+    noise: &RecvNoise,
     pending: Vec<Pending>,
     t0: std::time::Instant,
-) -> Result<(Vec<u128>, Vec<u128>, Vec<(u128, u128)>), PsiError> {
-    let mut a_out = vec![0u128; m];
-    let mut c_out = vec![0u128; m];
+) -> Result<(Vec<u128>, PendingChecks), PsiError> {
+    let mut c_out = vec![0u128; noise.m];
     let mut done = 0;
-    let mut reserve: (Vec<u128>, Vec<u128>) = (Vec::new(), Vec::new());
+    let mut reserve: Vec<u128> = Vec::new();
     let mut sparse: Vec<u128> = Vec::new();
-    let mut sparse_a: Vec<u128> = Vec::new();
     let mut checks = Vec::new();
-    for Pending {
-        p,
-        alpha,
-        first,
-        mr,
-        mask,
-    } in pending
+    for (
+        ch,
+        Pending {
+            first_c,
+            mr,
+            z_star,
+        },
+    ) in noise.chunks.iter().zip(pending)
     {
-        // β_i and c_i = β_i·Δ + b_i: fresh (first chunk) or the previous
-        // chunk's reserved outputs (A_j, C_j)
-        let (beta, c) = match first {
-            Some(bc) => bc,
-            None => std::mem::take(&mut reserve),
-        };
+        let (p, alpha) = (&ch.p, &ch.alpha);
+        // c_i = β_i·Δ + b_i: fresh (first chunk) or the previous chunk's
+        // reserved outputs C_j
+        let c = first_c.unwrap_or_else(|| std::mem::take(&mut reserve));
         let reply_bytes = wire::recv(chan, tags::VOLE_PPRF, "VOLE punctured-PRF message")?;
         let reply = wire::get_u128s(&reply_bytes, "VOLE punctured-PRF message")?;
         if reply.len() != NOISE * (2 * p.depth + 1) {
@@ -632,38 +764,20 @@ fn recv_replies(
                 leaves[a] = c[i] ^ r[2 * p.depth] ^ others;
             });
         super::trace!(t0, "R: pprf received + trees");
-        if let Some((y_star, z_star)) = mask {
-            // x = Σ_i χ_{i·L+α_i}·β_i (the sparse A), x* = x + y*
+        if p.check {
             let chi = check_chi(p.index, &reply_bytes);
-            let x = (0..NOISE).fold(0u128, |acc, i| {
-                let j = (i * p.leaves + alpha[i]) as u128;
-                acc ^ super::gf128::mul(chi.enc(j), beta[i])
-            });
-            checks.push((x ^ y_star, check_combine(&chi, &sparse) ^ z_star));
-        }
-        // the sparse A: β_i at α_i of block i
-        sparse_a.clear();
-        sparse_a.resize(p.n(), 0);
-        for (i, (a, b)) in alpha.iter().zip(&beta).enumerate() {
-            sparse_a[i * p.leaves + a] = *b;
+            let w = check_combine(&chi, &sparse) ^ z_star;
+            checks.push((chi, w));
         }
         let code = p.code();
-        code.convolve_pair(&mut sparse_a, &mut sparse);
-        code.expand_pair(
-            &sparse_a,
-            &sparse,
-            0,
-            &mut a_out[done..done + p.m],
-            &mut c_out[done..done + p.m],
-        );
-        let mut ra = vec![0u128; p.reserve];
-        let mut rc = vec![0u128; p.reserve];
-        code.expand_pair(&sparse_a, &sparse, p.m, &mut ra, &mut rc);
-        reserve = (ra, rc);
+        code.convolve(&mut sparse);
+        code.expand(&sparse, 0, &mut c_out[done..done + p.m]);
+        reserve = vec![0u128; p.reserve];
+        code.expand(&sparse, p.m, &mut reserve);
         super::trace!(t0, "R: encoded");
         done += p.m;
     }
-    Ok((a_out, c_out, checks))
+    Ok((c_out, PendingChecks(checks)))
 }
 
 #[cfg(test)]
