@@ -172,7 +172,7 @@ impl Rows {
 /// random in the arena, and a miss per row would serialise the output.
 #[inline(always)]
 #[allow(unsafe_code)]
-fn prefetch<T>(x: &T) {
+pub(crate) fn prefetch<T>(x: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `_mm_prefetch` needs only SSE, which every x86_64 CPU has; it
     // is a hint that never faults and reads nothing observable, and the

@@ -121,37 +121,33 @@ impl ExConvCode {
         }
     }
 
-    /// Runs `row(task, i, output, positions)` for outputs [first, first +
-    /// len), cut into parallel tasks of `STEP` outputs; `tasks` yields each
-    /// task's output chunks (one slice, or a pair of slices).
-    fn for_each_row<T: Send>(
-        &self,
-        first: usize,
-        len: usize,
-        tasks: impl IndexedParallelIterator<Item = T>,
-        row: impl Fn(&mut T, usize, usize, &[u32]) + Sync,
-    ) {
-        debug_assert!(first + len <= self.k);
-        tasks.enumerate().for_each_init(
+    /// out[i] = e[first + i] + Σ_j y[pos_j(first + i)] for a convolved `e`,
+    /// in parallel tasks of `STEP` outputs.
+    ///
+    /// y (~2 MB per chunk) does not fit in L2, so each output's 7 reads are
+    /// cache misses; the loop asks for the entries of output i + `AHEAD`
+    /// while it sums output i.
+    pub(crate) fn expand(&self, e: &[u128], first: usize, out: &mut [u128]) {
+        debug_assert_eq!(e.len(), self.n);
+        debug_assert!(first + out.len() <= self.k);
+        const AHEAD: usize = 4;
+        let (sys, y) = e.split_at(self.k);
+        out.par_chunks_mut(STEP).enumerate().for_each_init(
             || (Vec::new(), Vec::new()),
-            |(blocks, pos), (ci, mut task)| {
+            |(blocks, pos), (ci, o)| {
                 let start = first + ci * STEP;
-                self.positions(start, STEP.min(len - ci * STEP), blocks, pos);
-                for (i, p) in pos.chunks_exact(WEIGHT).enumerate() {
-                    row(&mut task, i, start + i, p);
+                self.positions(start, o.len(), blocks, pos);
+                for (i, o) in o.iter_mut().enumerate() {
+                    if let Some(next) = pos.get((i + AHEAD) * WEIGHT..(i + AHEAD + 1) * WEIGHT) {
+                        for &j in next {
+                            crate::store::prefetch(&y[j as usize]);
+                        }
+                    }
+                    let p = &pos[i * WEIGHT..(i + 1) * WEIGHT];
+                    *o = p.iter().fold(sys[start + i], |s, &j| s ^ y[j as usize]);
                 }
             },
         );
-    }
-
-    /// out[i] = e[first + i] + Σ_j y[pos_j(first + i)] for a convolved `e`.
-    pub(crate) fn expand(&self, e: &[u128], first: usize, out: &mut [u128]) {
-        debug_assert_eq!(e.len(), self.n);
-        let (sys, y) = e.split_at(self.k);
-        let len = out.len();
-        self.for_each_row(first, len, out.par_chunks_mut(STEP), |o, i, at, p| {
-            o[i] = p.iter().fold(sys[at], |s, &j| s ^ y[j as usize]);
-        });
     }
 
     /// Dual encoding of `e` (its tail is overwritten): all k outputs.
