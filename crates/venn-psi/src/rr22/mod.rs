@@ -62,8 +62,8 @@
 //! the binary OKVS's XORs, the Expand-Convolute code's XORs, and
 //! multiplication by Δ — so closure under XOR is all the protocol uses):
 //! * the OKVS decodes with XORs only (its dense part is binary, as in
-//!   every mode: see [`okvs`]), and its bins hold 2^18 keys (e ≈ 1.23 with a 1.5% bin margin;
-//!   §6.2 uses no bins at all);
+//!   every mode: see [`okvs`]), and its bins hold 2^18 keys (e ≈ 1.23
+//!   with a 1.5% bin margin; §6.2 uses no bins at all);
 //! * `vbits` = λ + ⌈log2 n_y⌉ (60 at 2^20): the receiver could tell an
 //!   item y ∉ X from its tag only if Decode(P, y) = H_B(y), probability
 //!   n_y/|B| ≤ 2^-λ over the sender's items (the privacy argument after
