@@ -835,16 +835,10 @@ fn run_sender(
     }
     let k = b;
     trace!(t0, "S: K computed");
-    let mut tags_y = okvs::decode(params, &header, &k, items);
+    // Decode(K, y) + Δ·H(y), in the memory of Δ·H(y)
+    let mut tags_y = hy;
+    okvs::decode_add(params, &header, &k, items, &mut tags_y);
     drop(k);
-    tags_y
-        .par_chunks_mut(4096)
-        .zip(hy.par_chunks(4096))
-        .for_each(|(t, h)| {
-            for (t, h) in t.iter_mut().zip(h) {
-                *t ^= *h;
-            }
-        });
     if shape.malicious {
         // open w_s only now, after the receiver's OKVS is fixed
         let opened = if cheat == SenderCheat::Opening {

@@ -484,13 +484,27 @@ pub(crate) fn decode(
     cells: &[u128],
     keys: &[u128],
 ) -> Vec<u128> {
+    let mut out = vec![0u128; keys.len()];
+    decode_add(params, header, cells, keys, &mut out);
+    out
+}
+
+/// acc[i] += Decode(cells, keys[i]): the bin-order results are gathered
+/// straight into the caller's vector (the sender's Δ·H(y), which becomes
+/// its tags), with no vector of decodes in item order.
+pub(crate) fn decode_add(
+    params: &OkvsParams,
+    header: &OkvsHeader,
+    cells: &[u128],
+    keys: &[u128],
+    acc: &mut [u128],
+) {
+    assert_eq!(acc.len(), keys.len());
     let (grouped_out, g) = decode_in_bins(params, header, cells, keys, Order::Pos);
     // back to item order: a parallel gather
-    let mut out = vec![0u128; keys.len()];
-    out.par_iter_mut()
+    acc.par_iter_mut()
         .zip(g.order.par_iter())
-        .for_each(|(o, p)| *o = grouped_out[*p as usize]);
-    out
+        .for_each(|(o, p)| *o ^= grouped_out[*p as usize]);
 }
 
 /// Decodes every key, in bin order: returns (values, item index of each).
