@@ -507,13 +507,19 @@ async fn finish(state: &SharedState, job: &str, task: &str, attempt: i64, exit: 
     if let Ok(mut pids) = state.runtime.pids.lock() {
         pids.remove(&(job.to_owned(), task.to_owned()));
     }
-    state.links.forget(job, task);
     let me = state.domain_id().to_owned();
     let Ok(Some(mut row)) = state.store.task_party(job, task, &me).await else {
+        state.links.forget(job, task);
         return;
     };
-    if row.phase != "Running" || row.attempt != attempt {
-        return; // stopped (and recorded) already, or a newer attempt runs
+    if row.attempt != attempt {
+        // a newer attempt runs: the links waiting for (job, task) are its own,
+        // and dropping them would fail it ("the peer closed the connection")
+        return;
+    }
+    state.links.forget(job, task);
+    if row.phase != "Running" {
+        return; // stopped (and recorded) already
     }
     let dir = task_dir(state, job, task);
     let result: Option<TaskResult> = std::fs::read(dir.join("result.json"))
@@ -557,12 +563,16 @@ async fn finish(state: &SharedState, job: &str, task: &str, attempt: i64, exit: 
 /// `attempt` (the kubernetes runtime, when one worker pod of several fails). True when it
 /// was recorded; the caller then ends the party's remaining workers.
 async fn fail_party(state: &SharedState, job: &str, task: &str, attempt: i64, why: &str) -> bool {
-    state.links.forget(job, task);
     let me = state.domain_id().to_owned();
     let Ok(Some(mut row)) = state.store.task_party(job, task, &me).await else {
+        state.links.forget(job, task);
         return false;
     };
-    if row.phase != "Running" || row.attempt != attempt {
+    if row.attempt != attempt {
+        return false; // a newer attempt runs: its waiting links stay (see `finish`)
+    }
+    state.links.forget(job, task);
+    if row.phase != "Running" {
         return false;
     }
     row.phase = "Failed".into();
@@ -861,4 +871,77 @@ pub fn log_tail(state: &NodeState, job: &str, task: &str, max: u64) -> Result<St
     };
     let start = bytes.len().saturating_sub(max as usize);
     Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// Node bob with its party of task job-1-psi Running in attempt `attempt`, and one task
+    /// link connection parked in its broker (as the non-dialing side parks it).
+    async fn bob_with_a_waiting_link(
+        dir: &std::path::Path,
+        attempt: i64,
+    ) -> (SharedState, tokio::net::TcpStream) {
+        let state = crate::state::NodeState::for_tests(Config {
+            data_dir: dir.to_path_buf(),
+            domain_id: "bob".into(),
+            ..Config::default()
+        })
+        .await;
+        state
+            .store
+            .ensure_task_party("job-1", "job-1-psi", "bob")
+            .await
+            .unwrap();
+        let mut r = state
+            .store
+            .task_party("job-1", "job-1-psi", "bob")
+            .await
+            .unwrap()
+            .unwrap();
+        r.phase = "Running".into();
+        r.attempt = attempt;
+        state.store.update_task_party(&r).await.unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (parked, _) = l.accept().await.unwrap();
+        let key = ("job-1".into(), "job-1-psi".into(), "alice".into(), 0);
+        state.links.offer_task(key, parked);
+        (state, client)
+    }
+
+    /// The end of an earlier attempt's process (a restart raced with it) must not drop the
+    /// links the new attempt's task is waiting on: that failed restarted jobs with "the peer
+    /// closed the connection during the relay's answer". The current attempt's end does.
+    #[tokio::test]
+    async fn an_earlier_attempts_end_keeps_the_new_attempts_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, mut client) = bob_with_a_waiting_link(dir.path(), 2).await;
+        finish(&state, "job-1", "job-1-psi", 1, "the task process ended").await;
+        assert_eq!(state.links.waiting(), 1);
+        let row = state
+            .store
+            .task_party("job-1", "job-1-psi", "bob")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.phase, "Running");
+        assert!(!fail_party(&state, "job-1", "job-1-psi", 1, "worker 1 failed").await);
+        assert_eq!(state.links.waiting(), 1);
+
+        finish(&state, "job-1", "job-1-psi", 2, "the task process ended").await;
+        assert_eq!(state.links.waiting(), 0);
+        // the parked connection was closed: the task sees the end of the stream
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut b))
+            .await
+            .expect("the parked link is closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
 }

@@ -59,7 +59,7 @@ const COPY_BUF: usize = 256 << 10;
 const MAX_HELLO: usize = 16 << 10;
 
 /// (job, task, peer domain, worker index).
-type Key = (String, String, String, u32);
+pub(crate) type Key = (String, String, String, u32);
 
 enum Slot {
     /// Our task connected first; the partner's upgrade takes it.
@@ -76,7 +76,7 @@ pub struct Broker {
 
 impl Broker {
     /// Hands our task's connection to a waiting partner upgrade, or parks it.
-    fn offer_task(&self, key: Key, stream: TcpStream) {
+    pub(crate) fn offer_task(&self, key: Key, stream: TcpStream) {
         let Ok(mut slots) = self.slots.lock() else {
             return;
         };
@@ -88,6 +88,12 @@ impl Broker {
             _ => stream,
         };
         slots.insert(key, Slot::Task(stream));
+    }
+
+    /// How many task connections and partner upgrades wait (tests).
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.slots.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     /// Drops whatever waits for the links of `job`/`task` (the task was stopped or ended).
