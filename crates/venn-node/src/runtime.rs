@@ -873,6 +873,25 @@ pub fn log_tail(state: &NodeState, job: &str, task: &str, max: u64) -> Result<St
     Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
 }
 
+/// Tests: `domain`'s party of task job-1-psi of job-1, recorded Running in `attempt`.
+#[cfg(test)]
+pub(crate) async fn running_party_for_tests(state: &SharedState, domain: &str, attempt: i64) {
+    state
+        .store
+        .ensure_task_party("job-1", "job-1-psi", domain)
+        .await
+        .unwrap();
+    let mut r = state
+        .store
+        .task_party("job-1", "job-1-psi", domain)
+        .await
+        .unwrap()
+        .unwrap();
+    r.phase = "Running".into();
+    r.attempt = attempt;
+    state.store.update_task_party(&r).await.unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -890,20 +909,7 @@ mod tests {
             ..Config::default()
         })
         .await;
-        state
-            .store
-            .ensure_task_party("job-1", "job-1-psi", "bob")
-            .await
-            .unwrap();
-        let mut r = state
-            .store
-            .task_party("job-1", "job-1-psi", "bob")
-            .await
-            .unwrap()
-            .unwrap();
-        r.phase = "Running".into();
-        r.attempt = attempt;
-        state.store.update_task_party(&r).await.unwrap();
+        running_party_for_tests(&state, "bob", attempt).await;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
             .await

@@ -1049,20 +1049,7 @@ async fn k8s_state(dir: &std::path::Path, config: kube::Config) -> SharedState {
 }
 
 async fn running_row(state: &SharedState, attempt: i64) {
-    state
-        .store
-        .ensure_task_party("job-1", "job-1-psi", "alice")
-        .await
-        .unwrap();
-    let mut r = state
-        .store
-        .task_party("job-1", "job-1-psi", "alice")
-        .await
-        .unwrap()
-        .unwrap();
-    r.phase = "Running".into();
-    r.attempt = attempt;
-    state.store.update_task_party(&r).await.unwrap();
+    crate::runtime::running_party_for_tests(state, "alice", attempt).await;
 }
 
 async fn party_row(state: &SharedState) -> TaskPartyRow {
