@@ -656,7 +656,7 @@ fn run_receiver(
         Some(p) => (p.noise, Some(p.masking)),
         None => (vole::RecvNoise::new(m, &shape.vole), None),
     };
-    let (matches, wr) = std::thread::scope(|s| {
+    let (mut mine, wr) = std::thread::scope(|s| {
         // A' = A + P needs no message: computed ahead, or here beside the VOLE
         let masking = match ahead {
             Some(h) => Masking::Ahead(h),
@@ -730,7 +730,6 @@ fn run_receiver(
             (Ok(None), Ok(())) => Err(PsiError::peer("RR22: the thread computing A' stopped")),
         }
     })?;
-    let mut mine = matches;
     if let Some(commitment) = commitment {
         // the opening of w_s, checked against the commitment; then
         // H_o(x, Decode(C, x) + w) with w = w_r + w_s

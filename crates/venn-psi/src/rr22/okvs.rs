@@ -107,8 +107,8 @@ impl OkvsParams {
         Self::with_bin_target(n, stat_sec, BIN_TARGET)
     }
 
-    /// The low-communication mode's shape: larger
-    /// bins ([`BIN_TARGET_LOW_COMM`]), whose smaller expansion and bin-capacity
+    /// The low-communication mode's shape: larger bins
+    /// ([`BIN_TARGET_LOW_COMM`]), whose smaller expansion and bin-capacity
     /// margin send fewer cells (RR22 §6.2 uses no clustering at all there).
     pub(crate) fn low_comm(n: usize, stat_sec: u32) -> Self {
         Self::with_bin_target(n, stat_sec, BIN_TARGET_LOW_COMM)

@@ -185,6 +185,18 @@ impl ChunkParams {
     fn code(&self) -> ExConvCode {
         ExConvCode::new(self.total(), self.n(), self.index)
     }
+
+    /// Compresses the chunk's sparse vector (its tail is overwritten by the
+    /// convolution): the delivered outputs go to `out` (`m` of them), the
+    /// reserved ones (the next chunk's noisy VOLEs) are returned.
+    fn compress(&self, sparse: &mut [u128], out: &mut [u128]) -> Vec<u128> {
+        let code = self.code();
+        code.convolve(sparse);
+        code.expand(sparse, 0, out);
+        let mut reserve = vec![0u128; self.reserve];
+        code.expand(sparse, self.m, &mut reserve);
+        reserve
+    }
 }
 
 /// Splits m outputs into chunks of at most MAX_CHUNK; every chunk but the
@@ -388,11 +400,7 @@ pub(crate) fn send_with(
         }
         wire::send(chan, tags::VOLE_PPRF, &bytes)?;
         super::trace!(t0, "S: pprf sent");
-        let code = p.code();
-        code.convolve(&mut sparse);
-        code.expand(&sparse, 0, &mut out[done..done + p.m]);
-        reserve = vec![0u128; p.reserve];
-        code.expand(&sparse, p.m, &mut reserve);
+        reserve = p.compress(&mut sparse, &mut out[done..done + p.m]);
         super::trace!(t0, "S: encoded");
         done += p.m;
     }
@@ -521,28 +529,26 @@ impl RecvNoise {
     pub(crate) fn a(&self) -> (Vec<u128>, Betas) {
         let mut a = vec![0u128; self.m];
         let mut betas = Vec::with_capacity(self.chunks.len());
+        let mut reserve = Vec::new();
         let mut sparse = Vec::new();
         let mut done = 0;
         for ch in &self.chunks {
             let p = &ch.p;
-            let beta = match betas.last_mut() {
-                None => ch.beta.clone(),
-                Some((_, reserve)) => std::mem::take(reserve),
+            let beta = if p.uses_cots() {
+                ch.beta.clone()
+            } else {
+                std::mem::take(&mut reserve)
             };
             sparse.clear();
             sparse.resize(p.n(), 0);
             for (i, (al, b)) in ch.alpha.iter().zip(&beta).enumerate() {
                 sparse[i * p.leaves + al] = *b;
             }
-            let code = p.code();
-            code.convolve(&mut sparse);
-            code.expand(&sparse, 0, &mut a[done..done + p.m]);
-            let mut reserve = vec![0u128; p.reserve];
-            code.expand(&sparse, p.m, &mut reserve);
-            betas.push((beta, reserve));
+            reserve = p.compress(&mut sparse, &mut a[done..done + p.m]);
+            betas.push(beta);
             done += p.m;
         }
-        (a, Betas(betas.into_iter().map(|(b, _)| b).collect()))
+        (a, Betas(betas))
     }
 }
 
@@ -769,11 +775,7 @@ fn recv_replies(
             let w = check_combine(&chi, &sparse) ^ z_star;
             checks.push((chi, w));
         }
-        let code = p.code();
-        code.convolve(&mut sparse);
-        code.expand(&sparse, 0, &mut c_out[done..done + p.m]);
-        reserve = vec![0u128; p.reserve];
-        code.expand(&sparse, p.m, &mut reserve);
+        reserve = p.compress(&mut sparse, &mut c_out[done..done + p.m]);
         super::trace!(t0, "R: encoded");
         done += p.m;
     }
