@@ -501,23 +501,34 @@ fn exit_text(s: std::process::ExitStatus) -> String {
     }
 }
 
+/// This node's party of `job`/`task` if `attempt` is still its current attempt, after
+/// dropping the task links waiting for it; `None` (links kept) when a newer attempt runs:
+/// those links are the new attempt's own, and dropping them would fail it ("the peer closed
+/// the connection during the relay's answer"). With no party row, the links go too.
+async fn attempt_ended(
+    state: &SharedState,
+    job: &str,
+    task: &str,
+    attempt: i64,
+) -> Option<TaskPartyRow> {
+    let me = state.domain_id().to_owned();
+    let row = state.store.task_party(job, task, &me).await.ok().flatten();
+    if row.as_ref().is_some_and(|r| r.attempt != attempt) {
+        return None;
+    }
+    state.links.forget(job, task);
+    row
+}
+
 /// Called when a task process has ended: reads its result, registers the output, records
 /// the party's final state.
 async fn finish(state: &SharedState, job: &str, task: &str, attempt: i64, exit: &str) {
     if let Ok(mut pids) = state.runtime.pids.lock() {
         pids.remove(&(job.to_owned(), task.to_owned()));
     }
-    let me = state.domain_id().to_owned();
-    let Ok(Some(mut row)) = state.store.task_party(job, task, &me).await else {
-        state.links.forget(job, task);
+    let Some(mut row) = attempt_ended(state, job, task, attempt).await else {
         return;
     };
-    if row.attempt != attempt {
-        // a newer attempt runs: the links waiting for (job, task) are its own,
-        // and dropping them would fail it ("the peer closed the connection")
-        return;
-    }
-    state.links.forget(job, task);
     if row.phase != "Running" {
         return; // stopped (and recorded) already
     }
@@ -563,15 +574,9 @@ async fn finish(state: &SharedState, job: &str, task: &str, attempt: i64, exit: 
 /// `attempt` (the kubernetes runtime, when one worker pod of several fails). True when it
 /// was recorded; the caller then ends the party's remaining workers.
 async fn fail_party(state: &SharedState, job: &str, task: &str, attempt: i64, why: &str) -> bool {
-    let me = state.domain_id().to_owned();
-    let Ok(Some(mut row)) = state.store.task_party(job, task, &me).await else {
-        state.links.forget(job, task);
+    let Some(mut row) = attempt_ended(state, job, task, attempt).await else {
         return false;
     };
-    if row.attempt != attempt {
-        return false; // a newer attempt runs: its waiting links stay (see `finish`)
-    }
-    state.links.forget(job, task);
     if row.phase != "Running" {
         return false;
     }
