@@ -113,6 +113,11 @@ pub(crate) struct PsiArgs {
     /// Memory for rows before they are bucketed on disk (e.g. 2GiB).
     #[arg(long, default_value = "6GiB", value_name = "SIZE", value_parser = parse_size)]
     memory_budget: u64,
+    /// Rows per protocol batch: larger inputs run the protocol in batches of
+    /// about this size, one after another, which bounds its memory (the
+    /// peer may give a smaller number; the smaller one is used).
+    #[arg(long, default_value_t = 1 << 20, value_name = "ROWS")]
+    batch_rows: u64,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -182,6 +187,7 @@ pub(crate) fn run(a: PsiArgs) -> anyhow::Result<()> {
     cfg.null_rep = a.null_rep.clone();
     cfg.skip_empty_keys = a.skip_empty_keys;
     cfg.memory_budget = a.memory_budget;
+    cfg.batch_rows = a.batch_rows;
     cfg.normalize = Normalize {
         trim: a.normalize.iter().any(|n| n == "trim"),
         lowercase: a.normalize.iter().any(|n| n == "lower"),

@@ -248,6 +248,30 @@ fn rr22_work_done_ahead_is_undone_when_the_peer_needs_buckets() {
     }
 }
 
+/// A peer with a smaller `--batch-rows` makes the party that worked ahead
+/// (grouped in one batch, RR22 receiver's A' for it) regroup into the
+/// agreed batches; either party may be the one with the smaller batches,
+/// and the outputs are byte for byte those of one batch.
+#[test]
+fn rr22_work_done_ahead_is_regrouped_when_the_peer_wants_batches() {
+    let p = Pair::new();
+    let tok = ("batch-token-batch-token", "batch-token-batch-token");
+    let one = ["--protocol", "rr22"];
+    let (a, b) = p.run(&one, &one, tok);
+    assert_eq!(report(&a)["batches"], 1);
+    assert_eq!(report(&b)["batches"], 1);
+    let direct = outputs(&p);
+    let small = ["--protocol", "rr22", "--batch-rows", "300"];
+    for flags in [(&one[..], &small[..]), (&small[..], &one[..])] {
+        let (a, b) = p.run(flags.0, flags.1, tok);
+        let (ra, rb) = (report(&a), report(&b));
+        assert!(ra["batches"].as_u64().unwrap() > 1, "{ra}");
+        assert_eq!(ra["batches"], rb["batches"]);
+        assert_eq!(ra["buckets"], 1);
+        assert_eq!(&outputs(&p), &direct);
+    }
+}
+
 /// Both parties' output files.
 fn outputs(p: &Pair) -> (Vec<u8>, Vec<u8>) {
     (

@@ -89,6 +89,10 @@ pub struct PsiConfig {
     pub tmp_dir: PathBuf,
     /// Memory the run may use for rows; above it, rows are bucketed on disk.
     pub memory_budget: u64,
+    /// Rows per protocol batch: a larger bucket runs the protocol in
+    /// batches of about this many rows, which bounds the protocol's memory
+    /// (see `session`). The smaller of the two parties' values is used.
+    pub batch_rows: u64,
     /// Skip rows whose key is empty instead of failing.
     pub skip_empty_keys: bool,
     /// Key normalisation.
@@ -115,6 +119,7 @@ impl PsiConfig {
             null_rep: "NULL".into(),
             tmp_dir: std::env::temp_dir(),
             memory_budget: 6 << 30,
+            batch_rows: 1 << 20,
             skip_empty_keys: false,
             normalize: Normalize::default(),
             leader,
@@ -156,6 +161,12 @@ impl PsiConfig {
             return Err(PsiError::Config {
                 field: "--keys",
                 message: "at most 64 key columns".into(),
+            });
+        }
+        if self.batch_rows == 0 {
+            return Err(PsiError::Config {
+                field: "--batch-rows",
+                message: "must be at least 1 (the default is 1048576)".into(),
             });
         }
         if self.memory_budget < (64 << 10) {

@@ -34,6 +34,10 @@ pub struct Report {
     pub curve_backend: Option<String>,
     /// Buckets the key space was split into (summed over workers).
     pub buckets: usize,
+    /// Protocol batches each bucket ran in (see `session`'s `batch_bits`),
+    /// summed over buckets and workers.
+    #[serde(default = "one")]
+    pub batches: usize,
     /// Worker pairs that ran (see `workers`); 1 for a single-process run.
     #[serde(default = "one")]
     pub workers: usize,

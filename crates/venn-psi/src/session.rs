@@ -57,7 +57,8 @@ const FORWARD: u8 = 0x06;
 const COUNTS: u8 = 0x07;
 const SUMMARY: u8 = 0x08;
 
-const VERSION: &str = "venn-psi/1";
+/// Bumped whenever a message changes (2: per-batch sizes in `BUCKET`).
+const VERSION: &str = "venn-psi/2";
 
 /// Runs this party's side of a PSI over `chan`.
 ///
@@ -341,6 +342,8 @@ struct Pre {
     g: Grouped,
     unique: std::sync::Arc<Vec<Item>>,
     rr22: Option<crate::rr22::ReceiverAhead>,
+    /// The batch bits the grouping used ([`batch_bits`] of this party's rows).
+    kbits: u32,
 }
 
 /// The work a party that reads ahead ([`ReadAhead`]) does next, before its
@@ -359,15 +362,53 @@ fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {
         return input;
     };
     let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
-    let mut g = Grouped::new(items, idx, os_random());
+    // the peer's size may still ask for other batches (then this is undone)
+    let kbits = batch_bits(input.loaded.rows, cfg.batch_rows);
+    let mut g = Grouped::new(items, idx, os_random(), kbits);
     let unique = std::sync::Arc::new(std::mem::take(&mut g.unique));
+    let rr22 = rr22_ahead(cfg, &unique, g.batch(0));
+    input.pre = Some(Pre {
+        g,
+        unique,
+        rr22,
+        kbits,
+    });
+    input
+}
+
+/// RR22's receiver work ahead ([`crate::rr22::ReceiverAhead::spawn`]) for
+/// the batch `range` of `unique`, if this party is RR22's receiver in the
+/// fast or malicious mode.
+fn rr22_ahead(
+    cfg: &PsiConfig,
+    unique: &std::sync::Arc<Vec<Item>>,
+    range: std::ops::Range<usize>,
+) -> Option<crate::rr22::ReceiverAhead> {
     let receiver = crate::rr22::is_receiver(cfg.self_receives(), cfg.peer_receives(), cfg.leader)
         == Some(true);
-    let rr22 = (cfg.protocol == crate::config::Protocol::Rr22 && !cfg.low_comm && receiver)
-        .then(|| crate::rr22::ReceiverAhead::spawn(unique.clone(), cfg.stat_sec, cfg.malicious))
-        .flatten();
-    input.pre = Some(Pre { g, unique, rr22 });
-    input
+    (cfg.protocol == crate::config::Protocol::Rr22 && !cfg.low_comm && receiver)
+        .then(|| {
+            crate::rr22::ReceiverAhead::spawn(unique.clone(), range, cfg.stat_sec, cfg.malicious)
+        })
+        .flatten()
+}
+
+/// Batch bits for a bucket of at most `rows` rows at either party, with
+/// `batch` rows per batch ([`PsiConfig::batch_rows`], the smaller of the
+/// two parties'): both parties compute it from the sizes they exchanged, so
+/// they agree.
+///
+/// A bucket with more rows than `batch` at either party runs the protocol
+/// in batches ([`crate::store::batch_of`]), one after another, on one
+/// grouping and one output: the protocol's working set (RR22's VOLE and
+/// OKVS vectors, ~200 bytes per item at their peak) is then that of a
+/// batch, not of the bucket. Buckets (`store`) bound the rows a party holds
+/// and go through files; batches bound only the protocol's memory and cost
+/// a few round trips and a base-OT set-up each. The default, 2^20, keeps
+/// RR22 at 2^22 rows under half of SecretFlow's peak RSS.
+fn batch_bits(rows: u64, batch: u64) -> u32 {
+    let k = rows.div_ceil(batch.max(1)).max(1).next_power_of_two();
+    k.trailing_zeros().min(crate::store::MAX_BATCH_BITS)
 }
 
 fn normalize_into(out: &mut Vec<u8>, field: &[u8], cfg: &PsiConfig) {
@@ -686,15 +727,18 @@ fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Inp
 
 /// One bucket's rows grouped by item.
 struct Grouped {
-    /// Row indices sorted by (keyed item, file order).
+    /// Row indices sorted by (batch, keyed item, file order).
     order: Vec<u32>,
     /// Group g is `order[starts[g]..starts[g+1]]`.
     starts: Vec<u32>,
     unique: Vec<Item>,
+    /// Batch k is groups `batches[k]..batches[k+1]` (see [`batch_bits`]).
+    batches: Vec<u32>,
 }
 
 impl Grouped {
-    /// Groups equal items, rows of a group in file order. The groups come
+    /// Groups equal items, rows of a group in file order, in `1 << kbits`
+    /// batches ([`crate::store::batch_of`]). Inside a batch the groups come
     /// out in the order of AES_key(item), a pseudorandom permutation under
     /// this party's secret `key`: the protocols need their items in an
     /// order that says nothing about the keys (positions are revealed to the
@@ -703,70 +747,102 @@ impl Grouped {
     /// random (0.6 s of cache misses at 2^22 rows).
     ///
     /// Radix partitioning first: (keyed item, row) pairs are scattered into
-    /// partitions by the top bits of the keyed item in one sequential pass,
-    /// then each partition — small enough for the cache — is sorted on its
-    /// own, in parallel. No step reads memory at random. The unique items are
-    /// the group heads' keyed values, decrypted.
-    fn new(mut items: Vec<Item>, idx: Vec<u32>, key: u128) -> Self {
+    /// partitions by their batch and the top bits of the keyed item in one
+    /// sequential pass, then each partition — small enough for the cache —
+    /// is sorted on its own, in parallel. No step reads memory at random.
+    /// The unique items are the group heads' keyed values, decrypted.
+    fn new(mut items: Vec<Item>, idx: Vec<u32>, key: u128, kbits: u32) -> Self {
         debug_assert_eq!(items.len(), idx.len());
         let n = idx.len();
         let t0 = Instant::now();
         let aes = Aes::new(key);
-        items
-            .par_chunks_mut(1 << 12)
-            .for_each(|c| aes.enc_inplace(c));
+        // each item's batch, from the item itself (public), before keying
+        let mut batch = vec![0u8; if kbits == 0 { 0 } else { n }];
+        if kbits > 0 {
+            items
+                .par_chunks_mut(1 << 12)
+                .zip(batch.par_chunks_mut(1 << 12))
+                .for_each(|(c, b)| {
+                    for (x, b) in c.iter().zip(b.iter_mut()) {
+                        *b = crate::store::batch_of(*x, kbits) as u8;
+                    }
+                    aes.enc_inplace(c)
+                });
+        } else {
+            items
+                .par_chunks_mut(1 << 12)
+                .for_each(|c| aes.enc_inplace(c));
+        }
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: keyed");
-        let bits = ((n as f64 / 8192.0).log2().ceil().max(0.0) as u32).min(16);
-        let parts = 1usize << bits;
-        let part_of = |it: Item| {
-            if bits == 0 {
+        // ~8k pairs per partition over all batches
+        let bits = ((n as f64 / 8192.0).log2().ceil().max(0.0) as u32)
+            .saturating_sub(kbits)
+            .min(16);
+        let parts = 1usize << (bits + kbits);
+        let part_of = |k: usize, it: Item| {
+            let b = if kbits == 0 { 0 } else { batch[k] as usize };
+            let top = if bits == 0 {
                 0
             } else {
                 (it >> (128 - bits)) as usize
-            }
+            };
+            (b << bits) | top
         };
         let mut counts = vec![0usize; parts + 1];
-        for &it in &items {
-            counts[part_of(it) + 1] += 1;
+        for (k, &it) in items.iter().enumerate() {
+            counts[part_of(k, it) + 1] += 1;
         }
         for p in 0..parts {
             counts[p + 1] += counts[p];
         }
         let bounds = counts.clone();
-        let mut pairs: Vec<(Item, u32)> = vec![(0, 0); n];
-        for (&it, &i) in items.iter().zip(&idx) {
-            let p = part_of(it);
-            pairs[counts[p]] = (it, i);
+        // the keyed items and their rows in two arrays (20 bytes a row; a
+        // vector of pairs takes 32 with a u128's alignment)
+        let mut keyed: Vec<Item> = vec![0; n];
+        let mut order: Vec<u32> = vec![0; n];
+        for (k, (&it, &i)) in items.iter().zip(&idx).enumerate() {
+            let p = part_of(k, it);
+            keyed[counts[p]] = it;
+            order[counts[p]] = i;
             counts[p] += 1;
         }
+        drop((batch, items, idx));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: scattered");
-        let mut slices: Vec<&mut [(Item, u32)]> = Vec::with_capacity(parts);
-        let mut rest = pairs.as_mut_slice();
+        let mut slices: Vec<(&mut [Item], &mut [u32])> = Vec::with_capacity(parts);
+        let (mut rest, mut rest_rows) = (keyed.as_mut_slice(), order.as_mut_slice());
         for p in 0..parts {
-            let (head, tail) = rest.split_at_mut(bounds[p + 1] - bounds[p]);
-            slices.push(head);
-            rest = tail;
+            let len = bounds[p + 1] - bounds[p];
+            let (head, tail) = rest.split_at_mut(len);
+            let (head_rows, tail_rows) = rest_rows.split_at_mut(len);
+            slices.push((head, head_rows));
+            (rest, rest_rows) = (tail, tail_rows);
         }
         slices
             .into_par_iter()
-            .for_each_init(Vec::new, |tmp, s| sort_keyed(s, bits, tmp));
+            .for_each_init(Vec::new, |tmp, (s, r)| sort_keyed(s, r, bits, tmp));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: sorted");
-        // `unique` and `order` take over the memory of `items` and `idx`
-        // (sized for all rows unique, the usual case): no fresh pages
+        // `unique` is `keyed` with repeats removed, in place: no fresh pages
         let mut starts = Vec::with_capacity(n + 1);
-        let mut unique = items;
-        unique.clear();
-        for (p, &(it, _)) in pairs.iter().enumerate() {
-            if unique.last() != Some(&it) {
-                unique.push(it);
-                starts.push(p as u32);
+        let mut unique = keyed;
+        let nb = 1usize << kbits;
+        let mut batches = Vec::with_capacity(nb + 1);
+        let mut u = 0;
+        for k in 0..nb {
+            // equal items share a batch, so a batch starts a new group
+            let (from, to) = (bounds[k << bits], bounds[(k + 1) << bits]);
+            batches.push(u as u32);
+            for p in from..to {
+                let it = unique[p];
+                if p == from || unique[u - 1] != it {
+                    unique[u] = it;
+                    u += 1;
+                    starts.push(p as u32);
+                }
             }
         }
+        unique.truncate(u);
+        batches.push(u as u32);
         starts.push(n as u32);
-        let mut order = idx;
-        order.clear();
-        order.extend(pairs.iter().map(|&(_, r)| r));
-        drop(pairs);
         unique
             .par_chunks_mut(1 << 12)
             .for_each(|c| aes.dec_inplace(c));
@@ -775,6 +851,7 @@ impl Grouped {
             order,
             starts,
             unique,
+            batches,
         }
     }
 
@@ -789,6 +866,11 @@ impl Grouped {
 
     fn rows(&self, g: usize) -> &[u32] {
         &self.order[self.starts[g] as usize..self.starts[g + 1] as usize]
+    }
+
+    /// The groups of batch `k`.
+    fn batch(&self, k: usize) -> std::ops::Range<usize> {
+        self.batches[k] as usize..self.batches[k + 1] as usize
     }
 
     /// Each row's item, by row index (rows `0..n`): the input of
@@ -809,43 +891,48 @@ impl Grouped {
     }
 }
 
-/// Sorts one radix partition of (keyed item, row) pairs whose top `used`
-/// bits are equal. The keyed items are uniformly random, so a counting sort
-/// on the next ~log2(len) bits leaves runs of one or two entries, which a
-/// comparison sort then finishes: about a third of `sort_unstable`'s time on
+/// Sorts one radix partition of (keyed item, row) pairs, given as the items
+/// `s` and their rows `r`, whose top `used` bits are equal, by (item, row).
+/// The keyed items are uniformly random, so a counting sort on the next
+/// ~log2(len) bits leaves runs of one or two entries, which a comparison
+/// sort then finishes: about a third of `sort_unstable`'s time on
 /// partitions of 8k entries. `tmp` is scratch, kept between calls.
-fn sort_keyed(s: &mut [(Item, u32)], used: u32, tmp: &mut Vec<(Item, u32)>) {
+fn sort_keyed(s: &mut [Item], r: &mut [u32], used: u32, tmp: &mut Vec<(Item, u32)>) {
     let n = s.len();
-    if n < 64 {
-        s.sort_unstable();
-        return;
-    }
-    let b = n.next_power_of_two().trailing_zeros().min(16);
-    let shift = 128 - used - b;
-    let mask = (1usize << b) - 1;
-    let sub = |it: Item| ((it >> shift) as usize) & mask;
-    let mut starts = vec![0u32; (1 << b) + 1];
-    for e in s.iter() {
-        starts[sub(e.0) + 1] += 1;
-    }
-    for k in 0..1 << b {
-        starts[k + 1] += starts[k];
-    }
-    let mut fill = starts.clone();
+    debug_assert_eq!(n, r.len());
     tmp.clear();
-    tmp.resize(n, (0, 0));
-    for e in s.iter() {
-        let k = sub(e.0);
-        tmp[fill[k] as usize] = *e;
-        fill[k] += 1;
-    }
-    for w in starts.windows(2) {
-        let run = &mut tmp[w[0] as usize..w[1] as usize];
-        if run.len() > 1 {
-            run.sort_unstable();
+    if n < 64 {
+        tmp.extend(s.iter().copied().zip(r.iter().copied()));
+        tmp.sort_unstable();
+    } else {
+        let b = n.next_power_of_two().trailing_zeros().min(16);
+        let shift = 128 - used - b;
+        let mask = (1usize << b) - 1;
+        let sub = |it: Item| ((it >> shift) as usize) & mask;
+        let mut starts = vec![0u32; (1 << b) + 1];
+        for &e in s.iter() {
+            starts[sub(e) + 1] += 1;
+        }
+        for k in 0..1 << b {
+            starts[k + 1] += starts[k];
+        }
+        let mut fill = starts.clone();
+        tmp.resize(n, (0, 0));
+        for (&e, &row) in s.iter().zip(r.iter()) {
+            let k = sub(e);
+            tmp[fill[k] as usize] = (e, row);
+            fill[k] += 1;
+        }
+        for w in starts.windows(2) {
+            let run = &mut tmp[w[0] as usize..w[1] as usize];
+            if run.len() > 1 {
+                run.sort_unstable();
+            }
         }
     }
-    s.copy_from_slice(tmp);
+    for ((d, dr), &(e, row)) in s.iter_mut().zip(r.iter_mut()).zip(tmp.iter()) {
+        (*d, *dr) = (e, row);
+    }
 }
 
 /// Sorts `v` by the key bytes of each element's group, bytewise.
@@ -986,15 +1073,16 @@ fn decode_positions(msg: &[u8], n: usize) -> Result<(Vec<u32>, &[u8]), PsiError>
 /// Gives every receiver, for each matched key, the peer's row count.
 ///
 /// `native` is the protocol's own result at this party: (my position, peer
-/// position) in the shuffled orders. Returns (my position, peer count) at a
-/// receiver, `None` elsewhere.
+/// position) in the shuffled orders. `my_starts` are this party's group
+/// starts ([`Grouped`]): group i has `my_starts[i + 1] - my_starts[i]` rows.
+/// Returns (my position, peer count) at a receiver, `None` elsewhere.
 #[allow(clippy::too_many_arguments)] // the bucket's facts, each used once
 fn exchange_counts(
     chan: &dyn Channel,
     native: Option<Vec<(u32, u32)>>,
     self_learns: bool,
     peer_learns: bool,
-    my_counts: &[u32],
+    my_starts: &[u32],
     my_dups: bool,
     peer_len: usize,
     peer_dups: bool,
@@ -1018,8 +1106,9 @@ fn exchange_counts(
         }
         Ok(c)
     };
-    let counts_of =
-        |m: &[(u32, u32)]| -> Vec<u32> { m.iter().map(|&(i, _)| my_counts[i as usize]).collect() };
+    let groups = my_starts.len() - 1;
+    let count = |i: u32| my_starts[i as usize + 1] - my_starts[i as usize];
+    let counts_of = |m: &[(u32, u32)]| -> Vec<u32> { m.iter().map(|&(i, _)| count(i)).collect() };
     match native {
         Some(mut m) => {
             if !self_learns {
@@ -1028,7 +1117,7 @@ fn exchange_counts(
                 ));
             }
             if m.iter()
-                .any(|&(i, j)| i as usize >= my_counts.len() || j as usize >= peer_len)
+                .any(|&(i, j)| i as usize >= groups || j as usize >= peer_len)
             {
                 return Err(PsiError::peer("protocol result out of range"));
             }
@@ -1069,7 +1158,7 @@ fn exchange_counts(
                 return Err(PsiError::peer("neither party has the protocol's result"));
             }
             let msg = wire::recv(chan, FORWARD, "the forwarded result")?;
-            let (pos, rest) = decode_positions(&msg, my_counts.len())?;
+            let (pos, rest) = decode_positions(&msg, groups)?;
             let counts = if peer_dups {
                 wire::get_u32s(rest, "forwarded result")?
             } else {
@@ -1077,7 +1166,7 @@ fn exchange_counts(
             };
             if (peer_dups && counts.len() != pos.len())
                 || (!peer_dups && !rest.is_empty())
-                || pos.iter().any(|&i| i as usize >= my_counts.len())
+                || pos.iter().any(|&i| i as usize >= groups)
             {
                 return Err(PsiError::peer("malformed forwarded result"));
             }
@@ -1088,7 +1177,7 @@ fn exchange_counts(
                 .map(|(k, &i)| (i, if peer_dups { counts[k] } else { 1 }))
                 .collect();
             if my_dups {
-                let c: Vec<u32> = pos.iter().map(|&i| my_counts[i as usize]).collect();
+                let c: Vec<u32> = pos.iter().map(|&i| count(i)).collect();
                 let mut m = Vec::new();
                 wire::put_u32s(&mut m, &c);
                 wire::send(chan, COUNTS, &m)?;
@@ -1098,7 +1187,8 @@ fn exchange_counts(
         None => {
             if peer_learns && my_dups {
                 let mut m = Vec::new();
-                wire::put_u32s(&mut m, my_counts);
+                let all: Vec<u32> = my_starts.windows(2).map(|w| w[1] - w[0]).collect();
+                wire::put_u32s(&mut m, &all);
                 wire::send(chan, ALL_COUNTS, &m)?;
             }
             Ok(None)
@@ -1164,11 +1254,15 @@ fn run_inner(
     let mut msg = Vec::new();
     msg.extend_from_slice(&rows.to_le_bytes());
     msg.extend_from_slice(&(input.loaded.need_buckets as u64).to_le_bytes());
+    msg.extend_from_slice(&cfg.batch_rows.to_le_bytes());
     wire::send(chan, SIZES, &msg)?;
-    let v = u64s(&wire::recv(chan, SIZES, "the peer's sizes")?, 2, "sizes")?;
-    let (peer_rows, peer_need) = (v[0], v[1] as usize);
+    let v = u64s(&wire::recv(chan, SIZES, "the peer's sizes")?, 3, "sizes")?;
+    let (peer_rows, peer_need, peer_batch) = (v[0], v[1] as usize, v[2]);
     if !peer_need.is_power_of_two() || peer_need > crate::store::PARTS {
         return Err(PsiError::peer(format!("invalid bucket count {peer_need}")));
+    }
+    if peer_batch == 0 {
+        return Err(PsiError::peer("invalid batch size 0"));
     }
     let buckets = input.loaded.need_buckets.max(peer_need);
     let t_read = t0.elapsed().as_secs_f64();
@@ -1212,13 +1306,19 @@ fn run_inner(
     };
     let mut tot = Totals::default();
     let mut peer_unique_seen = 0u64;
+    let mut batches_run = 0;
     let mut t_write = 0.0;
     // The protocols size their tags from the totals; rows bound unique keys.
     let total_len = (rows, peer_rows);
 
-    // work done ahead: used with one bucket, undone with more
+    // protocol batches per bucket (sizes as the peer computes them)
+    let kbits = batch_bits(
+        rows.max(peer_rows).div_ceil(buckets as u64),
+        cfg.batch_rows.min(peer_batch),
+    );
+    // work done ahead: used with one bucket in these batches, undone else
     let mut pre = input.pre.take();
-    if buckets > 1
+    if (buckets > 1 || pre.as_ref().is_some_and(|p| p.kbits != kbits))
         && let Some(p) = pre.take()
     {
         if let Some(o) = p.rr22 {
@@ -1233,7 +1333,7 @@ fn run_inner(
             Some(p) => (p.g, p.unique, p.rr22),
             None => {
                 let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
-                let mut g = Grouped::new(items, idx, os_random());
+                let mut g = Grouped::new(items, idx, os_random(), kbits);
                 let unique = std::sync::Arc::new(std::mem::take(&mut g.unique));
                 (g, unique, None)
             }
@@ -1244,48 +1344,87 @@ fn run_inner(
             t = t0.elapsed().as_secs_f64(),
             "sorted and grouped"
         );
-        let mut m = Vec::with_capacity(16);
+        // unique items, whether any repeats, and the unique items per batch
+        let nb = g.batches.len() - 1;
+        batches_run += nb;
+        let mut m = Vec::with_capacity(8 * (2 + nb));
         m.extend_from_slice(&(g.len() as u64).to_le_bytes());
         m.extend_from_slice(&(g.has_dups() as u64).to_le_bytes());
+        for k in 0..nb {
+            m.extend_from_slice(&(g.batch(k).len() as u64).to_le_bytes());
+        }
         wire::send(chan, BUCKET, &m)?;
         let v = u64s(
             &wire::recv(chan, BUCKET, "the peer's bucket size")?,
-            2,
+            2 + nb,
             "bucket",
         )?;
         let (peer_len, peer_dups) = (v[0] as usize, v[1] == 1);
+        let peer_batches = &v[2..];
+        if peer_batches.iter().sum::<u64>() != v[0] {
+            return Err(PsiError::peer(
+                "the peer's batch sizes disagree with its bucket size",
+            ));
+        }
         peer_unique_seen += peer_len as u64;
         tot.unique += g.len() as u64;
 
         // the groups are in pseudorandom order already (Grouped::new)
-        let counts: Vec<u32> = g.starts.windows(2).map(|w| w[1] - w[0]).collect();
-        let cin = CoreInput {
-            items: &shuffled[..],
-            peer_len,
-            self_learns,
-            peer_learns,
-            leader: cfg.leader,
-            total_len,
-            stat_sec: cfg.stat_sec,
-            low_comm: cfg.low_comm,
-            malicious: cfg.malicious,
-            rr22_ahead: ahead.as_ref(),
-        };
         tracing::debug!(
             bucket = b,
             unique = g.len(),
             peer_len,
+            batches = nb,
             t = t0.elapsed().as_secs_f64(),
             "grouped"
         );
-        let res = core(chan, &cin)?;
+        // the protocol, batch by batch; positions back to the bucket's
+        let mut matches: Option<Vec<crate::core::Match>> = None;
+        let (mut ahead, mut peer_off) = (ahead, 0u32);
+        for (k, &peer_k) in peer_batches.iter().enumerate() {
+            let mine = g.batch(k);
+            // the next batch's work ahead overlaps this batch's waits
+            let next = (k + 1 < nb)
+                .then(|| rr22_ahead(cfg, &shuffled, g.batch(k + 1)))
+                .flatten();
+            let cin = CoreInput {
+                items: &shuffled[mine.clone()],
+                peer_len: peer_k as usize,
+                self_learns,
+                peer_learns,
+                leader: cfg.leader,
+                total_len,
+                stat_sec: cfg.stat_sec,
+                low_comm: cfg.low_comm,
+                malicious: cfg.malicious,
+                rr22_ahead: ahead.as_ref(),
+            };
+            let res = core(chan, &cin)?;
+            if let Some(found) = res.matches {
+                let at = mine.start as u32;
+                let all = matches.get_or_insert_with(Vec::new);
+                if all.is_empty() {
+                    all.reserve(found.len() * nb);
+                }
+                all.extend(found.into_iter().map(|(p, q)| (p + at, q + peer_off)));
+            }
+            peer_off += peer_k as u32;
+            ahead = next;
+            tracing::debug!(
+                bucket = b,
+                batch = k,
+                t = t0.elapsed().as_secs_f64(),
+                "batch done"
+            );
+        }
+        drop(ahead);
         tracing::debug!(bucket = b, t = t0.elapsed().as_secs_f64(), "protocol done");
         let result = exchange_counts(
             chan,
-            res.matches,
+            matches,
             self_learns,
             peer_learns,
-            &counts,
+            &g.starts,
             g.has_dups(),
             peer_len,
             peer_dups,
@@ -1300,7 +1439,7 @@ fn run_inner(
         let matched_of = |&(gi, c): &(u32, u32)| Matched {
             gi,
             peer: c,
-            n: counts[gi as usize],
+            n: g.count(gi as usize),
             first: g.order[g.starts[gi as usize] as usize],
         };
         let key_of = |gi: u32| rws.key(g.rows(gi as usize)[0] as usize);
@@ -1317,12 +1456,22 @@ fn run_inner(
             // the items sort like the keys (item::order_class): no walk to
             // the key bytes. The other receiver gets the same order either
             // way, since both sort the same keys.
-            let mut keyed: Vec<(Item, Matched)> = result
+            // 24 bytes a match (a u128 would pad each to 32), and the
+            // result's memory is free before the sort
+            let result = std::mem::take(&mut result);
+            let mut keyed: Vec<(u64, u64, u32, u32)> = result
                 .par_iter()
-                .map(|m| (shuffled[m.0 as usize], matched_of(m)))
+                .map(|&(gi, c)| {
+                    let it = shuffled[gi as usize];
+                    ((it >> 64) as u64, it as u64, gi, c)
+                })
                 .collect();
-            keyed.par_sort_unstable_by_key(|k| k.0);
-            keyed.into_par_iter().map(|(_, m)| m).collect()
+            drop(result);
+            keyed.par_sort_unstable_by_key(|k| (k.0, k.1));
+            keyed
+                .into_par_iter()
+                .map(|(_, _, gi, c)| matched_of(&(gi, c)))
+                .collect()
         } else {
             let mut m: Vec<Matched> = result.par_iter().map(matched_of).collect();
             sort_by_key_bytes(&mut m, |m| m.first, &|r| rws.key(r as usize));
@@ -1503,6 +1652,7 @@ fn run_inner(
         curve_backend: (cfg.protocol == crate::config::Protocol::Ecdh)
             .then(|| ecdh::curve_backend().to_string()),
         buckets,
+        batches: batches_run,
         workers: 1,
         bytes_sent: chan.bytes_sent(),
         bytes_received: chan.bytes_received(),
@@ -1610,8 +1760,18 @@ mod tests {
     #[test]
     fn grouping_matches_a_naive_grouping_in_keyed_order() {
         // items with duplicates (every 7th row repeats an earlier item);
-        // enough rows for several radix partitions
-        for n in [0usize, 1, 5, 20_000, 70_000] {
+        // enough rows for several radix partitions; in 1, 4 and 256 batches
+        for (n, kbits) in [
+            (0usize, 0u32),
+            (0, 3),
+            (1, 0),
+            (5, 0),
+            (5, 2),
+            (20_000, 0),
+            (20_000, 2),
+            (70_000, 0),
+            (70_000, 8),
+        ] {
             let items: Vec<Item> = (0..n as u128)
                 .map(|i| {
                     let x = if i % 7 == 3 { i / 2 } else { i };
@@ -1619,7 +1779,7 @@ mod tests {
                 })
                 .collect();
             let idx: Vec<u32> = (0..n as u32).map(|i| i * 3).collect();
-            let g = Grouped::new(items.clone(), idx.clone(), 11);
+            let g = Grouped::new(items.clone(), idx.clone(), 11, kbits);
             // naive: rows of each item in file order
             let mut naive: std::collections::HashMap<Item, Vec<u32>> = Default::default();
             for (it, i) in items.iter().zip(&idx) {
@@ -1627,17 +1787,27 @@ mod tests {
             }
             assert_eq!(g.len(), naive.len());
             assert_eq!(g.order.len(), n);
+            assert_eq!(g.batches.len(), (1 << kbits) + 1);
+            assert_eq!(*g.batches.last().unwrap() as usize, g.len());
             let aes = Aes::new(11);
-            for gi in 0..g.len() {
-                assert_eq!(g.rows(gi), &naive[&g.unique[gi]][..], "n={n} group {gi}");
-                if gi > 0 {
-                    // groups ascend by the keyed item
-                    assert!(aes.enc(g.unique[gi - 1]) < aes.enc(g.unique[gi]));
+            for k in 0..1 << kbits {
+                let r = g.batch(k);
+                for gi in r.clone() {
+                    assert_eq!(g.rows(gi), &naive[&g.unique[gi]][..], "n={n} group {gi}");
+                    assert_eq!(crate::store::batch_of(g.unique[gi], kbits), k);
+                    if gi > r.start {
+                        // inside a batch, groups ascend by the keyed item
+                        assert!(aes.enc(g.unique[gi - 1]) < aes.enc(g.unique[gi]));
+                    }
                 }
             }
-            if n > 1000 {
+            if kbits == 8 {
+                // every batch has its share (70k / 256 ≈ 270 groups)
+                assert!((0..256).all(|k| g.batch(k).len() > 150), "uneven batches");
+            }
+            if n > 1000 && kbits == 0 {
                 // another key, another order; neither is the items' order
-                let h = Grouped::new(items.clone(), idx, 12);
+                let h = Grouped::new(items.clone(), idx, 12, 0);
                 assert_ne!(g.unique[..50], h.unique[..50]);
                 let mut sorted = g.unique.clone();
                 sorted.sort_unstable();
@@ -1670,8 +1840,10 @@ mod tests {
             let mut want = v.clone();
             want.sort_unstable();
             let mut tmp = Vec::new();
-            sort_keyed(&mut v, used, &mut tmp);
-            assert_eq!(v, want, "n={n}");
+            let (mut s, mut r): (Vec<Item>, Vec<u32>) = v.into_iter().unzip();
+            sort_keyed(&mut s, &mut r, used, &mut tmp);
+            let got: Vec<(Item, u32)> = s.into_iter().zip(r).collect();
+            assert_eq!(got, want, "n={n}");
         }
     }
 

@@ -195,6 +195,21 @@ pub(crate) fn bucket_of(item: Item, buckets: usize) -> usize {
     part_of(item) / (PARTS / buckets)
 }
 
+/// Batch of an item among `1 << kbits` (at most [`MAX_BATCH_BITS`]): the
+/// bits of [`mix`] right below [`part_of`]'s, so that the batches split
+/// every bucket evenly and both parties put a key in the same batch.
+pub(crate) fn batch_of(item: Item, kbits: u32) -> usize {
+    debug_assert!(kbits <= MAX_BATCH_BITS);
+    if kbits == 0 {
+        0
+    } else {
+        ((mix(item) >> (56 - kbits)) as usize) & ((1 << kbits) - 1)
+    }
+}
+
+/// The most batches per bucket: `1 << MAX_BATCH_BITS`.
+pub(crate) const MAX_BATCH_BITS: u32 = 8;
+
 /// Collects rows; spills to disk past the budget.
 pub(crate) struct Store {
     budget: u64,

@@ -431,6 +431,7 @@ pub fn combine_reports(reports: &[Report], total_seconds: f64) -> Option<Report>
             _ => None,
         };
         r.buckets += x.buckets;
+        r.batches += x.batches;
         r.bytes_sent += x.bytes_sent;
         r.bytes_received += x.bytes_received;
         r.seconds.read = r.seconds.read.max(x.seconds.read);

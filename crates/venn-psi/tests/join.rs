@@ -131,7 +131,12 @@ struct Case {
     protocol: Protocol,
     /// RR22 variant: 0 fast, 1 low-communication, 2 malicious
     mode: u8,
+    /// `batch_rows` at (party 0, party 1); the smaller one is used
+    batch: [u64; 2],
 }
+
+/// The default batch size at both parties.
+const ONE_BATCH: [u64; 2] = [1 << 20, 1 << 20];
 
 fn configs(c: &Case, dir: &Path) -> (PsiConfig, PsiConfig) {
     let cfg = |keys: &Vec<String>, leader: bool| {
@@ -141,6 +146,7 @@ fn configs(c: &Case, dir: &Path) -> (PsiConfig, PsiConfig) {
         k.malicious = c.mode == 2;
         k.join = c.join;
         k.memory_budget = c.budget;
+        k.batch_rows = c.batch[usize::from(!leader)];
         k.tmp_dir = dir.to_path_buf();
         let flip = |r| match r {
             Receiver::SelfOnly => Receiver::Peer,
@@ -323,13 +329,22 @@ fn arb_join() -> impl Strategy<Value = JoinType> {
     ])
 }
 
+/// Batch sizes at the two parties: mostly one batch, else down to one row
+/// per batch (the run splits into as many batches as it may, with empty
+/// ones among them).
+fn arb_batch() -> impl Strategy<Value = [u64; 2]> {
+    let one = prop::sample::select(vec![1u64 << 20, 1 << 20, 1, 3, 16]);
+    [one.clone(), one]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
     #[test]
     fn ecdh_equals_reference(a in arb_table(), b in arb_table(), join in arb_join(),
                              receiver0 in prop::sample::select(vec![Receiver::SelfOnly, Receiver::Peer, Receiver::Both]),
-                             left_peer in any::<bool>(), crlf in any::<bool>(), bom in any::<bool>(), small in any::<bool>()) {
+                             left_peer in any::<bool>(), crlf in any::<bool>(), bom in any::<bool>(), small in any::<bool>(),
+                             batch in arb_batch()) {
         check(&Case {
             a: csv_text("id,pa", &a, crlf, bom),
             b: csv_text("key,pb", &b, !crlf, false),
@@ -341,13 +356,15 @@ proptest! {
             budget: if small { 64 << 10 } else { 1 << 30 },
             protocol: Protocol::Ecdh,
             mode: 0,
+            batch,
         });
     }
 
     #[test]
     fn rr22_equals_reference(a in arb_table(), b in arb_table(), join in arb_join(),
                              receiver0 in prop::sample::select(vec![Receiver::SelfOnly, Receiver::Peer, Receiver::Both]),
-                             left_peer in any::<bool>(), small in any::<bool>(), mode in 0u8..3) {
+                             left_peer in any::<bool>(), small in any::<bool>(), mode in 0u8..3,
+                             batch in arb_batch()) {
         check(&Case {
             a: csv_text("id,pa", &a, false, true),
             b: csv_text("key,pb", &b, true, false),
@@ -359,6 +376,7 @@ proptest! {
             budget: if small { 64 << 10 } else { 1 << 30 },
             protocol: Protocol::Rr22,
             mode,
+            batch,
         });
     }
 
@@ -378,6 +396,7 @@ proptest! {
             budget: if small { 64 << 10 } else { 1 << 30 },
             protocol: if rr22 { Protocol::Rr22 } else { Protocol::Ecdh },
             mode: 0,
+            batch: ONE_BATCH,
         };
         check_outcome(&c, run_case_workers(&c, [wa, wb]));
     }
@@ -400,6 +419,7 @@ proptest! {
             budget: 1 << 30,
             protocol: Protocol::Ecdh,
             mode: 0,
+            batch: ONE_BATCH,
         });
     }
 }
@@ -440,6 +460,7 @@ fn spilled_buckets_give_the_same_result() {
             budget,
             protocol,
             mode,
+            batch: ONE_BATCH,
         };
         let [(ra, _), (rb, _)] = run_case(&c).unwrap();
         if budget < (1 << 20) {
@@ -451,6 +472,61 @@ fn spilled_buckets_give_the_same_result() {
             assert_eq!(ra.buckets, 1);
         }
         assert_eq!(ra.intersection.as_ref().unwrap().keys, 3000);
+        check(&c);
+    }
+}
+
+#[test]
+fn batches_give_the_same_result() {
+    // 6000 rows, batches of 1000 at party 1 (the smaller wins): 8 batches
+    // per bucket, in one bucket and in several; every protocol and mode
+    let a = numbered(6000, 0, "alpha-");
+    let b = numbered(6000, 3000, "beta-");
+    for (join, budget, protocol, mode, receiver0) in [
+        (JoinType::Inner, 1 << 30, Protocol::Rr22, 0, Receiver::Both),
+        (
+            JoinType::Full,
+            1 << 30,
+            Protocol::Rr22,
+            1,
+            Receiver::SelfOnly,
+        ),
+        (JoinType::Left, 1 << 30, Protocol::Rr22, 2, Receiver::Peer),
+        (JoinType::Full, 256 << 10, Protocol::Rr22, 0, Receiver::Both),
+        (
+            JoinType::Difference,
+            1 << 30,
+            Protocol::Ecdh,
+            0,
+            Receiver::Both,
+        ),
+    ] {
+        let c = Case {
+            a: a.clone(),
+            b: b.clone(),
+            keys_a: vec!["id".into()],
+            keys_b: vec!["id".into()],
+            join,
+            receiver0,
+            left0: Side::SelfSide,
+            budget,
+            protocol,
+            mode,
+            batch: [1 << 20, 1000],
+        };
+        let [(ra, _), (rb, _)] = run_case(&c).unwrap();
+        // 6000 rows in `buckets` buckets: ⌈6000 / buckets / 1000⌉ batches,
+        // to a power of two, in each
+        let per = (6000u64.div_ceil(ra.buckets as u64))
+            .div_ceil(1000)
+            .next_power_of_two();
+        assert_eq!(
+            ra.batches,
+            ra.buckets * per as usize,
+            "{join:?} {protocol:?} mode {mode}"
+        );
+        assert_eq!(rb.batches, ra.batches);
+        assert!(ra.batches >= 8);
         check(&c);
     }
 }
@@ -469,6 +545,7 @@ fn no_overlap_and_full_overlap() {
             budget: 1 << 30,
             protocol: Protocol::Ecdh,
             mode: 0,
+            batch: ONE_BATCH,
         };
         let [(ra, _), (rb, _)] = run_case(&c).unwrap();
         assert_eq!(ra.intersection.unwrap().keys, keys);
@@ -489,6 +566,7 @@ fn mismatch_case(join_b: JoinType, keys_b: Vec<String>) -> Outcome {
         budget: 1 << 30,
         protocol: Protocol::Ecdh,
         mode: 0,
+        batch: ONE_BATCH,
     };
     let _ = join_b;
     run_case(&c)
@@ -515,6 +593,7 @@ fn input_errors_name_file_line_and_column() {
         budget: 1 << 30,
         protocol: Protocol::Ecdh,
         mode: 0,
+        batch: ONE_BATCH,
     };
     let e = run_case(&c("id,x\n1,a\n,b\n")).unwrap_err().to_string();
     assert!(
@@ -753,6 +832,7 @@ fn one_two_and_three_workers_write_identical_outputs() {
                 budget: 256 << 10,
                 protocol,
                 mode,
+                batch: ONE_BATCH,
             };
             let [(r1, a1), (_, b1)] = run_case(&c).unwrap();
             for n in [1, 2, 3] {
@@ -789,6 +869,7 @@ fn two_workers_against_three_give_the_right_answer() {
         budget: 1 << 30,
         protocol: Protocol::Ecdh,
         mode: 0,
+        batch: ONE_BATCH,
     };
     let [(_, a1), (_, b1)] = run_case(&c).unwrap();
     for w in [[2, 3], [3, 2], [1, 3]] {
@@ -813,6 +894,7 @@ fn a_worker_input_error_stops_every_worker_clearly() {
         budget: 1 << 30,
         protocol: Protocol::Ecdh,
         mode: 0,
+        batch: ONE_BATCH,
     };
     let e = run_case_workers(&c, [2, 2]).unwrap_err().to_string();
     assert!(e.contains("a.csv:52") && e.contains("3 fields"), "{e}");

@@ -222,16 +222,26 @@ struct Masked {
 }
 
 impl ReceiverAhead {
-    /// Draws the VOLE noise for `items` (the fast mode's shape, or the
-    /// malicious mode's) and starts computing A' = A + P on a new thread.
-    /// `None` if no thread could be started (the run then does it all).
-    pub fn spawn(items: std::sync::Arc<Vec<u128>>, stat_sec: u32, malicious: bool) -> Option<Self> {
-        let (params, cfg) = fast_shape(items.len(), stat_sec, malicious);
+    /// Draws the VOLE noise for `items[range]` (the fast mode's shape, or
+    /// the malicious mode's) and starts computing A' = A + P on a new
+    /// thread. The run must get the same items as its input (the session's
+    /// batch). `None` if no thread could be started (the run then does it
+    /// all).
+    pub fn spawn(
+        items: std::sync::Arc<Vec<u128>>,
+        range: std::ops::Range<usize>,
+        stat_sec: u32,
+        malicious: bool,
+    ) -> Option<Self> {
+        let (params, cfg) = fast_shape(range.len(), stat_sec, malicious);
         let noise = vole::RecvNoise::new(params.len(), &cfg);
         let (p, n) = (params, noise.clone());
         std::thread::Builder::new()
             .name("venn-psi-ahead".into())
-            .spawn(move || mask_p(&p, &items, u128::MAX, EncodeOptions::default(), &n))
+            .spawn(move || {
+                let items = &items[range];
+                mask_p(&p, items, u128::MAX, EncodeOptions::default(), &n)
+            })
             .ok()
             .map(|masking| {
                 ReceiverAhead(std::sync::Mutex::new(Some(Prepared {
