@@ -33,6 +33,7 @@ pub mod config;
 pub mod csv;
 pub mod ecdh;
 pub mod item;
+pub mod memory;
 mod output;
 pub mod report;
 mod session;

@@ -1379,6 +1379,7 @@ fn run_inner(
             "grouped"
         );
         // the protocol, batch by batch; positions back to the bucket's
+        let batches_hint = (nb > 1).then(crate::memory::Batches::start);
         let mut matches: Option<Vec<crate::core::Match>> = None;
         let (mut ahead, mut peer_off) = (ahead, 0u32);
         for (k, &peer_k) in peer_batches.iter().enumerate() {
@@ -1417,7 +1418,7 @@ fn run_inner(
                 "batch done"
             );
         }
-        drop(ahead);
+        drop((ahead, batches_hint));
         tracing::debug!(bucket = b, t = t0.elapsed().as_secs_f64(), "protocol done");
         let result = exchange_counts(
             chan,

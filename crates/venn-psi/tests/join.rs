@@ -476,10 +476,14 @@ fn spilled_buckets_give_the_same_result() {
     }
 }
 
+/// Phases the allocator hook heard ([`batches_give_the_same_result`]).
+static PHASES: std::sync::Mutex<Vec<venn_psi::memory::Phase>> = std::sync::Mutex::new(Vec::new());
+
 #[test]
 fn batches_give_the_same_result() {
     // 6000 rows, batches of 1000 at party 1 (the smaller wins): 8 batches
     // per bucket, in one bucket and in several; every protocol and mode
+    venn_psi::memory::set_hook(|p| PHASES.lock().unwrap().push(p));
     let a = numbered(6000, 0, "alpha-");
     let b = numbered(6000, 3000, "beta-");
     for (join, budget, protocol, mode, receiver0) in [
@@ -529,6 +533,12 @@ fn batches_give_the_same_result() {
         assert!(ra.batches >= 8);
         check(&c);
     }
+    // the allocator heard every party's batches start and end (other tests
+    // may run batches meanwhile, so at least ours)
+    let phases = PHASES.lock().unwrap();
+    let n = |p| phases.iter().filter(|&&x| x == p).count();
+    assert!(n(venn_psi::memory::Phase::Batches) >= 10);
+    assert!(n(venn_psi::memory::Phase::BatchesDone) >= 10);
 }
 
 #[test]
