@@ -733,7 +733,9 @@ fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Inp
 struct Grouped {
     /// Row indices sorted by (batch, keyed item, file order).
     order: Vec<u32>,
-    /// Group g is `order[starts[g]..starts[g+1]]`.
+    /// Group g is `order[starts[g]..starts[g+1]]`; empty when no item
+    /// repeats (group g is then `order[g]` alone): 4 bytes a row less
+    /// through the protocol, in the usual case.
     starts: Vec<u32>,
     unique: Vec<Item>,
     /// Batch k is groups `batches[k]..batches[k+1]` (see [`batch_bits`]).
@@ -847,6 +849,9 @@ impl Grouped {
         unique.truncate(u);
         batches.push(u as u32);
         starts.push(n as u32);
+        if u == n {
+            starts = Vec::new();
+        }
         unique
             .par_chunks_mut(1 << 12)
             .for_each(|c| aes.dec_inplace(c));
@@ -861,15 +866,33 @@ impl Grouped {
 
     /// Number of groups (unique items).
     fn len(&self) -> usize {
-        self.starts.len() - 1
+        if self.starts.is_empty() {
+            self.order.len()
+        } else {
+            self.starts.len() - 1
+        }
+    }
+
+    /// Where group g's rows start in `order`.
+    fn start(&self, g: usize) -> usize {
+        if self.starts.is_empty() {
+            g
+        } else {
+            self.starts[g] as usize
+        }
     }
 
     fn count(&self, g: usize) -> u32 {
-        self.starts[g + 1] - self.starts[g]
+        (self.start(g + 1) - self.start(g)) as u32
     }
 
     fn rows(&self, g: usize) -> &[u32] {
-        &self.order[self.starts[g] as usize..self.starts[g + 1] as usize]
+        &self.order[self.start(g)..self.start(g + 1)]
+    }
+
+    /// Group g's first row.
+    fn first_row(&self, g: usize) -> u32 {
+        self.order[self.start(g)]
     }
 
     /// The groups of batch `k`.
@@ -1077,8 +1100,8 @@ fn decode_positions(msg: &[u8], n: usize) -> Result<(Vec<u32>, &[u8]), PsiError>
 /// Gives every receiver, for each matched key, the peer's row count.
 ///
 /// `native` is the protocol's own result at this party: (my position, peer
-/// position) in the shuffled orders. `my_starts` are this party's group
-/// starts ([`Grouped`]): group i has `my_starts[i + 1] - my_starts[i]` rows.
+/// position) in the shuffled orders. `mine` is this party's grouping (its
+/// row count per group).
 /// Returns (my position, peer count) at a receiver, `None` elsewhere.
 #[allow(clippy::too_many_arguments)] // the bucket's facts, each used once
 fn exchange_counts(
@@ -1086,8 +1109,7 @@ fn exchange_counts(
     native: Option<Vec<(u32, u32)>>,
     self_learns: bool,
     peer_learns: bool,
-    my_starts: &[u32],
-    my_dups: bool,
+    mine: &Grouped,
     peer_len: usize,
     peer_dups: bool,
 ) -> Result<Option<Vec<(u32, u32)>>, PsiError> {
@@ -1110,8 +1132,8 @@ fn exchange_counts(
         }
         Ok(c)
     };
-    let groups = my_starts.len() - 1;
-    let count = |i: u32| my_starts[i as usize + 1] - my_starts[i as usize];
+    let (groups, my_dups) = (mine.len(), mine.has_dups());
+    let count = |i: u32| mine.count(i as usize);
     let counts_of = |m: &[(u32, u32)]| -> Vec<u32> { m.iter().map(|&(i, _)| count(i)).collect() };
     match native {
         Some(mut m) => {
@@ -1191,7 +1213,7 @@ fn exchange_counts(
         None => {
             if peer_learns && my_dups {
                 let mut m = Vec::new();
-                let all: Vec<u32> = my_starts.windows(2).map(|w| w[1] - w[0]).collect();
+                let all: Vec<u32> = (0..groups).map(|i| mine.count(i)).collect();
                 wire::put_u32s(&mut m, &all);
                 wire::send(chan, ALL_COUNTS, &m)?;
             }
@@ -1429,8 +1451,7 @@ fn run_inner(
             matches,
             self_learns,
             peer_learns,
-            &g.starts,
-            g.has_dups(),
+            &g,
             peer_len,
             peer_dups,
         )?;
@@ -1445,7 +1466,7 @@ fn run_inner(
             gi,
             peer: c,
             n: g.count(gi as usize),
-            first: g.order[g.starts[gi as usize] as usize],
+            first: g.first_row(gi as usize),
         };
         let key_of = |gi: u32| rws.key(g.rows(gi as usize)[0] as usize);
         let class = result
@@ -1457,32 +1478,29 @@ fn run_inner(
                     .par_iter()
                     .all(|&(p, _)| order_class(shuffled[p as usize]) == c)
         });
-        let matched: Vec<Matched> = if by_item {
+        // each match with its item (the sort key of the by-item path; kept
+        // rather than copied out, which would need a second vector)
+        let matched: Vec<(Item, Matched)> = if by_item {
             // the items sort like the keys (item::order_class): no walk to
             // the key bytes. The other receiver gets the same order either
             // way, since both sort the same keys.
-            // 24 bytes a match (a u128 would pad each to 32), and the
-            // result's memory is free before the sort
+            // each match's facts are read here, in group order
+            // (sequential); after the sort they would be random reads
             let result = std::mem::take(&mut result);
-            let mut keyed: Vec<(u64, u64, u32, u32)> = result
+            let mut keyed: Vec<(Item, Matched)> = result
                 .par_iter()
-                .map(|&(gi, c)| {
-                    let it = shuffled[gi as usize];
-                    ((it >> 64) as u64, it as u64, gi, c)
-                })
+                .map(|m| (shuffled[m.0 as usize], matched_of(m)))
                 .collect();
             // neither the result nor the items are needed again: their
             // memory is free before the sort (the peak of this phase)
             drop((result, shuffled));
-            keyed.par_sort_unstable_by_key(|k| (k.0, k.1));
+            keyed.par_sort_unstable_by_key(|k| k.0);
             keyed
-                .into_par_iter()
-                .map(|(_, _, gi, c)| matched_of(&(gi, c)))
-                .collect()
         } else {
             drop(shuffled);
-            let mut m: Vec<Matched> = result.par_iter().map(matched_of).collect();
-            sort_by_key_bytes(&mut m, |m| m.first, &|r| rws.key(r as usize));
+            let mut m: Vec<(Item, Matched)> =
+                result.par_iter().map(|r| (0, matched_of(r))).collect();
+            sort_by_key_bytes(&mut m, |m| m.1.first, &|r| rws.key(r as usize));
             m
         };
         drop(result);
@@ -1493,7 +1511,7 @@ fn run_inner(
             "counts exchanged, matches sorted"
         );
         let mut is_matched = vec![false; g.len()];
-        for m in &matched {
+        for (_, m) in &matched {
             is_matched[m.gi as usize] = true;
             tot.keys += 1;
             tot.rows_self += m.n as u64;
@@ -1527,14 +1545,14 @@ fn run_inner(
                             .map(|keys| {
                                 let mut buf = Vec::with_capacity(keys.len() * 32);
                                 let mut n = 0;
-                                for (k, m) in keys.iter().enumerate() {
+                                for (k, (_, m)) in keys.iter().enumerate() {
                                     // two cache misses per row (its record
                                     // entry, then its bytes): fetch both
                                     // ahead, in two stages
-                                    if let Some(a) = keys.get(k + 2 * PREFETCH_ROWS) {
+                                    if let Some((_, a)) = keys.get(k + 2 * PREFETCH_ROWS) {
                                         rws.prefetch_rec(a.first as usize);
                                     }
-                                    if let Some(a) = keys.get(k + PREFETCH_ROWS) {
+                                    if let Some((_, a)) = keys.get(k + PREFETCH_ROWS) {
                                         rws.prefetch_raw(a.first as usize);
                                     }
                                     n += format_matched(&mut buf, party, m.rows(&g, rws), m.peer);
@@ -1565,7 +1583,7 @@ fn run_inner(
                 ..
             } => {
                 let mut w = RunWriter::create(dir.join(format!("m{b:03}")))?;
-                for m in &matched {
+                for (_, m) in &matched {
                     w.push(rws.key(m.first as usize), m.peer, m.rows(&g, rws))?;
                 }
                 mr.push(w.finish()?);
