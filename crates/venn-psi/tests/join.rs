@@ -384,7 +384,7 @@ proptest! {
     fn workers_equal_reference(a in arb_table(), b in arb_table(), join in arb_join(),
                                receiver0 in prop::sample::select(vec![Receiver::SelfOnly, Receiver::Peer, Receiver::Both]),
                                left_peer in any::<bool>(), small in any::<bool>(), rr22 in any::<bool>(),
-                               wa in 1u32..4, wb in 1u32..4) {
+                               wa in 1u32..4, wb in 1u32..4, batch in arb_batch()) {
         let c = Case {
             a: csv_text("id,pa", &a, false, true),
             b: csv_text("key,pb", &b, true, false),
@@ -396,7 +396,7 @@ proptest! {
             budget: if small { 64 << 10 } else { 1 << 30 },
             protocol: if rr22 { Protocol::Rr22 } else { Protocol::Ecdh },
             mode: 0,
-            batch: ONE_BATCH,
+            batch,
         };
         check_outcome(&c, run_case_workers(&c, [wa, wb]));
     }
