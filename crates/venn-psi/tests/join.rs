@@ -435,6 +435,33 @@ fn numbered(n: usize, start: usize, payload: &str) -> String {
     s
 }
 
+/// A case on two `numbered` files keyed by `id`, the listener on the left.
+#[allow(clippy::too_many_arguments)] // one per field that the tests vary
+fn id_case(
+    a: &str,
+    b: &str,
+    join: JoinType,
+    receiver0: Receiver,
+    budget: u64,
+    protocol: Protocol,
+    mode: u8,
+    batch: [u64; 2],
+) -> Case {
+    Case {
+        a: a.to_string(),
+        b: b.to_string(),
+        keys_a: vec!["id".into()],
+        keys_b: vec!["id".into()],
+        join,
+        receiver0,
+        left0: Side::SelfSide,
+        budget,
+        protocol,
+        mode,
+        batch,
+    }
+}
+
 #[test]
 fn spilled_buckets_give_the_same_result() {
     // 6000 rows of ~40 B plus overhead exceed 256 KiB: several buckets.
@@ -449,19 +476,16 @@ fn spilled_buckets_give_the_same_result() {
         (JoinType::Full, 256 << 10, Protocol::Rr22, 1),
         (JoinType::Full, 256 << 10, Protocol::Rr22, 2),
     ] {
-        let c = Case {
-            a: a.clone(),
-            b: b.clone(),
-            keys_a: vec!["id".into()],
-            keys_b: vec!["id".into()],
+        let c = id_case(
+            &a,
+            &b,
             join,
-            receiver0: Receiver::Both,
-            left0: Side::SelfSide,
+            Receiver::Both,
             budget,
             protocol,
             mode,
-            batch: ONE_BATCH,
-        };
+            ONE_BATCH,
+        );
         let [(ra, _), (rb, _)] = run_case(&c).unwrap();
         if budget < (1 << 20) {
             assert!(
@@ -505,19 +529,16 @@ fn batches_give_the_same_result() {
             Receiver::Both,
         ),
     ] {
-        let c = Case {
-            a: a.clone(),
-            b: b.clone(),
-            keys_a: vec!["id".into()],
-            keys_b: vec!["id".into()],
+        let c = id_case(
+            &a,
+            &b,
             join,
             receiver0,
-            left0: Side::SelfSide,
             budget,
             protocol,
             mode,
-            batch: [1 << 20, 1000],
-        };
+            [1 << 20, 1000],
+        );
         let [(ra, _), (rb, _)] = run_case(&c).unwrap();
         // 6000 rows in `buckets` buckets: ⌈6000 / buckets / 1000⌉ batches,
         // to a power of two, in each
