@@ -1103,7 +1103,6 @@ fn decode_positions(msg: &[u8], n: usize) -> Result<(Vec<u32>, &[u8]), PsiError>
 /// position) in the shuffled orders. `mine` is this party's grouping (its
 /// row count per group).
 /// Returns (my position, peer count) at a receiver, `None` elsewhere.
-#[allow(clippy::too_many_arguments)] // the bucket's facts, each used once
 fn exchange_counts(
     chan: &dyn Channel,
     native: Option<Vec<(u32, u32)>>,
