@@ -96,6 +96,72 @@ fn eight_digits(b: [u8; 8]) -> Option<u64> {
     Some((v * 10_000 + (v >> 32)) & 0xFFFF_FFFF)
 }
 
+/// The canonical key of a packed item (the inverse of [`item_of`] on its
+/// two packings), written to the start of `out`; `None` for a hashed item,
+/// whose key cannot be recovered.
+///
+/// The output renders matched keys from their items when a file's rows are
+/// nothing but their key: no walk to the row text, which after the sort by
+/// key is a random read per row.
+pub fn key_of(item: Item, out: &mut [u8; 36]) -> Option<&[u8]> {
+    match (item & 0xFF) as u8 {
+        len @ 0..=15 => {
+            let len = len as usize;
+            out[..len].copy_from_slice(&item.to_be_bytes()[..len]);
+            Some(&out[..len])
+        }
+        class @ 32..=52 => {
+            let len = (class - 16) as usize;
+            put_digits(item >> 8, &mut out[..len]);
+            Some(&out[..len])
+        }
+        _ => None,
+    }
+}
+
+/// Writes `v` as exactly `out.len()` decimal digits, leading zeros included
+/// (`v` < 10^out.len()). Sixteen digits at a time from the right, each half
+/// of eight by [`put_eight_digits`].
+fn put_digits(mut v: u128, out: &mut [u8]) {
+    const E16: u64 = 10_000_000_000_000_000;
+    let mut end = out.len();
+    while end > 0 {
+        let low = if v >> 64 == 0 {
+            let x = v as u64;
+            v = (x / E16) as u128;
+            x % E16
+        } else {
+            let low = (v % E16 as u128) as u64;
+            v /= E16 as u128;
+            low
+        };
+        let mut sixteen = [0u8; 16];
+        sixteen[..8].copy_from_slice(&put_eight_digits((low / 100_000_000) as u32));
+        sixteen[8..].copy_from_slice(&put_eight_digits((low % 100_000_000) as u32));
+        let n = end.min(16);
+        out[end - n..end].copy_from_slice(&sixteen[16 - n..]);
+        end -= n;
+    }
+    debug_assert_eq!(v, 0, "the value has more digits than its key");
+}
+
+/// The eight ASCII digits of `v` < 10^8, most significant first: the
+/// inverse of [`eight_digits`], in lanes of one u64. The first four digits
+/// go to the low 32-bit lane and the last four to the high one; each lane
+/// is split into two-digit halves (x / 100 as x·5243 >> 19, exact for
+/// x < 10^4), then each half into digits (y / 10 as y·103 >> 10, exact for
+/// y < 100). Read little-endian, the lowest byte is the first digit.
+fn put_eight_digits(v: u32) -> [u8; 8] {
+    debug_assert!(v < 100_000_000);
+    let v = v as u64;
+    let x = (v / 10_000) | ((v % 10_000) << 32);
+    let h = ((x * 5243) >> 19) & 0x0000_007F_0000_007F;
+    let y = h | ((x - h * 100) << 16);
+    let t = ((y * 103) >> 10) & 0x000F_000F_000F_000F;
+    let z = t | ((y - t * 10) << 8);
+    (z | 0x3030_3030_3030_3030).to_le_bytes()
+}
+
 /// Items of one class sort like their canonical keys: every byte-packed key
 /// (class 0: bytes, zero padding, then the length), and digit-packed keys of
 /// one length (class 16 + length: the decimal value, whose order is the
@@ -196,6 +262,59 @@ mod tests {
         #[test]
         fn the_three_encodings_never_meet(a in "[0-9]{16,36}|.{16,40}|.{0,15}", b in "[0-9]{16,36}|.{16,40}|.{0,15}") {
             prop_assert_eq!(a == b, item_of(a.as_bytes()) == item_of(b.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn eight_digits_render_and_parse_back() {
+        for v in [
+            0u32, 1, 9, 10, 99, 100, 9_999, 10_000, 12_345_678, 99_999_999,
+        ] {
+            let b = put_eight_digits(v);
+            assert_eq!(&b[..], format!("{v:08}").as_bytes());
+            assert_eq!(eight_digits(b), Some(v as u64));
+        }
+        // every value of four digits in either lane
+        for v in (0..10_000u32).chain((0..10_000).map(|v| v * 10_000 + 9_999 - v)) {
+            assert_eq!(&put_eight_digits(v)[..], format!("{v:08}").as_bytes());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn packed_items_give_back_their_key(key in "[0-9]{16,36}|[ -~]{0,15}") {
+            let mut out = [0u8; 36];
+            prop_assert_eq!(key_of(item_of(key.as_bytes()), &mut out), Some(key.as_bytes()));
+        }
+
+        #[test]
+        fn short_byte_keys_give_back_their_key(key in proptest::collection::vec(any::<u8>(), 0..16)) {
+            let mut out = [0u8; 36];
+            prop_assert_eq!(key_of(item_of(&key), &mut out), Some(&key[..]));
+        }
+    }
+
+    #[test]
+    fn hashed_items_give_back_nothing() {
+        let mut out = [0u8; 36];
+        for key in [
+            "a key of more than fifteen bytes",
+            "1234567890123456x",
+            &"9".repeat(37),
+        ] {
+            assert_eq!(key_of(item_of(key.as_bytes()), &mut out), None, "{key}");
+        }
+        // the extremes of the digit packing
+        for key in [
+            "0000000000000000",
+            &"9".repeat(36),
+            &"0".repeat(36),
+            "1000000000000000000000",
+        ] {
+            assert_eq!(
+                key_of(item_of(key.as_bytes()), &mut out),
+                Some(key.as_bytes())
+            );
         }
     }
 

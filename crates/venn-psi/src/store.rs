@@ -88,6 +88,8 @@ pub(crate) struct Rows {
     pub(crate) items: Vec<Item>,
     recs: Vec<Rec>,
     arena: Vec<u8>,
+    /// Some row's text is more than its key (see [`Rows::rows_are_keys`]).
+    raw_not_key: bool,
 }
 
 impl Rows {
@@ -100,6 +102,7 @@ impl Rows {
 
     pub(crate) fn push(&mut self, item: Item, raw: &[u8], key: &[u8]) {
         let off = self.arena.len() as u64;
+        self.raw_not_key |= raw != key;
         self.arena.extend_from_slice(raw);
         self.arena.extend_from_slice(key);
         self.items.push(item);
@@ -120,6 +123,7 @@ impl Rows {
             return self.push(item, raw, &raw[key_at..key_at + key_len]);
         }
         let off = self.arena.len() as u64;
+        self.raw_not_key |= key_at != 0 || key_len != raw.len();
         self.arena.extend_from_slice(raw);
         self.items.push(item);
         self.recs
@@ -128,6 +132,13 @@ impl Rows {
 
     pub(crate) fn len(&self) -> usize {
         self.recs.len()
+    }
+
+    /// Whether every row's text is exactly its canonical key (a file of
+    /// one column, the key, unquoted and not normalised): then a row can be
+    /// written from its item ([`crate::item::key_of`]) without reading it.
+    pub(crate) fn rows_are_keys(&self) -> bool {
+        !self.raw_not_key
     }
 
     pub(crate) fn raw(&self, i: usize) -> &[u8] {
@@ -165,6 +176,7 @@ impl Rows {
         self.items.clear();
         self.recs.clear();
         self.arena.clear();
+        self.raw_not_key = false;
     }
 }
 
@@ -324,6 +336,7 @@ impl Store {
         }
         let base = self.mem.arena.len() as u64;
         self.mem.arena.extend_from_slice(&rows.arena);
+        self.mem.raw_not_key |= rows.raw_not_key;
         self.mem.items.extend_from_slice(&rows.items);
         self.mem
             .recs
@@ -569,6 +582,7 @@ mod tests {
                     items: m.items.clone(),
                     recs: m.recs.clone(),
                     arena: m.arena.clone(),
+                    raw_not_key: m.raw_not_key,
                 }),
                 spill: None,
             };

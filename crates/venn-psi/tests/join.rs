@@ -319,6 +319,20 @@ fn arb_table() -> impl Strategy<Value = Vec<(String, String)>> {
         .prop_map(|v| v.into_iter().map(|(k, p)| (quote(&k), quote(&p))).collect())
 }
 
+/// A column of keys, with repeats: 18-digit keys only, short keys only
+/// (some of them multi-byte), or `arb_key`'s mix (quoted keys among them).
+fn arb_key_column() -> impl Strategy<Value = Vec<String>> {
+    let digits =
+        (0u32..12).prop_map(|i| format!("{:018}", 100_000_000_000_000_000u64 + i as u64 * 7919));
+    let short =
+        prop::sample::select(vec!["7", "a", "ключ", "鍵", "0012", "z y"]).prop_map(String::from);
+    prop_oneof![
+        prop::collection::vec(digits, 0..40),
+        prop::collection::vec(short, 0..40),
+        prop::collection::vec(arb_key().prop_map(|k| quote(&k)), 0..40),
+    ]
+}
+
 fn arb_join() -> impl Strategy<Value = JoinType> {
     prop::sample::select(vec![
         JoinType::Inner,
@@ -399,6 +413,34 @@ proptest! {
             batch,
         };
         check_outcome(&c, run_case_workers(&c, [wa, wb]));
+    }
+
+    /// Files of one column, the key: their rows are written from the
+    /// matched items when every row is its key unquoted (digit keys alone,
+    /// short keys alone), and read back from the rows otherwise (a quoted
+    /// key, or digit and short keys mixed).
+    #[test]
+    fn key_only_files_equal_reference(a in arb_key_column(), b in arb_key_column(), join in arb_join(),
+                                      receiver0 in prop::sample::select(vec![Receiver::SelfOnly, Receiver::Peer, Receiver::Both]),
+                                      crlf in any::<bool>(), small in any::<bool>(), rr22 in any::<bool>(),
+                                      batch in arb_batch()) {
+        let text = |keys: &[String], crlf: bool| {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            std::iter::once("id").chain(keys.iter().map(String::as_str)).map(|k| format!("{k}{nl}")).collect::<String>()
+        };
+        check(&Case {
+            a: text(&a, crlf),
+            b: text(&b, !crlf),
+            keys_a: vec!["id".into()],
+            keys_b: vec!["id".into()],
+            join,
+            receiver0,
+            left0: Side::SelfSide,
+            budget: if small { 64 << 10 } else { 1 << 30 },
+            protocol: if rr22 { Protocol::Rr22 } else { Protocol::Ecdh },
+            mode: 0,
+            batch,
+        });
     }
 
     #[test]
