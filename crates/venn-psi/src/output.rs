@@ -78,6 +78,8 @@ pub(crate) struct OutWriter {
     /// Bytes written since the last request to [`SyncAhead`].
     unsynced: u64,
     sync: Option<SyncAhead>,
+    /// Renamed over the destination: nothing left to remove on drop.
+    renamed: bool,
     tmp: PathBuf,
     dest: PathBuf,
     null_row: Vec<u8>,
@@ -119,6 +121,7 @@ impl OutWriter {
             w: Some(BufWriter::with_capacity(1 << 20, f)),
             unsynced: 0,
             sync: None,
+            renamed: false,
             tmp,
             dest: dest.to_path_buf(),
             null_row,
@@ -231,13 +234,16 @@ impl OutWriter {
         f.sync_all().map_err(|e| PsiError::io(&self.tmp, e))?;
         drop(f);
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| PsiError::io(&self.dest, e))?;
+        self.renamed = true;
         Ok(self.rows)
     }
 }
 
 impl Drop for OutWriter {
+    /// A writer dropped before its output was renamed into place (the run
+    /// failed, or the commit itself did) removes its temporary file.
     fn drop(&mut self) {
-        if self.w.is_some() {
+        if !self.renamed {
             self.w = None;
             let _ = std::fs::remove_file(&self.tmp);
         }
@@ -423,5 +429,43 @@ mod tests {
             std::fs::read_to_string(&dest).unwrap(),
             "id,x\n1,a\n1,b\n1,a\n1,b\nNULL,NULL\n"
         );
+        // a commit that fails (the destination is a directory) leaves no
+        // temporary file either
+        let bad = dir.path().join("taken");
+        std::fs::create_dir_all(bad.join("inner")).unwrap();
+        let mut w = OutWriter::create(&bad, b"id", 1, "NULL", 0).unwrap();
+        w.own(b"1").unwrap();
+        assert!(w.commit().is_err());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["out.csv", "taken"]);
+    }
+
+    #[test]
+    fn large_outputs_are_synced_ahead_and_complete() {
+        // past SYNC_EVERY the sync thread runs beside the writes; the file
+        // is still exactly what was written, in order
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("big.csv");
+        let mut w = OutWriter::create(&dest, b"id", 1, "NULL", 0).unwrap();
+        let line = [b'7'; 99];
+        let mut want = b"id\n".to_vec();
+        let mut text = Vec::new();
+        for _ in 0..1000 {
+            text.extend_from_slice(&line);
+            text.push(b'\n');
+        }
+        let rounds = (3 * SYNC_EVERY as usize).div_ceil(text.len());
+        for _ in 0..rounds {
+            w.lines(&text, 1000).unwrap();
+            want.extend_from_slice(&text);
+        }
+        assert!(w.sync.is_some(), "the sync thread started");
+        assert_eq!(w.commit().unwrap(), 1000 * rounds as u64);
+        assert!(std::fs::read(&dest).unwrap() == want);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
