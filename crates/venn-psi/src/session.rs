@@ -1034,38 +1034,34 @@ fn sorted_by_item<S: Sync, V: Copy + Default + Send + Sync>(
     // memory order: bucket 0's part of chunk 0, of chunk 1, …, then bucket 1
     let mut slots: Vec<Vec<&mut [(Item, V)]>> =
         chunks.iter().map(|_| Vec::with_capacity(buckets)).collect();
-    let mut bucket_slices = Vec::with_capacity(buckets);
-    {
-        let mut rest: &mut [(Item, V)] = &mut out;
-        let mut sizes = Vec::with_capacity(buckets);
-        for b in 0..buckets {
-            let mut len = 0;
-            for (c, h) in counts.iter().enumerate() {
-                let (part, tail) = std::mem::take(&mut rest).split_at_mut(h[b]);
-                slots[c].push(part);
-                rest = tail;
-                len += h[b];
-            }
-            sizes.push(len);
-        }
-        slots
-            .into_par_iter()
-            .zip(chunks.par_iter())
-            .for_each(|(mut parts, c)| {
-                let mut at = vec![0usize; buckets];
-                for s in *c {
-                    let x = item(s);
-                    let b = digit(x);
-                    parts[b][at[b]] = (x, value(s));
-                    at[b] += 1;
-                }
-            });
-        let mut rest: &mut [(Item, V)] = &mut out;
-        for len in sizes {
-            let (bucket, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            bucket_slices.push(bucket);
+    let mut sizes = Vec::with_capacity(buckets);
+    let mut rest: &mut [(Item, V)] = &mut out;
+    for b in 0..buckets {
+        for (c, h) in counts.iter().enumerate() {
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(h[b]);
+            slots[c].push(part);
             rest = tail;
         }
+        sizes.push(counts.iter().map(|h| h[b]).sum::<usize>());
+    }
+    slots
+        .into_par_iter()
+        .zip(chunks.par_iter())
+        .for_each(|(mut parts, c)| {
+            let mut at = vec![0usize; buckets];
+            for s in *c {
+                let x = item(s);
+                let b = digit(x);
+                parts[b][at[b]] = (x, value(s));
+                at[b] += 1;
+            }
+        });
+    let mut bucket_slices = Vec::with_capacity(buckets);
+    let mut rest: &mut [(Item, V)] = &mut out;
+    for len in sizes {
+        let (bucket, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        bucket_slices.push(bucket);
+        rest = tail;
     }
     bucket_slices
         .into_par_iter()
