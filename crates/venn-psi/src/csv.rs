@@ -306,12 +306,14 @@ pub struct Rest<R> {
     eof: bool,
 }
 
-/// What [`Blocks::next`] yields.
+/// What [`Blocks::next_into`] yields.
 pub enum Block<R> {
     /// Whole lines without a double quote anywhere: every line is one record,
     /// so the block can be cut at any newline and parsed in parallel
-    /// ([`plain_records`]). `first_line` is the line number of its first byte.
-    Plain { first_line: u64, bytes: Vec<u8> },
+    /// ([`plain_records`]). The block is `buf[start..]` of the buffer given
+    /// to [`Blocks::next_into`]; `first_line` is the line number of its
+    /// first byte.
+    Plain { first_line: u64, start: usize },
     /// The file has a quote from here on (a quoted field may span lines):
     /// the rest must be read record by record with this reader.
     Quoted(CsvReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>),
@@ -323,11 +325,13 @@ pub enum Block<R> {
 /// is 300+ MB. Quote-free text (nearly every key file) has one record per
 /// line, so blocks of lines can be parsed by all cores; the first block with a
 /// quote hands the rest of the file to the sequential RFC 4180 reader.
+///
+/// Each block is read onto the end of a buffer the caller owns: the engine
+/// passes the arena its rows live in, so a row's text is read from the page
+/// cache once and never copied again (see `session::read_input`).
 pub struct Blocks<R> {
     rest: Option<Rest<R>>,
     size: usize,
-    /// A block's buffer handed back ([`Blocks::recycle`]) for the next block.
-    spare: Option<Vec<u8>>,
 }
 
 impl<R: Read> Blocks<R> {
@@ -335,80 +339,73 @@ impl<R: Read> Blocks<R> {
         Blocks {
             rest: Some(rest),
             size: size.max(1),
-            spare: None,
         }
     }
 
-    /// Hands a block's bytes back, so that the next block reuses their memory
-    /// instead of faulting in a fresh buffer.
-    pub fn recycle(&mut self, mut bytes: Vec<u8>) {
-        bytes.clear();
-        self.spare = Some(bytes);
-    }
-
-    /// The next block, or `None` at the end of the file.
-    pub fn next_block(&mut self) -> Result<Option<Block<R>>, PsiError> {
+    /// Reads the next block onto the end of `buf`, or returns `None` at the
+    /// end of the file. A plain block is `buf[start..]`, whole lines only:
+    /// the part of a line after the block's last newline is kept here and
+    /// starts the next block. A quoted block leaves `buf` as it was.
+    pub fn next_into(&mut self, buf: &mut Vec<u8>) -> Result<Option<Block<R>>, PsiError> {
         let Some(mut r) = self.rest.take() else {
             return Ok(None);
         };
-        let mut buf = match self.spare.take() {
-            Some(mut b) => {
-                b.extend_from_slice(&r.head);
-                r.head.clear();
-                b
-            }
-            None => std::mem::take(&mut r.head),
-        };
-        // read until the buffer holds `size` bytes and a newline, or the file ends
-        while !r.eof && (buf.len() < self.size || memchr::memchr(b'\n', &buf).is_none()) {
-            let want = self.size.max(buf.len() / 2).max(1 << 16);
+        let start = buf.len();
+        buf.extend_from_slice(&r.head);
+        r.head.clear();
+        // read until the block holds `size` bytes and a newline, or the file ends
+        while !r.eof
+            && (buf.len() - start < self.size || memchr::memchr(b'\n', &buf[start..]).is_none())
+        {
+            let want = self.size.max((buf.len() - start) / 2).max(1 << 16);
             // read_to_end fills spare capacity without zeroing it first
             buf.reserve(want);
             let n = (&mut r.rdr)
                 .take(want as u64)
-                .read_to_end(&mut buf)
+                .read_to_end(buf)
                 .map_err(|e| PsiError::io(&r.path, e))?;
             if n < want {
                 r.eof = true;
             }
         }
-        if buf.is_empty() {
+        if buf.len() == start {
             return Ok(None);
         }
         let cut = if r.eof {
             buf.len()
         } else {
-            memchr::memrchr(b'\n', &buf).expect("the loop reads until a newline") + 1
+            memchr::memrchr(b'\n', &buf[start..]).expect("the loop reads until a newline")
+                + start
+                + 1
         };
-        if memchr::memchr(b'"', &buf[..cut]).is_some() {
-            let rdr = std::io::Cursor::new(buf).chain(r.rdr);
+        if memchr::memchr(b'"', &buf[start..cut]).is_some() {
+            let bytes = buf[start..].to_vec();
+            buf.truncate(start);
+            let rdr = std::io::Cursor::new(bytes).chain(r.rdr);
             return Ok(Some(Block::Quoted(CsvReader::resume(
                 rdr,
                 &r.path,
                 r.next_line,
             ))));
         }
-        let tail = buf[cut..].to_vec();
+        r.head.extend_from_slice(&buf[cut..]);
         buf.truncate(cut);
         let first_line = r.next_line;
-        r.next_line += memchr::memchr_iter(b'\n', &buf).count() as u64;
-        r.head = tail;
+        r.next_line += memchr::memchr_iter(b'\n', &buf[start..]).count() as u64;
         if !(r.eof && r.head.is_empty()) {
             self.rest = Some(r);
         }
-        Ok(Some(Block::Plain {
-            first_line,
-            bytes: buf,
-        }))
+        Ok(Some(Block::Plain { first_line, start }))
     }
 }
 
-/// Calls `f(line, raw, fields)` for each non-empty line of quote-free text,
-/// `line` counted from 1 at the start of `text`; `fields` are ranges of
-/// `raw` (the line without its CR LF or LF). Stops at the first error.
+/// Calls `f(line, at, raw, fields)` for each non-empty line of quote-free
+/// text, `line` counted from 1 at the start of `text`; `raw` is the line
+/// without its CR LF or LF, `text[at..at + raw.len()]`, and `fields` are
+/// ranges of `raw`. Stops at the first error.
 pub fn plain_records<E>(
     text: &[u8],
-    mut f: impl FnMut(u64, &[u8], &[Range<usize>]) -> Result<(), E>,
+    mut f: impl FnMut(u64, usize, &[u8], &[Range<usize>]) -> Result<(), E>,
 ) -> Result<(), E> {
     // One scan for commas and newlines over the whole text (not two short
     // scans per line): lines of ~20 bytes made the per-call set-up of
@@ -432,7 +429,7 @@ pub fn plain_records<E>(
         }
         // the last field ends with the record (its CR, if any, removed)
         fields.push(field_start - rec_start..rec.len());
-        let r = f(line, rec, fields);
+        let r = f(line, rec_start, rec, fields);
         fields.clear();
         r
     };
@@ -700,18 +697,30 @@ mod block_tests {
     }
 
     /// The same records through `Blocks` of `size` bytes, each plain block
-    /// cut into `parts` pieces as the engine does.
-    fn blocked(text: &[u8], size: usize, parts: usize) -> Vec<Record> {
+    /// cut into `parts` pieces as the engine does. `keep`: blocks pile up in
+    /// one buffer (the engine's arena), else the buffer is emptied for each.
+    fn blocked(text: &[u8], size: usize, parts: usize, keep: bool) -> Vec<Record> {
         let mut r = CsvReader::new(text, Path::new("t.csv"));
         assert!(r.read().unwrap());
         let mut blocks = Blocks::new(r.into_rest(), size);
         let mut out = Vec::new();
-        while let Some(b) = blocks.next_block().unwrap() {
+        let mut buf = b"prefix".to_vec();
+        loop {
+            if !keep {
+                buf.clear();
+            }
+            let before = buf.clone();
+            let Some(b) = blocks.next_into(&mut buf).unwrap() else {
+                assert_eq!(buf, before, "the end of the file adds nothing");
+                break;
+            };
             match b {
-                Block::Plain { first_line, bytes } => {
+                Block::Plain { first_line, start } => {
+                    assert_eq!(&buf[..start], &before[..], "a block only appends");
                     let mut line0 = first_line;
-                    for piece in split_lines(&bytes, parts) {
-                        plain_records::<()>(piece, |line, raw, fields| {
+                    for piece in split_lines(&buf[start..], parts) {
+                        plain_records::<()>(piece, |line, at, raw, fields| {
+                            assert_eq!(&piece[at..at + raw.len()], raw);
                             let f = fields.iter().map(|x| raw[x.clone()].to_vec()).collect();
                             out.push((line0 + line - 1, f, raw.to_vec()));
                             Ok(())
@@ -719,10 +728,9 @@ mod block_tests {
                         .unwrap();
                         line0 += memchr::memchr_iter(b'\n', piece).count() as u64;
                     }
-                    // as the engine does: the next block reuses this one's buffer
-                    blocks.recycle(bytes);
                 }
                 Block::Quoted(mut r) => {
+                    assert_eq!(buf, before, "a quoted block leaves the buffer alone");
                     while r.read().unwrap() {
                         let fields = (0..r.len()).map(|i| r.field(i).to_vec()).collect();
                         out.push((r.line(), fields, r.raw().to_vec()));
@@ -758,7 +766,9 @@ mod block_tests {
                     text.push_str(nl);
                 }
             }
-            prop_assert_eq!(blocked(text.as_bytes(), size, parts), sequential(text.as_bytes()));
+            let want = sequential(text.as_bytes());
+            prop_assert_eq!(&blocked(text.as_bytes(), size, parts, false), &want);
+            prop_assert_eq!(&blocked(text.as_bytes(), size, parts, true), &want);
         }
     }
 

@@ -455,11 +455,12 @@ impl Matched {
     }
 }
 
-/// Bytes of input parsed per block (see [`Blocks`]). A block and its parsed
-/// rows (~2.5× its size for short records) are held besides the rows read
-/// so far: 8 MiB keeps that under 30 MB, where 32 MiB blocks held ~120 MB at
-/// the read's peak, and reads no slower (`VENN_BENCH=read`, 2^20 rows: 89
-/// against 93 ms).
+/// Bytes of input parsed per block (see [`Blocks`]). In memory a block is
+/// read into the rows' arena and costs nothing besides; once the rows spill,
+/// a block and its parsed rows (~2.5× its size for short records) are held
+/// besides: 8 MiB keeps that under 30 MB, where 32 MiB blocks held ~120 MB
+/// at the read's peak, and reads no slower (`VENN_BENCH=read`, 2^20 rows:
+/// 89 against 93 ms, when every block went through its own buffer).
 const READ_BLOCK: usize = 8 << 20;
 
 /// Turns a record's fields into its canonical key.
@@ -560,6 +561,38 @@ impl KeyCols<'_> {
         plain.then_some(r)
     }
 
+    /// Parses the quote-free `text`, which lies at `off` in the arena, into
+    /// `items` and `recs` (one slot per line at least) when every row's key
+    /// is a field as it stands ([`Self::field_as_key`]): the rows keep their
+    /// text where it is. Returns the rows written and whether some row's
+    /// text is more than its key, or `None` at the first row that needs
+    /// more (then [`Self::parse_plain`] takes the piece, errors included).
+    fn parse_in_place(
+        &self,
+        text: &[u8],
+        off: u64,
+        items: &mut [Item],
+        recs: &mut [crate::store::Rec],
+    ) -> Option<(usize, bool)> {
+        let (mut n, mut raw_not_key) = (0, false);
+        plain_records(text, |_, at, raw, fields| {
+            let r = self.field_as_key(raw, fields).ok_or(())?;
+            let item = item_of(&raw[r.clone()]);
+            if self.keeps(item) {
+                let rec =
+                    crate::store::Rec::key_in_raw(off + at as u64, raw.len(), r.start, r.len())
+                        .ok_or(())?;
+                raw_not_key |= r.start != 0 || r.len() != raw.len();
+                items[n] = item;
+                recs[n] = rec;
+                n += 1;
+            }
+            Ok::<(), ()>(())
+        })
+        .ok()?;
+        Some((n, raw_not_key))
+    }
+
     /// Parses quote-free lines into rows: (rows, skipped rows, lines).
     /// Errors carry line numbers counted from 1 at the start of `text`.
     /// Parses into `rows` (emptied first; a buffer of an earlier block, so
@@ -584,7 +617,7 @@ impl KeyCols<'_> {
         rows.reserve(rows_max, 2 * text.len() + rows_max * framing);
         let mut key = Vec::with_capacity(64);
         let mut skipped = 0u64;
-        plain_records(text, |line, raw, fields| {
+        plain_records(text, |line, _, raw, fields| {
             // One key column that is its own key (no case change needed):
             // the item comes from the field in place, the key stays in the
             // row. Everything else (and every error) takes the general path.
@@ -619,7 +652,147 @@ impl KeyCols<'_> {
     }
 }
 
+/// How a piece of a block was parsed by [`parse_in_arena`].
+enum Piece {
+    /// Its first `rows` slots hold its rows, which point into the block.
+    InPlace { rows: usize, raw_not_key: bool },
+    /// Some row needed more than a field in place (a normalised key, a key
+    /// of several columns, an empty key to skip): the piece went down
+    /// [`KeyCols::parse_plain`] into rows with their own arena (handed back
+    /// with the result), and `skipped` rows were left out.
+    Parsed { skipped: u64 },
+}
+
+/// Parses the quote-free block `arena[start..]` of the store's in-memory
+/// rows where it lies: rows whose key is a field as it stands (nearly every
+/// key file) keep their text where it was read, and their items and
+/// records are written straight into the store's vectors, each piece of the
+/// block into slots sized by its line count. Returns the rows skipped.
+///
+/// Why: reading into a block buffer, parsing each piece into rows of its
+/// own and appending those to the store copied every byte twice and touched
+/// ~80 MB of fresh pages for a 20 MB file of 2^20 IDs (the block, the
+/// pieces' rows, the store's rows), and the sequential append was a third
+/// of the read. Here the text is read once, from the page cache into the
+/// arena, and the rows' pages are touched once, on all threads.
+///
+/// A piece with any other row is parsed the general way and its rows are
+/// put in its slots afterwards (their own copy of the text goes to the end
+/// of the arena); slots left over (empty lines, skipped rows, rows of other
+/// workers) are closed up in a pass over the row vectors.
+fn parse_in_arena(
+    keys: &KeyCols<'_>,
+    store: &mut Store,
+    start: usize,
+    first_line: u64,
+    spare: &mut Vec<Rows>,
+    path: &Path,
+) -> Result<u64, PsiError> {
+    let rows = store.direct().expect("the rows are in memory");
+    let arena_before = rows.arena_mut().len();
+    let text_len = arena_before - start;
+    // the pieces (offsets into the arena) and their newlines
+    let (bounds, lines): (Vec<(usize, usize)>, Vec<u64>) = {
+        let text = &rows.arena_mut()[start..];
+        let pieces = split_lines(text, rayon::current_num_threads() * 4);
+        let mut at = start;
+        let bounds = pieces
+            .iter()
+            .map(|p| {
+                at += p.len();
+                (at - p.len(), at)
+            })
+            .collect();
+        let lines = pieces
+            .par_iter()
+            .map(|p| memchr::memchr_iter(b'\n', p).count() as u64)
+            .collect();
+        (bounds, lines)
+    };
+    // a piece has at most one row more than its newlines (the file's last line)
+    let slots: Vec<usize> = lines.iter().map(|&l| l as usize + 1).collect();
+    let total: usize = slots.iter().sum();
+    store.reserve_rows(total, text_len as u64);
+    let rows = store.direct().expect("the rows are in memory");
+    let first_slot = rows.len();
+    if spare.len() < bounds.len() {
+        spare.resize_with(bounds.len(), Rows::default);
+    }
+    let parsed: Vec<Result<(Piece, Rows), PsiError>> = {
+        let (arena, mut items, mut recs) = rows.grow(total);
+        let mut work = Vec::with_capacity(bounds.len());
+        let mut line = first_line;
+        for ((&(from, to), &n), &l) in bounds.iter().zip(&slots).zip(&lines) {
+            let (it, rest) = std::mem::take(&mut items).split_at_mut(n);
+            let (rc, rest_recs) = std::mem::take(&mut recs).split_at_mut(n);
+            (items, recs) = (rest, rest_recs);
+            work.push((from as u64, &arena[from..to], it, rc, line));
+            line += l;
+        }
+        work.into_par_iter()
+            .zip(spare.par_drain(..bounds.len()))
+            .map(|((off, text, items, recs, line), own)| {
+                if let Some((n, raw_not_key)) = keys.parse_in_place(text, off, items, recs) {
+                    let piece = Piece::InPlace {
+                        rows: n,
+                        raw_not_key,
+                    };
+                    return Ok((piece, own));
+                }
+                match keys.parse_plain(text, path, own) {
+                    Ok((own, skipped, _)) => Ok((Piece::Parsed { skipped }, own)),
+                    Err(mut e) => {
+                        if let PsiError::Input { line: l, .. } = &mut e {
+                            *l += line - 1;
+                        }
+                        Err(e)
+                    }
+                }
+            })
+            .collect()
+    };
+    // close up the slots, in file order (rows only move down)
+    let mut skipped = 0;
+    let (mut to, mut slot) = (first_slot, first_slot);
+    for (res, n) in parsed.into_iter().zip(&slots) {
+        let (piece, own) = res?;
+        match piece {
+            Piece::InPlace {
+                rows: k,
+                raw_not_key,
+            } => {
+                rows.shift_down(slot, k, to);
+                if raw_not_key {
+                    rows.note_raw_not_key();
+                }
+                to += k;
+            }
+            Piece::Parsed { skipped: k } => {
+                rows.place(&own, to);
+                to += own.len();
+                skipped += k;
+            }
+        }
+        spare.push(own);
+        slot += n;
+    }
+    rows.truncate(to);
+    let arena_added = (rows.arena_mut().len() - start) as u64;
+    store.added_direct(to - first_slot, text_len as u64, arena_added)?;
+    Ok(skipped)
+}
+
 fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Input, PsiError> {
+    read_input_in_blocks(cfg, shard, path, READ_BLOCK)
+}
+
+/// [`read_input`] in blocks of `block` bytes (small ones in tests).
+fn read_input_in_blocks(
+    cfg: &PsiConfig,
+    shard: Option<&Shard>,
+    path: &Path,
+    block: usize,
+) -> Result<Input, PsiError> {
     let f = File::open(path).map_err(|e| PsiError::io(path, e))?;
     let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut r = CsvReader::new(f, path);
@@ -661,17 +834,33 @@ fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Inp
     };
     let mut skipped = 0u64;
     let threads = rayon::current_num_threads();
-    let mut blocks = Blocks::new(r.into_rest(), READ_BLOCK);
-    // Each block's buffers (its bytes, one Rows per piece) are handed back and
-    // reused by the next block: a 2^24-row file is ten blocks, and fresh
-    // buffers each time cost ~0.8 GB of page faults (kernel page clearing).
+    let mut blocks = Blocks::new(r.into_rest(), block);
+    // In memory, each block is read onto the end of the rows' arena and
+    // parsed there ([`parse_in_arena`]). Once the rows spill, blocks go
+    // through `scratch` and one Rows per piece. Both are reused block after
+    // block, as are the pieces' Rows: a 2^24-row file is forty blocks, and
+    // fresh buffers each time cost ~0.8 GB of page faults (kernel page
+    // clearing).
     let mut spare: Vec<Rows> = Vec::new();
-    while let Some(block) = blocks.next_block()? {
+    let mut scratch: Vec<u8> = Vec::new();
+    loop {
+        let in_memory = store.direct().is_some();
+        let block = match store.direct() {
+            Some(rows) => blocks.next_into(rows.arena_mut())?,
+            None => {
+                scratch.clear();
+                blocks.next_into(&mut scratch)?
+            }
+        };
+        let Some(block) = block else { break };
         match block {
-            Block::Plain { first_line, bytes } => {
+            Block::Plain { first_line, start } if in_memory => {
+                skipped += parse_in_arena(&keys, &mut store, start, first_line, &mut spare, path)?;
+            }
+            Block::Plain { first_line, start } => {
                 // cut into pieces for every thread; each becomes a Rows chunk,
                 // appended in file order
-                let pieces = split_lines(&bytes, threads * 4);
+                let pieces = split_lines(&scratch[start..], threads * 4);
                 if spare.len() < pieces.len() {
                     spare.resize_with(pieces.len(), Rows::default);
                 }
@@ -697,8 +886,6 @@ fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Inp
                         }
                     }
                 }
-                drop(pieces);
-                blocks.recycle(bytes);
             }
             Block::Quoted(mut r) => {
                 let mut key = Vec::with_capacity(64);
@@ -1893,6 +2080,102 @@ pub fn receivers_of(receiver: Receiver, party: u8) -> [bool; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A row of a two-column file `id,v` for the read tests: plain IDs,
+    /// IDs that need trimming or lower-casing, empty keys, blank lines and
+    /// (rarely) a row with a field too many.
+    fn read_test_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            12 => "[0-9]{1,12},[a-z]{0,3}",
+            2 => " [0-9A-C]{1,5} ,x",
+            2 => "[a-cA-C]{1,4},",
+            1 => Just(",v".to_string()),
+            1 => Just(String::new()),
+            1 => Just("1,2,3".to_string()),
+        ]
+    }
+
+    /// A row as read: item, raw text, key.
+    type ReadRow = (Item, Vec<u8>, Vec<u8>);
+
+    /// (item, raw, key) of every kept row, in file order, or the line of
+    /// the first bad row: CsvReader record by record and `KeyCols::key`,
+    /// the definition the block reader must match.
+    fn read_naively(cfg: &PsiConfig, text: &str) -> Result<Vec<ReadRow>, u64> {
+        let mut r = CsvReader::new(text.as_bytes(), Path::new("t.csv"));
+        assert!(r.read().unwrap());
+        let names: Vec<Vec<u8>> = (0..r.len()).map(|i| r.field(i).to_vec()).collect();
+        let cols: Vec<usize> = cfg
+            .keys
+            .iter()
+            .map(|k| names.iter().position(|n| n == k.as_bytes()).unwrap())
+            .collect();
+        let keys = KeyCols {
+            cfg,
+            cols: &cols,
+            ncols: names.len(),
+            shard: None,
+        };
+        let (mut out, mut key) = (Vec::new(), Vec::new());
+        while r.read().unwrap() {
+            match keys.key(r.len(), |i| r.field(i), &mut key) {
+                Ok(true) => out.push((item_of(&key), r.raw().to_vec(), key.clone())),
+                Ok(false) => {}
+                Err(_) => return Err(r.line()),
+            }
+        }
+        Ok(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn rows_read_in_place_equal_a_naive_read(
+            lines in prop::collection::vec(read_test_line(), 0..300),
+            crlf in any::<bool>(),
+            block in 1usize..400,
+            both_columns in any::<bool>(),
+            trim in any::<bool>(),
+            lowercase in any::<bool>(),
+        ) {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let mut text = format!("id,v{nl}");
+            for l in &lines {
+                text.push_str(l);
+                text.push_str(nl);
+            }
+            let keys = if both_columns { vec!["id".into(), "v".into()] } else { vec!["id".into()] };
+            let mut cfg = PsiConfig::new(keys, true);
+            cfg.skip_empty_keys = true;
+            cfg.normalize.trim = trim;
+            cfg.normalize.lowercase = lowercase;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.csv");
+            std::fs::write(&path, &text).unwrap();
+            let got = read_input_in_blocks(&cfg, None, &path, block);
+            match read_naively(&cfg, &text) {
+                Err(line) => {
+                    let Err(PsiError::Input { line: l, .. }) = got else {
+                        panic!("the bad row on line {line} was not reported");
+                    };
+                    prop_assert_eq!(l, line);
+                }
+                Ok(want) => {
+                    let mut input = got.unwrap();
+                    prop_assert_eq!(input.loaded.rows, want.len() as u64);
+                    let b = input.loaded.bucket(0, 1).unwrap();
+                    let rows = b.rows();
+                    let got: Vec<_> = (0..rows.len())
+                        .map(|i| (b.items[i], rows.raw(i).to_vec(), rows.key(i).to_vec()))
+                        .collect();
+                    let all_keys = want.iter().all(|(_, raw, key)| raw == key);
+                    prop_assert_eq!(got, want);
+                    prop_assert_eq!(rows.rows_are_keys(), all_keys);
+                }
+            }
+        }
+    }
 
     #[test]
     fn grouping_matches_a_naive_grouping_in_keyed_order() {

@@ -37,7 +37,7 @@ const PROTOCOL_BYTES_PER_ROW: u64 = 192;
 /// the high 24 bits the key's offset inside the record, or [`KEY_AFTER`]
 /// when the key follows the record in the arena. Not copying a key that is
 /// already in the record saves a third of the arena for an ID-only file.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Rec {
     pos: u64,
     raw_len: u32,
@@ -50,6 +50,20 @@ const KEY_AFTER: u64 = (1 << 24) - 1;
 const OFF_BITS: u32 = 40;
 
 impl Rec {
+    /// A row whose record is `raw_len` bytes at `off` in the arena, with its
+    /// key `key_len` bytes at `key_at` inside the record: `None` where
+    /// either offset does not fit (the row must then be pushed with its key
+    /// after it, [`Rows::push`]).
+    pub(crate) fn key_in_raw(
+        off: u64,
+        raw_len: usize,
+        key_at: usize,
+        key_len: usize,
+    ) -> Option<Self> {
+        (off < 1 << OFF_BITS && (key_at as u64) < KEY_AFTER)
+            .then(|| Rec::new(off, raw_len, Some(key_at), key_len))
+    }
+
     fn new(off: u64, raw_len: usize, key_at: Option<usize>, key_len: usize) -> Self {
         let at = key_at.map_or(KEY_AFTER, |a| a as u64);
         debug_assert!(off < 1 << OFF_BITS && at <= KEY_AFTER);
@@ -132,6 +146,57 @@ impl Rows {
 
     pub(crate) fn len(&self) -> usize {
         self.recs.len()
+    }
+
+    /// The arena, for text read straight into it ([`Store::direct`]).
+    pub(crate) fn arena_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.arena
+    }
+
+    /// Adds `n` zeroed rows at the end and returns the arena with their
+    /// items and records, for parsers that fill them in place from text in
+    /// the arena (in parallel, carved with `split_at_mut`); [`Rows::truncate`]
+    /// drops the ones not filled. The zeroing runs on all threads: it is
+    /// what faults the pages in.
+    pub(crate) fn grow(&mut self, n: usize) -> (&[u8], &mut [Item], &mut [Rec]) {
+        use rayon::prelude::*;
+        let at = self.items.len();
+        self.items.par_extend(rayon::iter::repeat_n(0, n));
+        self.recs
+            .par_extend(rayon::iter::repeat_n(Rec::default(), n));
+        (&self.arena, &mut self.items[at..], &mut self.recs[at..])
+    }
+
+    /// Moves rows `from..from + n` to `to..to + n` (`to <= from`).
+    pub(crate) fn shift_down(&mut self, from: usize, n: usize, to: usize) {
+        debug_assert!(to <= from);
+        if to != from {
+            self.items.copy_within(from..from + n, to);
+            self.recs.copy_within(from..from + n, to);
+        }
+    }
+
+    /// Keeps the first `n` rows (the arena is left as it is).
+    pub(crate) fn truncate(&mut self, n: usize) {
+        self.items.truncate(n);
+        self.recs.truncate(n);
+    }
+
+    /// Puts `rows` (parsed elsewhere, their own arena) at rows `to..` of
+    /// these, which must exist: their arena goes to the end of this one.
+    pub(crate) fn place(&mut self, rows: &Rows, to: usize) {
+        let base = self.arena.len() as u64;
+        self.arena.extend_from_slice(&rows.arena);
+        self.raw_not_key |= rows.raw_not_key;
+        self.items[to..to + rows.len()].copy_from_slice(&rows.items);
+        for (d, r) in self.recs[to..].iter_mut().zip(&rows.recs) {
+            *d = r.shifted(base);
+        }
+    }
+
+    /// Marks that some row's text is more than its key.
+    pub(crate) fn note_raw_not_key(&mut self) {
+        self.raw_not_key = true;
     }
 
     /// Whether every row's text is exactly its canonical key (a file of
@@ -302,28 +367,45 @@ impl Store {
         Ok(())
     }
 
-    /// Adds rows parsed elsewhere from `text_len` bytes of the input, in
-    /// order: one copy of their arena instead of a push per row.
-    ///
-    /// The row vectors are reserved for the whole file from the rows per
-    /// input byte seen so far (plus 1/16), not grown by doubling: at 2^20 rows
-    /// doubling copied 32 MB and faulted in twice the pages, ~10% of a run.
-    pub(crate) fn append(&mut self, rows: &Rows, text_len: u64) -> Result<(), PsiError> {
+    /// The in-memory rows, for a block of text read straight into their
+    /// arena and parsed in place ([`Rows::grow`]), or `None` once the rows
+    /// spill to disk. Call [`Store::reserve_rows`] before growing them and
+    /// [`Store::added_direct`] after.
+    pub(crate) fn direct(&mut self) -> Option<&mut Rows> {
+        self.spill.is_none().then_some(&mut self.mem)
+    }
+
+    /// Accounts for `rows` rows added through [`Store::direct`] from
+    /// `text_len` bytes of input (their arena bytes included in `arena`),
+    /// and spills if the rows no longer fit the budget.
+    pub(crate) fn added_direct(
+        &mut self,
+        rows: usize,
+        text_len: u64,
+        arena: u64,
+    ) -> Result<(), PsiError> {
         self.consumed += text_len;
-        self.rows += rows.len() as u64;
-        self.bytes += rows.arena.len() as u64 + rows.len() as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
-        if let Some(sp) = &mut self.spill {
-            for i in 0..rows.len() {
-                sp.write(rows.items[i], rows.raw(i), rows.key(i))?;
-            }
-            return Ok(());
+        self.rows += rows as u64;
+        self.bytes += arena + rows as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
+        if self.mem.footprint() > self.budget {
+            self.start_spill()?;
         }
-        let have = self.mem.items.len() + rows.len();
+        Ok(())
+    }
+
+    /// Reserves the in-memory row vectors for `incoming` more rows, from
+    /// `text_len` more bytes of the input.
+    ///
+    /// They are reserved for the whole file from the rows per input byte
+    /// seen so far (plus 1/16), not grown by doubling: at 2^20 rows doubling
+    /// copied 32 MB and faulted in twice the pages, ~10% of a run.
+    pub(crate) fn reserve_rows(&mut self, incoming: usize, text_len: u64) {
+        let have = self.mem.items.len() + incoming;
         let cap = self.mem.items.capacity();
+        let (rows, consumed) = (self.rows + incoming as u64, self.consumed + text_len);
         // With no file size (reserve_for not called) Vec's own doubling applies.
-        if have > cap && self.file_len > 0 && self.consumed > 0 {
-            let est = (self.rows as f64 * self.file_len.max(self.consumed) as f64
-                / self.consumed as f64
+        if have > cap && self.file_len > 0 && consumed > 0 {
+            let est = (rows as f64 * self.file_len.max(consumed) as f64 / consumed as f64
                 * (1.0 + 1.0 / 16.0)) as usize;
             // at least 1.5× when an estimate fell short (longer lines at the
             // start of the file than later): never a reallocation per append
@@ -334,6 +416,25 @@ impl Store {
                 self.mem.recs.reserve_exact(want - self.mem.recs.len());
             }
         }
+    }
+
+    /// Adds rows parsed elsewhere from `text_len` bytes of the input, in
+    /// order: one copy of their arena instead of a push per row.
+    pub(crate) fn append(&mut self, rows: &Rows, text_len: u64) -> Result<(), PsiError> {
+        if let Some(sp) = &mut self.spill {
+            self.consumed += text_len;
+            self.rows += rows.len() as u64;
+            self.bytes +=
+                rows.arena.len() as u64 + rows.len() as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
+            for i in 0..rows.len() {
+                sp.write(rows.items[i], rows.raw(i), rows.key(i))?;
+            }
+            return Ok(());
+        }
+        self.reserve_rows(rows.len(), text_len);
+        self.consumed += text_len;
+        self.rows += rows.len() as u64;
+        self.bytes += rows.arena.len() as u64 + rows.len() as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
         let base = self.mem.arena.len() as u64;
         self.mem.arena.extend_from_slice(&rows.arena);
         self.mem.raw_not_key |= rows.raw_not_key;
