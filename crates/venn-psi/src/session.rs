@@ -1252,8 +1252,64 @@ fn sorted_by_item<S: Sync, V: Copy + Default + Send + Sync>(
     }
     bucket_slices
         .into_par_iter()
-        .for_each(|b| b.sort_unstable_by_key(|e| e.0));
+        .for_each_init(Vec::new, |tmp, b| sort_bucket_by_item(b, tmp));
     out
+}
+
+/// Sorts one bucket of [`sorted_by_item`] (~[`RADIX_BUCKET`] entries, in
+/// cache) by item: a counting sort on the top ~log2(len) bits of the
+/// bucket's own span [min, max] spreads the entries about one to a slot, and
+/// each slot's run is then finished by an insertion sort (a comparison sort
+/// past 16 entries, so that clustered or repeated items cannot make it
+/// quadratic). `tmp` is scratch, kept between calls. Against
+/// `sort_unstable_by_key` on the whole bucket: ~a third of its time at 8k
+/// entries, which was most of the sort at 2^20 rows.
+fn sort_bucket_by_item<V: Copy + Default>(b: &mut [(Item, V)], tmp: &mut Vec<(Item, V)>) {
+    let n = b.len();
+    if n < 64 {
+        b.sort_unstable_by_key(|e| e.0);
+        return;
+    }
+    let (lo, hi) = b
+        .iter()
+        .fold((Item::MAX, 0), |a, e| (a.0.min(e.0), a.1.max(e.0)));
+    let span = Item::BITS - (hi - lo).leading_zeros();
+    let bits = n.next_power_of_two().trailing_zeros().min(16).min(span);
+    let shift = span - bits;
+    let slot = |x: Item| ((x - lo) >> shift) as usize;
+    let mut starts = vec![0u32; (1 << bits) + 1];
+    for e in b.iter() {
+        starts[slot(e.0) + 1] += 1;
+    }
+    for k in 0..1 << bits {
+        starts[k + 1] += starts[k];
+    }
+    let mut fill = starts.clone();
+    tmp.clear();
+    tmp.resize(n, (0, V::default()));
+    for e in b.iter() {
+        let k = slot(e.0);
+        tmp[fill[k] as usize] = *e;
+        fill[k] += 1;
+    }
+    // slots ascend: only the entries of one slot can be out of order
+    for w in starts.windows(2) {
+        let run = &mut tmp[w[0] as usize..w[1] as usize];
+        if run.len() > 16 {
+            run.sort_unstable_by_key(|e| e.0);
+            continue;
+        }
+        for i in 1..run.len() {
+            let e = run[i];
+            let mut j = i;
+            while j > 0 && run[j - 1].0 > e.0 {
+                run[j] = run[j - 1];
+                j -= 1;
+            }
+            run[j] = e;
+        }
+    }
+    b.copy_from_slice(tmp);
 }
 
 /// Sorts `v` by the key bytes of each element's group, bytewise.
