@@ -384,13 +384,19 @@ impl Store {
         text_len: u64,
         arena: u64,
     ) -> Result<(), PsiError> {
-        self.consumed += text_len;
-        self.rows += rows as u64;
-        self.bytes += arena + rows as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
+        self.account(rows, text_len, arena);
         if self.mem.footprint() > self.budget {
             self.start_spill()?;
         }
         Ok(())
+    }
+
+    /// Counts `rows` rows from `text_len` bytes of input, holding `arena`
+    /// bytes of text.
+    fn account(&mut self, rows: usize, text_len: u64, arena: u64) {
+        self.consumed += text_len;
+        self.rows += rows as u64;
+        self.bytes += arena + rows as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
     }
 
     /// Reserves the in-memory row vectors for `incoming` more rows, from
@@ -421,20 +427,16 @@ impl Store {
     /// Adds rows parsed elsewhere from `text_len` bytes of the input, in
     /// order: one copy of their arena instead of a push per row.
     pub(crate) fn append(&mut self, rows: &Rows, text_len: u64) -> Result<(), PsiError> {
+        if self.spill.is_none() {
+            self.reserve_rows(rows.len(), text_len);
+        }
+        self.account(rows.len(), text_len, rows.arena.len() as u64);
         if let Some(sp) = &mut self.spill {
-            self.consumed += text_len;
-            self.rows += rows.len() as u64;
-            self.bytes +=
-                rows.arena.len() as u64 + rows.len() as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
             for i in 0..rows.len() {
                 sp.write(rows.items[i], rows.raw(i), rows.key(i))?;
             }
             return Ok(());
         }
-        self.reserve_rows(rows.len(), text_len);
-        self.consumed += text_len;
-        self.rows += rows.len() as u64;
-        self.bytes += rows.arena.len() as u64 + rows.len() as u64 * (32 + PROTOCOL_BYTES_PER_ROW);
         let base = self.mem.arena.len() as u64;
         self.mem.arena.extend_from_slice(&rows.arena);
         self.mem.raw_not_key |= rows.raw_not_key;
