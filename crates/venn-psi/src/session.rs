@@ -679,7 +679,10 @@ enum Piece {
 /// A piece with any other row is parsed the general way and its rows are
 /// put in its slots afterwards (their own copy of the text goes to the end
 /// of the arena); slots left over (empty lines, skipped rows, rows of other
-/// workers) are closed up in a pass over the row vectors.
+/// workers) are closed up in a pass over the row vectors. Such a piece's
+/// text is then in the arena twice, so the caller reads the rest of the
+/// file the other way once a block had one (see `read_input`). Returns
+/// also whether every piece was parsed in place.
 fn parse_in_arena(
     keys: &KeyCols<'_>,
     store: &mut Store,
@@ -687,7 +690,7 @@ fn parse_in_arena(
     first_line: u64,
     spare: &mut Vec<Rows>,
     path: &Path,
-) -> Result<u64, PsiError> {
+) -> Result<(u64, bool), PsiError> {
     let rows = store.direct().expect("the rows are in memory");
     let arena_before = rows.arena_mut().len();
     let text_len = arena_before - start;
@@ -752,7 +755,7 @@ fn parse_in_arena(
             .collect()
     };
     // close up the slots, in file order (rows only move down)
-    let mut skipped = 0;
+    let (mut skipped, mut all_in_place) = (0, true);
     let (mut to, mut slot) = (first_slot, first_slot);
     for (res, n) in parsed.into_iter().zip(&slots) {
         let (piece, own) = res?;
@@ -771,6 +774,7 @@ fn parse_in_arena(
                 rows.place(&own, to);
                 to += own.len();
                 skipped += k;
+                all_in_place = false;
             }
         }
         spare.push(own);
@@ -779,7 +783,7 @@ fn parse_in_arena(
     rows.truncate(to);
     let arena_added = (rows.arena_mut().len() - start) as u64;
     store.added_direct(to - first_slot, text_len as u64, arena_added)?;
-    Ok(skipped)
+    Ok((skipped, all_in_place))
 }
 
 fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Input, PsiError> {
@@ -836,26 +840,34 @@ fn read_input_in_blocks(
     let threads = rayon::current_num_threads();
     let mut blocks = Blocks::new(r.into_rest(), block);
     // In memory, each block is read onto the end of the rows' arena and
-    // parsed there ([`parse_in_arena`]). Once the rows spill, blocks go
-    // through `scratch` and one Rows per piece. Both are reused block after
+    // parsed there ([`parse_in_arena`]). Once the rows spill, or once a block
+    // had rows that needed their own copy of the text, blocks go through
+    // `scratch` and one Rows per piece, appended to the store. Both are reused block after
     // block, as are the pieces' Rows: a 2^24-row file is forty blocks, and
     // fresh buffers each time cost ~0.8 GB of page faults (kernel page
     // clearing).
     let mut spare: Vec<Rows> = Vec::new();
     let mut scratch: Vec<u8> = Vec::new();
+    // whether blocks go to the arena: until one has rows that need their own
+    // copy of the text (normalised or multi-column keys), which would hold
+    // the file twice there
+    let mut in_place = true;
     loop {
-        let in_memory = store.direct().is_some();
+        let direct = in_place && store.direct().is_some();
         let block = match store.direct() {
-            Some(rows) => blocks.next_into(rows.arena_mut())?,
-            None => {
+            Some(rows) if direct => blocks.next_into(rows.arena_mut())?,
+            _ => {
                 scratch.clear();
                 blocks.next_into(&mut scratch)?
             }
         };
         let Some(block) = block else { break };
         match block {
-            Block::Plain { first_line, start } if in_memory => {
-                skipped += parse_in_arena(&keys, &mut store, start, first_line, &mut spare, path)?;
+            Block::Plain { first_line, start } if direct => {
+                let (skip, all) =
+                    parse_in_arena(&keys, &mut store, start, first_line, &mut spare, path)?;
+                skipped += skip;
+                in_place = all;
             }
             Block::Plain { first_line, start } => {
                 // cut into pieces for every thread; each becomes a Rows chunk,
