@@ -37,6 +37,7 @@ pub mod memory;
 mod output;
 pub mod report;
 mod session;
+mod slices;
 mod store;
 pub mod workers;
 

@@ -44,6 +44,7 @@ use crate::report::{
     InputStats, Intersection, OutputStats, PeerStats, Phases, Report, peak_rss_mb,
 };
 use crate::rr22::prim::{Aes, os_random};
+use crate::slices::split_lens;
 use crate::store::{Loaded, Rows, Store};
 use crate::workers::{PartMeta, Shard};
 use crate::{ecdh, rr22, wire};
@@ -722,13 +723,13 @@ fn parse_in_arena(
         spare.resize_with(bounds.len(), Rows::default);
     }
     let parsed: Vec<Result<(Piece, Rows), PsiError>> = {
-        let (arena, mut items, mut recs) = rows.grow(total);
+        let (arena, items, recs) = rows.grow(total);
         let mut work = Vec::with_capacity(bounds.len());
         let mut line = first_line;
-        for ((&(from, to), &n), &l) in bounds.iter().zip(&slots).zip(&lines) {
-            let (it, rest) = std::mem::take(&mut items).split_at_mut(n);
-            let (rc, rest_recs) = std::mem::take(&mut recs).split_at_mut(n);
-            (items, recs) = (rest, rest_recs);
+        let carved = split_lens(items, slots.iter().copied())
+            .into_iter()
+            .zip(split_lens(recs, slots.iter().copied()));
+        for ((&(from, to), &l), (it, rc)) in bounds.iter().zip(&lines).zip(carved) {
             work.push((from as u64, &arena[from..to], it, rc, line));
             line += l;
         }
@@ -842,10 +843,10 @@ fn read_input_in_blocks(
     // In memory, each block is read onto the end of the rows' arena and
     // parsed there ([`parse_in_arena`]). Once the rows spill, or once a block
     // had rows that needed their own copy of the text, blocks go through
-    // `scratch` and one Rows per piece, appended to the store. Both are reused block after
-    // block, as are the pieces' Rows: a 2^24-row file is forty blocks, and
-    // fresh buffers each time cost ~0.8 GB of page faults (kernel page
-    // clearing).
+    // `scratch` and one Rows per piece, appended to the store. Both are
+    // reused block after block, as are the pieces' Rows: a 2^24-row file is
+    // forty blocks, and fresh buffers each time cost ~0.8 GB of page faults
+    // (kernel page clearing).
     let mut spare: Vec<Rows> = Vec::new();
     let mut scratch: Vec<u8> = Vec::new();
     // whether blocks go to the arena: until one has rows that need their own
@@ -1013,17 +1014,10 @@ impl Grouped {
         }
         drop((batch, items, idx));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: scattered");
-        let mut slices: Vec<(&mut [Item], &mut [u32])> = Vec::with_capacity(parts);
-        let (mut rest, mut rest_rows) = (keyed.as_mut_slice(), order.as_mut_slice());
-        for p in 0..parts {
-            let len = bounds[p + 1] - bounds[p];
-            let (head, tail) = rest.split_at_mut(len);
-            let (head_rows, tail_rows) = rest_rows.split_at_mut(len);
-            slices.push((head, head_rows));
-            (rest, rest_rows) = (tail, tail_rows);
-        }
-        slices
+        let lens = || bounds.windows(2).map(|w| w[1] - w[0]);
+        split_lens(&mut keyed, lens())
             .into_par_iter()
+            .zip(split_lens(&mut order, lens()))
             .for_each_init(Vec::new, |tmp, (s, r)| sort_keyed(s, r, bits, tmp));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: sorted");
         // `unique` is `keyed` with repeats removed, in place: no fresh pages
@@ -1233,16 +1227,13 @@ fn sorted_by_item<S: Sync, V: Copy + Default + Send + Sync>(
     // memory order: bucket 0's part of chunk 0, of chunk 1, …, then bucket 1
     let mut slots: Vec<Vec<&mut [(Item, V)]>> =
         chunks.iter().map(|_| Vec::with_capacity(buckets)).collect();
-    let mut sizes = Vec::with_capacity(buckets);
-    let mut rest: &mut [(Item, V)] = &mut out;
-    for b in 0..buckets {
-        for (c, h) in counts.iter().enumerate() {
-            let (part, tail) = std::mem::take(&mut rest).split_at_mut(h[b]);
-            slots[c].push(part);
-            rest = tail;
-        }
-        sizes.push(counts.iter().map(|h| h[b]).sum::<usize>());
+    let parts = (0..buckets).flat_map(|b| counts.iter().map(move |h| h[b]));
+    for (k, part) in split_lens(&mut out, parts).into_iter().enumerate() {
+        slots[k % chunks.len()].push(part);
     }
+    let sizes: Vec<usize> = (0..buckets)
+        .map(|b| counts.iter().map(|h| h[b]).sum())
+        .collect();
     slots
         .into_par_iter()
         .zip(chunks.par_iter())
@@ -1255,14 +1246,7 @@ fn sorted_by_item<S: Sync, V: Copy + Default + Send + Sync>(
                 at[b] += 1;
             }
         });
-    let mut bucket_slices = Vec::with_capacity(buckets);
-    let mut rest: &mut [(Item, V)] = &mut out;
-    for len in sizes {
-        let (bucket, tail) = std::mem::take(&mut rest).split_at_mut(len);
-        bucket_slices.push(bucket);
-        rest = tail;
-    }
-    bucket_slices
+    split_lens(&mut out, sizes)
         .into_par_iter()
         .for_each_init(Vec::new, |tmp, b| sort_bucket_by_item(b, tmp));
     out

@@ -357,14 +357,8 @@ fn group(
 }
 
 /// Splits `v` into one mutable slice per bin.
-fn per_bin<'a>(mut v: &'a mut [u128], starts: &[usize]) -> Vec<&'a mut [u128]> {
-    let mut out = Vec::with_capacity(starts.len().saturating_sub(1));
-    for w in starts.windows(2) {
-        let (head, tail) = v.split_at_mut(w[1] - w[0]);
-        out.push(head);
-        v = tail;
-    }
-    out
+fn per_bin<'a>(v: &'a mut [u128], starts: &[usize]) -> Vec<&'a mut [u128]> {
+    crate::slices::split_lens(v, starts.windows(2).map(|w| w[1] - w[0]))
 }
 
 /// What the decoder needs besides the cells: the seed and each bin's attempt.

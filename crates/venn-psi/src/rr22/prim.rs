@@ -31,10 +31,6 @@ use std::sync::LazyLock;
 #[derive(Clone)]
 pub(crate) struct Aes(Aes128);
 
-/// Blocks per staging buffer on big-endian machines ([`staged`]).
-#[cfg_attr(target_endian = "little", allow(dead_code))]
-const CHUNK: usize = 256;
-
 type Block = aes::Block;
 
 impl Aes {
@@ -93,8 +89,8 @@ impl Aes {
 /// memory, so the blocks are the slice itself, reinterpreted without a copy
 /// (`bytemuck` checks size and alignment; every bit pattern is valid for
 /// both). Measured: staging through a per-thread buffer, in and out, was
-/// 17% of the silent VOLE's time (`VENN_BENCH=vole`), mostly in the GGM
-/// trees. Elsewhere the blocks go through such a buffer of [`CHUNK`].
+/// 18% of the silent VOLE's time (`VENN_BENCH=vole`), mostly in the GGM
+/// trees. Elsewhere the blocks go through such a buffer of `CHUNK` blocks.
 fn staged(xs: &mut [u128], f: impl Fn(&mut [Block])) {
     #[cfg(target_endian = "little")]
     {
@@ -103,6 +99,7 @@ fn staged(xs: &mut [u128], f: impl Fn(&mut [Block])) {
     }
     #[cfg(not(target_endian = "little"))]
     {
+        const CHUNK: usize = 256;
         thread_local! {
             static BUF: std::cell::RefCell<[Block; CHUNK]> =
                 std::cell::RefCell::new([Array::from([0u8; 16]); CHUNK]);
