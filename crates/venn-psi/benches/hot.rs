@@ -31,10 +31,23 @@ fn vole() {
     });
 }
 
+/// The code's convolution: 2^20 rows (the tail half of 2^21 entries).
+fn convolution() {
+    let n = 1 << 20;
+    let (mut a, _) = venn_psi::rr22::bench::data(2 * n, 128);
+    best("rr22 exconv convolution (one vector)", n, || {
+        venn_psi::rr22::bench::convolve(&mut a)
+    });
+}
+
 fn main() {
     // `VENN_BENCH=vole`: only the VOLE (for profiling it alone)
     if std::env::var("VENN_BENCH").as_deref() == Ok("vole") {
         return vole();
+    }
+    // `VENN_BENCH=conv`: only the code's convolution (one thread)
+    if std::env::var("VENN_BENCH").as_deref() == Ok("conv") {
+        return convolution();
     }
     // `VENN_BENCH=okvs`: only the fast OKVS (for profiling it alone)
     if std::env::var("VENN_BENCH").as_deref() == Ok("okvs") {
@@ -90,11 +103,7 @@ fn main() {
 
     // silent VOLE, both parties in this process (m as for 2^20 PSI rows)
     vole();
-    // the code's convolution: n rows (the tail half of 2n entries)
-    let (mut a, _) = rr::data(2 * n, 128);
-    best("rr22 exconv convolution (one vector)", n, || {
-        rr::convolve(&mut a)
-    });
+    convolution();
 
     let rows = 1 << 20;
     let mut csv = String::from("id,payload\n");

@@ -90,9 +90,7 @@ impl ExConvCode {
     /// Replaces `e[k..N]` by y = T₂⁻¹·T₁⁻¹·e[k..N].
     pub(crate) fn convolve(&self, e: &mut [u128]) {
         debug_assert_eq!(e.len(), self.n);
-        for aes in &self.conv {
-            convolve_lanes(aes, [&mut e[self.k..]]);
-        }
+        convolve_passes([&self.conv[0], &self.conv[1]], &mut e[self.k..]);
     }
 
     /// Expander positions (indices into y) of outputs [first, first +
@@ -182,10 +180,11 @@ pub(crate) fn bench_convolve(a: &mut [u128]) {
     ExConvCode::new(a.len() / 2, a.len(), 0).convolve(a);
 }
 
-/// y = T⁻¹·x in place for one T (coefficients from `aes`), for L vectors
-/// at once (they would share the coefficients, the table indices and the
-/// loop, their table entries side by side; the VOLE now convolves one
-/// vector at a time, since the receiver computes its A ahead of C).
+/// x ← T_P⁻¹·…·T_1⁻¹·x in place, for P matrices T (coefficients from
+/// `aes[p]`) in one loop: row i of pass p + 1 needs only row i of pass p,
+/// so the passes run side by side and their dependency chains (each row
+/// waits for the one before it) overlap in the CPU. Measured on `rr22
+/// exconv convolution` (`cargo bench -p venn-psi`): see docs/psi.md.
 ///
 /// Row i = 4q + t: bit j−1 of w_i (j = 1..24) is c_{i,j}, and bit 24 is the
 /// fixed tap at j = 25. Shifted left by 4 − t, the nibble d of w_i selects
@@ -195,41 +194,141 @@ pub(crate) fn bench_convolve(a: &mut [u128]) {
 /// rows become final (row t adds the 2^t entries with bit 3 − t and only
 /// higher bits), and the nibble never selects a row that is not yet final.
 /// Groups before the start read a zero table.
-fn convolve_lanes<const L: usize>(aes: &Aes, mut xs: [&mut [u128]; L]) {
-    let len = xs[0].len();
-    debug_assert!(xs.iter().all(|x| x.len() == len));
-    let mut coeff = vec![0u32; COEFF_ROWS];
+fn convolve_passes<const P: usize>(aes: [&Aes; P], x: &mut [u128]) {
+    let len = x.len();
+    let mut coeff = [[0u32; COEFF_ROWS]; P];
     let mut blocks = Vec::with_capacity(COEFF_ROWS / 5);
-    let mut tabs = [[[0u128; L]; 16]; RING];
+    let mut tabs = [[[ent::zero(); 16]; RING]; P];
     let mut row0 = 0;
     while row0 < len {
         let rows = COEFF_ROWS.min(len - row0);
-        coefficients(aes, row0, &mut coeff[..rows], &mut blocks);
-        for (d, &w) in coeff[..rows].iter().enumerate() {
+        for (aes, c) in aes.iter().zip(coeff.iter_mut()) {
+            coefficients(aes, row0, &mut c[..rows], &mut blocks);
+        }
+        let x = &mut x[row0..row0 + rows];
+        // whole rings of RING groups (row0 is a multiple of COEFF_ROWS,
+        // itself a multiple of RING·GROUP rows): the table of group q − d
+        // is then a constant index in each unrolled step
+        const SPAN: usize = RING * GROUP;
+        let whole = rows / SPAN * SPAN;
+        for (k, xs) in x[..whole].chunks_exact_mut(SPAN).enumerate() {
+            let c: [&[u32]; P] = core::array::from_fn(|p| &coeff[p][k * SPAN..(k + 1) * SPAN]);
+            ring_step::<P, 0>(&mut tabs, &c, xs);
+            ring_step::<P, 1>(&mut tabs, &c, xs);
+            ring_step::<P, 2>(&mut tabs, &c, xs);
+            ring_step::<P, 3>(&mut tabs, &c, xs);
+            ring_step::<P, 4>(&mut tabs, &c, xs);
+            ring_step::<P, 5>(&mut tabs, &c, xs);
+            ring_step::<P, 6>(&mut tabs, &c, xs);
+            ring_step::<P, 7>(&mut tabs, &c, xs);
+        }
+        // the rest, with the ring index computed per row
+        for (d, x) in x.iter_mut().enumerate().skip(whole) {
             let i = row0 + d;
-            let q = i / GROUP;
-            let t = i % GROUP;
-            let wv = (w | 1 << WIDTH) << (GROUP - t);
-            let mut s = window(&tabs, q, wv);
-            for (s, x) in s.iter_mut().zip(xs.iter_mut()) {
-                *s ^= x[i];
-                x[i] = *s;
+            let (q, t) = (i / GROUP, i % GROUP);
+            let mut y = ent::from(*x);
+            for (tabs, c) in tabs.iter_mut().zip(&coeff) {
+                y = ent::xor(y, window(tabs, q, (c[d] | 1 << WIDTH) << (GROUP - t)));
+                fill(&mut tabs[q % RING], t, y);
             }
-            fill(&mut tabs[q % RING], t, s);
+            *x = ent::to(y);
         }
         row0 += rows;
     }
 }
 
-/// Σ_{d=0..7} table_{q−d}[nibble d of wv], per lane.
+/// The GROUP rows of group G of a ring of RING groups (`xs`, `c`: the ring's
+/// rows and coefficients per pass), every pass side by side.
 #[inline(always)]
-fn window<const L: usize>(tabs: &[[[u128; L]; 16]; RING], q: usize, wv: u32) -> [u128; L] {
-    let mut s = [0u128; L];
-    for d in 0..RING {
-        let e = &tabs[q.wrapping_sub(d) % RING][((wv >> (GROUP * d)) & 15) as usize];
-        for (s, e) in s.iter_mut().zip(e) {
-            *s ^= e;
+fn ring_step<const P: usize, const G: usize>(
+    tabs: &mut [[[ent::Ent; 16]; RING]; P],
+    c: &[&[u32]; P],
+    xs: &mut [u128],
+) {
+    for t in 0..GROUP {
+        let r = G * GROUP + t;
+        let mut y = ent::from(xs[r]);
+        for (tabs, c) in tabs.iter_mut().zip(c) {
+            y = ent::xor(y, window(tabs, G, (c[r] | 1 << WIDTH) << (GROUP - t)));
+            fill(&mut tabs[G], t, y);
         }
+        xs[r] = ent::to(y);
+    }
+}
+
+/// The table entries' type: a 128-bit SIMD register on x86_64, whose
+/// loads and stores are single 16-byte accesses. With `u128` entries the
+/// compiler wrote each entry as two 8-byte stores from general registers
+/// and read it back with one 16-byte load, which the CPU cannot forward
+/// from the store buffer: every read of the current group's table (a
+/// store a few cycles old) stalled until the stores retired. Measured on
+/// `rr22 exconv convolution` (`cargo bench -p venn-psi`): see docs/psi.md.
+#[cfg(target_arch = "x86_64")]
+mod ent {
+    use core::arch::x86_64::{__m128i, _mm_xor_si128};
+
+    // the SSE2 instructions used below are part of the x86_64 baseline
+    const _: () = assert!(cfg!(target_feature = "sse2"));
+
+    pub(super) type Ent = __m128i;
+    #[inline(always)]
+    pub(super) fn zero() -> Ent {
+        bytemuck::Zeroable::zeroed()
+    }
+
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    pub(super) fn xor(a: Ent, b: Ent) -> Ent {
+        // SAFETY: `_mm_xor_si128` needs only SSE2, which every x86_64 CPU
+        // has (asserted at compile time above); it reads no memory.
+        unsafe { _mm_xor_si128(a, b) }
+    }
+
+    #[inline(always)]
+    pub(super) fn from(x: u128) -> Ent {
+        bytemuck::cast(x)
+    }
+
+    #[inline(always)]
+    pub(super) fn to(x: Ent) -> u128 {
+        bytemuck::cast(x)
+    }
+}
+
+/// The table entries' type elsewhere: plain `u128`.
+#[cfg(not(target_arch = "x86_64"))]
+mod ent {
+    pub(super) type Ent = u128;
+    #[inline(always)]
+    pub(super) fn zero() -> Ent {
+        0
+    }
+
+    #[inline(always)]
+    pub(super) fn xor(a: Ent, b: Ent) -> Ent {
+        a ^ b
+    }
+
+    #[inline(always)]
+    pub(super) fn from(x: u128) -> Ent {
+        x
+    }
+
+    #[inline(always)]
+    pub(super) fn to(x: Ent) -> u128 {
+        x
+    }
+}
+
+/// Σ_{d=0..7} table_{q−d}[nibble d of wv].
+#[inline(always)]
+fn window(tabs: &[[ent::Ent; 16]; RING], q: usize, wv: u32) -> ent::Ent {
+    let mut s = ent::zero();
+    for d in 0..RING {
+        s = ent::xor(
+            s,
+            tabs[q.wrapping_sub(d) % RING][((wv >> (GROUP * d)) & 15) as usize],
+        );
     }
     s
 }
@@ -237,14 +336,8 @@ fn window<const L: usize>(tabs: &[[[u128; L]; 16]; RING], q: usize, wv: u32) -> 
 /// Adds the now final row t of its group to the group's table: every entry
 /// with bit 3 − t and only higher bits (2^t entries).
 #[inline(always)]
-fn fill<const L: usize>(tab: &mut [[u128; L]; 16], t: usize, y: [u128; L]) {
-    let mut put = |to: usize, from: usize| {
-        let mut e = tab[from];
-        for (e, y) in e.iter_mut().zip(y) {
-            *e ^= y;
-        }
-        tab[to] = e;
-    };
+fn fill(tab: &mut [ent::Ent; 16], t: usize, y: ent::Ent) {
+    let mut put = |to: usize, from: usize| tab[to] = ent::xor(tab[from], y);
     match t {
         0 => put(8, 0),
         1 => {
@@ -302,14 +395,13 @@ mod tests {
         for len in [1usize, 5, 24, 25, 26, 31, 32, 33, 100, 641, 2000] {
             let x = Prg::new(len as u128).blocks(len);
             let mut fast = x.clone();
-            convolve_lanes(&aes, [&mut fast]);
+            convolve_passes([&aes], &mut fast);
             assert_eq!(fast, solve_naive(&aes, &x), "len {len}");
-            // and the pair version gives the same for both vectors
-            let x2 = Prg::new(len as u128 + 7).blocks(len);
-            let (mut a, mut c) = (x.clone(), x2.clone());
-            convolve_lanes(&aes, [&mut a, &mut c]);
-            assert_eq!(a, fast);
-            assert_eq!(c, solve_naive(&aes, &x2));
+            // two passes side by side: T₂⁻¹·T₁⁻¹·x
+            let aes2 = Aes::from_label("test convolution 2");
+            let mut both = x.clone();
+            convolve_passes([&aes, &aes2], &mut both);
+            assert_eq!(both, solve_naive(&aes2, &fast), "len {len}, two passes");
         }
     }
 
