@@ -213,12 +213,14 @@ struct Prepared {
     masking: std::thread::JoinHandle<Result<Masked, PsiError>>,
 }
 
-/// A' = A + P with P's header, and the β_i of A's chunks (the malicious
-/// check needs them).
+/// A' = A + P with P's header, the β_i of A's chunks (the malicious
+/// check needs them), and the rows of the receiver's items in P
+/// ([`okvs::Layout`]: its own tags decode C along them).
 struct Masked {
     header: OkvsHeader,
     a_prime: Vec<u128>,
     betas: vole::Betas,
+    layout: Option<okvs::Layout>,
 }
 
 impl ReceiverAhead {
@@ -292,7 +294,7 @@ fn mask_p(
     noise: &vole::RecvNoise,
 ) -> Result<Masked, PsiError> {
     let ((mut a, betas), p) = rayon::join(|| noise.a(), || encode_p(params, items, vmask, opts));
-    let (header, p) = p?;
+    let (header, p, layout) = p?;
     debug_assert!(a.iter().chain(&p).all(|x| x & !vmask == 0));
     a.par_chunks_mut(1 << 14)
         .zip(p.par_chunks(1 << 14))
@@ -301,6 +303,7 @@ fn mask_p(
         header,
         a_prime: a,
         betas,
+        layout,
     })
 }
 
@@ -321,13 +324,13 @@ impl Masking<'_> {
 }
 
 /// The receiver's P = Encode{(x, H(x))}, H(x) cut to the bits of `vmask`
-/// (RR22 §5: H_B), under a fresh seed.
+/// (RR22 §5: H_B), under a fresh seed, with the items' rows kept.
 fn encode_p(
     params: &OkvsParams,
     items: &[u128],
     vmask: u128,
     opts: EncodeOptions,
-) -> Result<(OkvsHeader, Vec<u128>), PsiError> {
+) -> Result<(OkvsHeader, Vec<u128>, Option<okvs::Layout>), PsiError> {
     let value = |x: &[u128], v: &mut [u128]| {
         prim::hash_value(x, v);
         if vmask != u128::MAX {
@@ -335,12 +338,13 @@ fn encode_p(
         }
     };
     let mut seeds = Prg::from_os();
-    okvs::encode_values(
+    okvs::encode_with_layout(
         params,
         items,
         okvs::Values::Of(&value),
         || seeds.block(),
         opts,
+        true,
     )
 }
 
@@ -684,10 +688,11 @@ fn run_receiver(
                 header,
                 a_prime,
                 betas,
+                layout,
             } = masking.join()?;
             trace!(t0, "R: A' ready");
             let hdr = encode_header(&header);
-            if got_header.send((header, betas)).is_err() || ready_rx.recv().is_err() {
+            if got_header.send((header, betas, layout)).is_err() || ready_rx.recv().is_err() {
                 return Ok(()); // the run stopped before A' was due
             }
             wire::send(chan, tags::OKVS_HDR, &hdr)?;
@@ -708,7 +713,7 @@ fn run_receiver(
                 Ok(())
             })?;
             trace!(t0, "R: vole done (m = {m})");
-            let Ok((header, betas)) = header_rx.recv() else {
+            let Ok((header, betas, layout)) = header_rx.recv() else {
                 return Ok(None); // okvs_out failed: its error is the cause
             };
             vole::recv_check(chan, &noise, &betas, checks)?;
@@ -720,7 +725,10 @@ fn run_receiver(
             } else {
                 0
             };
-            let mut mine = okvs::decode_grouped(params, &header, &c, items);
+            let mut mine = match layout {
+                Some(l) => (okvs::decode_layout(params, &c, &l), l.order),
+                None => okvs::decode_grouped(params, &header, &c, items),
+            };
             drop(c);
             if !shape.malicious {
                 output_tags(&mut mine.0, tb);

@@ -405,9 +405,61 @@ pub(crate) fn encode_values(
     params: &OkvsParams,
     keys: &[u128],
     vals: Values<'_>,
-    mut next_seed: impl FnMut() -> u128,
+    next_seed: impl FnMut() -> u128,
     opts: EncodeOptions,
 ) -> Result<(OkvsHeader, Vec<u128>), PsiError> {
+    encode_with_layout(params, keys, vals, next_seed, opts, false).map(|(h, c, _)| (h, c))
+}
+
+/// The keys' rows as the encoder found them, kept for decoding the same
+/// keys again ([`decode_layout`]): the RR22 receiver decodes its own items
+/// in C, the VOLE's output, with the OKVS shape it encoded P in. Keeping
+/// the rows spares that decode hashing every key to its bin, grouping the
+/// keys by bin and hashing them to rows again — two thirds of its time —
+/// at 20 bytes per key, held from the encoding (done ahead, while the peer
+/// is not there yet) to the decode.
+pub(crate) struct Layout {
+    /// Key index at each grouped position (bin by bin).
+    pub(crate) order: Vec<u32>,
+    /// Bin b is `starts[b]..starts[b + 1]` of `order` and `rows`.
+    starts: Vec<usize>,
+    /// Each grouped key's row: h in bits 0..64, p0, p1, p2 in 21 bits each
+    /// from bit 64 ([`pack_row`]).
+    rows: Vec<u128>,
+}
+
+/// Bits per sparse position in a [`Layout`]'s rows.
+const POS_BITS: u32 = 21;
+
+/// Whether rows of this shape fit [`pack_row`] (always in the fast mode's
+/// shape: bins of 2^14 keys have ~22,000 sparse cells and ~50 dense ones).
+fn packable(params: &OkvsParams) -> bool {
+    params.dense <= 64 && params.sparse <= 1 << POS_BITS
+}
+
+fn pack_row(r: &Row) -> u128 {
+    let p = |k: usize| (r.p[k] as u128) << (64 + POS_BITS * k as u32);
+    r.h | p(0) | p(1) | p(2)
+}
+
+fn unpack_row(x: u128) -> (usize, usize, usize, u128) {
+    let m = (1usize << POS_BITS) - 1;
+    let p = |k: u32| ((x >> (64 + POS_BITS * k)) as usize) & m;
+    (p(0), p(1), p(2), x & u64::MAX as u128)
+}
+
+/// [`encode_values`], also returning the keys' [`Layout`] if `keep` is set
+/// and the shape's rows can be packed ([`packable`]).
+pub(crate) fn encode_with_layout(
+    params: &OkvsParams,
+    keys: &[u128],
+    vals: Values<'_>,
+    mut next_seed: impl FnMut() -> u128,
+    opts: EncodeOptions,
+    keep: bool,
+) -> Result<(OkvsHeader, Vec<u128>, Option<Layout>), PsiError> {
+    let keep = keep && packable(params);
+    let order = if keep { Order::Idx } else { Order::None };
     if let Values::Given(v) = vals {
         assert_eq!(keys.len(), v.len());
     }
@@ -420,9 +472,9 @@ pub(crate) fn encode_values(
         let starts = bin_starts(&bins_of, params.bins);
         if (0..params.bins).all(|b| starts[b + 1] - starts[b] <= params.cap) {
             let grouped = match vals {
-                Values::Given(v) => group(keys, Some(v), &bins_of, starts, Order::None),
+                Values::Given(v) => group(keys, Some(v), &bins_of, starts, order),
                 Values::Of(f) => {
-                    let mut g = group(keys, None, &bins_of, starts, Order::None);
+                    let mut g = group(keys, None, &bins_of, starts, order);
                     drop(bins_of);
                     let mut gv = vec![0u128; keys.len()];
                     gv.par_chunks_mut(4096)
@@ -443,10 +495,17 @@ pub(crate) fn encode_values(
     };
     let bl = params.bin_len();
     let mut out = vec![0u128; params.len()];
+    let mut kept = vec![0u128; if keep { keys.len() } else { 0 }];
+    let kept_bins: Vec<&mut [u128]> = if keep {
+        per_bin(&mut kept, &grouped.starts)
+    } else {
+        (0..params.bins).map(|_| <&mut [u128]>::default()).collect()
+    };
     let attempts: Vec<Option<u32>> = out
         .par_chunks_mut(bl)
+        .zip(kept_bins)
         .enumerate()
-        .map(|(b, cells)| {
+        .map(|(b, (cells, kept))| {
             let range = grouped.starts[b]..grouped.starts[b + 1];
             let bk = &grouped.keys[range.clone()];
             let bv = &grouped.vals[range];
@@ -456,6 +515,7 @@ pub(crate) fn encode_values(
                 }
                 let rows = hasher.rows(b, attempt, bk);
                 if solve_bin(params, &rows, bv, cells) {
+                    kept.iter_mut().zip(&rows).for_each(|(k, r)| *k = pack_row(r));
                     return Some(attempt);
                 }
             }
@@ -468,7 +528,12 @@ pub(crate) fn encode_values(
             "RR22 OKVS: a bin failed to encode {MAX_ATTEMPTS} times (duplicate items in this party's input?)"
         ))
     })?;
-    Ok((OkvsHeader { seed, attempts }, out))
+    let layout = keep.then(|| Layout {
+        order: grouped.order,
+        starts: grouped.starts,
+        rows: kept,
+    });
+    Ok((OkvsHeader { seed, attempts }, out, layout))
 }
 
 /// Decodes every key: out[i] = Decode(cells, keys[i]).
@@ -510,6 +575,29 @@ pub(crate) fn decode_grouped(
 ) -> (Vec<u128>, Vec<u32>) {
     let (grouped_out, g) = decode_in_bins(params, header, cells, keys, Order::Idx);
     (grouped_out, g.order)
+}
+
+/// Decodes the keys a [`Layout`] was kept for, in its grouped order:
+/// `out[p]` = Decode(cells, keys[layout.order[p]]). The cells must have the
+/// shape and header the layout was encoded with.
+pub(crate) fn decode_layout(params: &OkvsParams, cells: &[u128], layout: &Layout) -> Vec<u128> {
+    assert_eq!(cells.len(), params.len());
+    let bl = params.bin_len();
+    let mut out = vec![0u128; layout.rows.len()];
+    per_bin(&mut out, &layout.starts)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, dst)| {
+            let rows = &layout.rows[layout.starts[b]..layout.starts[b + 1]];
+            let p = &cells[b * bl..(b + 1) * bl];
+            let (sp, de) = p.split_at(params.sparse);
+            let tab = ByteTables::new(de);
+            for (o, r) in dst.iter_mut().zip(rows) {
+                let (p0, p1, p2, h) = unpack_row(*r);
+                *o = sp[p0] ^ sp[p1] ^ sp[p2] ^ tab.eval(h);
+            }
+        });
+    out
 }
 
 fn decode_in_bins(
@@ -747,6 +835,27 @@ mod tests {
         for (v, i) in gv.iter().zip(&gi) {
             assert_eq!(*v, vals[*i as usize]);
         }
+        // the same keys along the rows the encoder kept: every key once,
+        // each to its value (the same seeds give the same encoding)
+        let mut seeds = Prg::new(99);
+        let (hdr2, cells2, layout) = encode_with_layout(
+            &p,
+            &keys,
+            Values::Given(&vals),
+            || seeds.block(),
+            EncodeOptions { force_retry },
+            true,
+        )
+        .unwrap();
+        assert_eq!((&hdr2, &cells2), (&hdr, &cells));
+        let layout = layout.expect("the fast shapes' rows pack");
+        let lv = decode_layout(&p, &cells, &layout);
+        let mut seen = vec![false; n];
+        for (v, i) in lv.iter().zip(&layout.order) {
+            assert_eq!(*v, vals[*i as usize]);
+            assert!(!std::mem::replace(&mut seen[*i as usize], true));
+        }
+        assert!(seen.iter().all(|s| *s));
         // keys that were not encoded decode to something else
         let other = prg.blocks(50);
         let got = decode(&p, &hdr, &cells, &other);
