@@ -994,24 +994,18 @@ impl Grouped {
             };
             (b << bits) | top
         };
-        let mut counts = vec![0usize; parts + 1];
-        for (k, &it) in items.iter().enumerate() {
-            counts[part_of(k, it) + 1] += 1;
-        }
-        for p in 0..parts {
-            counts[p + 1] += counts[p];
-        }
-        let bounds = counts.clone();
         // the keyed items and their rows in two arrays (20 bytes a row; a
         // vector of pairs takes 32 with a u128's alignment)
         let mut keyed: Vec<Item> = vec![0; n];
         let mut order: Vec<u32> = vec![0; n];
-        for (k, (&it, &i)) in items.iter().zip(&idx).enumerate() {
-            let p = part_of(k, it);
-            keyed[counts[p]] = it;
-            order[counts[p]] = i;
-            counts[p] += 1;
-        }
+        let bounds = crate::slices::partition(
+            |k| part_of(k, items[k]),
+            parts,
+            &mut keyed,
+            &mut order,
+            &mut [],
+            |k| (items[k], idx[k]),
+        );
         drop((batch, items, idx));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: scattered");
         let lens = || bounds.windows(2).map(|w| w[1] - w[0]);

@@ -1,9 +1,18 @@
-//! Cutting one mutable slice into consecutive parts.
+//! Cutting one mutable slice into consecutive parts, and a parallel
+//! stable partition built on it.
 //!
 //! The engine fills many buffers in parallel by parts whose sizes it counted
 //! first (radix partitions, OKVS bins, a block's pieces): the parts are
 //! carved with `split_at_mut`, so each task owns its part and no `unsafe`
 //! is needed. This is that loop, once.
+//!
+//! [`partition`] is the counting scatter of a radix sort, on every core:
+//! the items are cut into ranges, each range counts its items per part,
+//! and each range then writes its items into its own slice of every part.
+//! The result equals the one-thread scatter's (a part keeps its items in
+//! index order); only the work is spread.
+
+use rayon::prelude::*;
 
 /// `v` cut into consecutive parts of the given lengths, in order. The
 /// lengths must sum to at most `v.len()` (a shorter sum leaves a tail out).
@@ -21,9 +30,121 @@ pub(crate) fn split_lens<T>(
     out
 }
 
+/// Items per range of [`partition`], at least (fewer ranges than this
+/// would cost more in per-range counts than they save).
+const MIN_RANGE: usize = 1 << 14;
+
+/// Stable partition of the items 0..n (n = `a.len()` = `b.len()`) into
+/// `parts` parts, in parallel: item i belongs to part `part(i)` (< `parts`)
+/// and its destination p is the next free slot of that part, in index order
+/// within the part. Writes `val(i)` to `a[p]` and `b[p]`, and `p` to
+/// `dest[i]` unless `dest` is empty. Returns the parts' starts (`parts + 1`
+/// offsets). A caller that needs one column passes a slice of `()` as `b`.
+pub(crate) fn partition<A: Send, B: Send>(
+    part: impl Fn(usize) -> usize + Sync,
+    parts: usize,
+    a: &mut [A],
+    b: &mut [B],
+    dest: &mut [u32],
+    val: impl Fn(usize) -> (A, B) + Sync,
+) -> Vec<usize> {
+    let n = a.len();
+    assert_eq!(b.len(), n);
+    assert!(dest.is_empty() || dest.len() == n);
+    let per = n.div_ceil(rayon::current_num_threads().max(1)).max(MIN_RANGE);
+    let ranges: Vec<std::ops::Range<usize>> =
+        (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect();
+    let hist: Vec<Vec<usize>> = ranges
+        .par_iter()
+        .map(|r| {
+            let mut h = vec![0usize; parts];
+            r.clone().for_each(|i| h[part(i)] += 1);
+            h
+        })
+        .collect();
+    let mut starts = vec![0usize; parts + 1];
+    for p in 0..parts {
+        starts[p + 1] = starts[p] + hist.iter().map(|h| h[p]).sum::<usize>();
+    }
+    // every range's slice of every part, and where it starts
+    fn by_range<'a, T>(
+        v: &'a mut [T],
+        starts: &[usize],
+        hist: &[Vec<usize>],
+    ) -> Vec<Vec<&'a mut [T]>> {
+        let mut out: Vec<Vec<&mut [T]>> = hist.iter().map(|_| Vec::new()).collect();
+        let lens = starts.windows(2).map(|w| w[1] - w[0]);
+        for (p, s) in split_lens(v, lens).into_iter().enumerate() {
+            for (r, sub) in split_lens(s, hist.iter().map(|h| h[p])).into_iter().enumerate() {
+                out[r].push(sub);
+            }
+        }
+        out
+    }
+    let mut base: Vec<Vec<usize>> = Vec::with_capacity(ranges.len());
+    let mut next = starts[..parts].to_vec();
+    for h in &hist {
+        base.push(next.clone());
+        next.iter_mut().zip(h).for_each(|(x, c)| *x += c);
+    }
+    let dests: Vec<&mut [u32]> = if dest.is_empty() {
+        ranges.iter().map(|_| <&mut [u32]>::default()).collect()
+    } else {
+        split_lens(dest, ranges.iter().map(|r| r.len()))
+    };
+    ranges
+        .into_par_iter()
+        .zip(by_range(a, &starts, &hist))
+        .zip(by_range(b, &starts, &hist))
+        .zip(dests)
+        .zip(base)
+        .for_each(|((((r, mut a), mut b), dest), base)| {
+            let mut fill = vec![0usize; parts];
+            let first = r.start;
+            for i in r {
+                let p = part(i);
+                let (x, y) = val(i);
+                let k = fill[p];
+                a[p][k] = x;
+                b[p][k] = y;
+                if let Some(d) = dest.get_mut(i - first) {
+                    *d = (base[p] + k) as u32;
+                }
+                fill[p] = k + 1;
+            }
+        });
+    starts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_equals_a_one_thread_stable_scatter() {
+        // sizes around the range length, uneven parts, empty parts
+        for (n, parts) in [(0usize, 3usize), (1, 1), (5, 4), (40_000, 7), (70_001, 256)] {
+            let part = |i: usize| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % parts;
+            let part = |i: usize| if parts > 3 && part(i) == 2 { 1 } else { part(i) };
+            let mut a = vec![0u64; n];
+            let mut b = vec![0u32; n];
+            let mut dest = vec![0u32; n];
+            let starts = partition(part, parts, &mut a, &mut b, &mut dest, |i| {
+                (i as u64 * 3, i as u32)
+            });
+            // the reference: one pass, in index order
+            let mut want: Vec<Vec<usize>> = vec![Vec::new(); parts];
+            (0..n).for_each(|i| want[part(i)].push(i));
+            let flat: Vec<usize> = want.concat();
+            assert_eq!(starts.len(), parts + 1);
+            for p in 0..parts {
+                assert_eq!(starts[p + 1] - starts[p], want[p].len(), "n {n} part {p}");
+            }
+            assert_eq!(b.iter().map(|&i| i as usize).collect::<Vec<_>>(), flat);
+            assert!(a.iter().zip(&b).all(|(x, i)| *x == *i as u64 * 3));
+            assert!(flat.iter().enumerate().all(|(p, &i)| dest[i] as usize == p));
+        }
+    }
 
     #[test]
     fn parts_are_consecutive_and_of_the_given_lengths() {

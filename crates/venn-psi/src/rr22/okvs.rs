@@ -189,16 +189,19 @@ impl Hasher {
         if self.bins == 1 {
             return vec![0; keys.len()];
         }
-        let mut out = Vec::with_capacity(keys.len());
-        let mut buf = vec![0u128; 1024];
-        for chunk in keys.chunks(1024) {
-            let b = &mut buf[..chunk.len()];
-            self.bin_aes.enc_to(chunk, b);
-            out.extend(
-                b.iter()
-                    .map(|x| reduce64(*x as u64, self.bins as u64) as u32),
+        let mut out = vec![0u32; keys.len()];
+        out.par_chunks_mut(4096)
+            .zip(keys.par_chunks(4096))
+            .for_each_init(
+                || vec![0u128; 4096],
+                |buf, (o, k)| {
+                    let b = &mut buf[..k.len()];
+                    self.bin_aes.enc_to(k, b);
+                    for (o, x) in o.iter_mut().zip(b.iter()) {
+                        *o = reduce64(*x as u64, self.bins as u64) as u32;
+                    }
+                },
             );
-        }
         out
     }
 
@@ -342,35 +345,54 @@ enum Order {
     Idx,
 }
 
+/// Groups the keys by bin (`bins_of[i]` < `bins`), with the [`Order`]
+/// asked for and, if given, the values beside them: a parallel stable
+/// partition ([`crate::slices::partition`]).
 fn group(
     keys: &[u128],
     vals: Option<&[u128]>,
     bins_of: &[u32],
-    starts: Vec<usize>,
+    bins: usize,
     order: Order,
 ) -> Grouped {
     let n = keys.len();
-    let mut fill = starts.clone();
     let mut gk = vec![0u128; n];
-    let mut gv = vec![0u128; if vals.is_some() { n } else { 0 }];
-    let mut ord = vec![0u32; if order == Order::None { 0 } else { n }];
-    for (i, b) in bins_of.iter().enumerate() {
-        let p = fill[*b as usize];
-        fill[*b as usize] += 1;
-        gk[p] = keys[i];
-        if let Some(v) = vals {
-            gv[p] = v[i];
-        }
-        match order {
-            Order::None => {}
-            Order::Pos => ord[i] = p as u32,
-            Order::Idx => ord[p] = i as u32,
-        }
-    }
+    // values travel through the item index: grouped keys and indices in
+    // one pass, then each value fetched by its index
+    let idx = order == Order::Idx || vals.is_some();
+    let mut ord = vec![0u32; if idx { n } else { 0 }];
+    let mut pos = vec![0u32; if order == Order::Pos { n } else { 0 }];
+    let starts = if idx {
+        crate::slices::partition(
+            |i| bins_of[i] as usize,
+            bins,
+            &mut gk,
+            &mut ord,
+            &mut pos,
+            |i| (keys[i], i as u32),
+        )
+    } else {
+        crate::slices::partition(
+            |i| bins_of[i] as usize,
+            bins,
+            &mut gk,
+            &mut vec![(); n],
+            &mut pos,
+            |i| (keys[i], ()),
+        )
+    };
+    let gv = match vals {
+        Some(v) => ord.par_iter().map(|&i| v[i as usize]).collect(),
+        None => Vec::new(),
+    };
     Grouped {
         keys: gk,
         vals: gv,
-        order: ord,
+        order: match order {
+            Order::None => Vec::new(),
+            Order::Idx => ord,
+            Order::Pos => pos,
+        },
         starts,
     }
 }
@@ -491,9 +513,9 @@ pub(crate) fn encode_with_layout(
         let starts = bin_starts(&bins_of, params.bins);
         if (0..params.bins).all(|b| starts[b + 1] - starts[b] <= params.cap) {
             let grouped = match vals {
-                Values::Given(v) => group(keys, Some(v), &bins_of, starts, order),
+                Values::Given(v) => group(keys, Some(v), &bins_of, params.bins, order),
                 Values::Of(f) => {
-                    let mut g = group(keys, None, &bins_of, starts, order);
+                    let mut g = group(keys, None, &bins_of, params.bins, order);
                     drop(bins_of);
                     let mut gv = vec![0u128; keys.len()];
                     gv.par_chunks_mut(4096)
@@ -634,8 +656,7 @@ fn decode_in_bins(
     assert_eq!(header.attempts.len(), params.bins);
     let hasher = Hasher::new(header.seed, params);
     let bins_of = hasher.bins_of(keys);
-    let starts = bin_starts(&bins_of, params.bins);
-    let g = group(keys, None, &bins_of, starts, order);
+    let g = group(keys, None, &bins_of, params.bins, order);
     drop(bins_of);
     let bl = params.bin_len();
     let mut grouped_out = vec![0u128; keys.len()];
