@@ -765,6 +765,9 @@ fn run_receiver(
         output_tags_mal(|i| items[idx[i] as usize], &mut mine.0, wr ^ ws, tb);
         trace!(t0, "R: own tags (malicious)");
     }
+    // our side of the join, while the sender still computes its tags
+    let join = MineJoin::new(&mine.0, &mine.1, n_y, tb);
+    drop(mine);
     // the sender's tags, in its item order
     let mut theirs: Vec<u128> = Vec::with_capacity(n_y);
     while theirs.len() < n_y {
@@ -784,7 +787,7 @@ fn run_receiver(
         }));
     }
     trace!(t0, "R: tags received");
-    let matches = join_tags(&mine.0, &mine.1, &theirs, tb);
+    let matches = join.matches(&theirs);
     trace!(t0, "R: matched");
     Ok(matches)
 }
@@ -882,19 +885,37 @@ fn run_sender(
 }
 
 /// All (mine_idx[p], j) with mine[p] == theirs[j] (`mine` may be in any
-/// order; `mine_idx` gives each tag's item position). The tags are uniformly random, so
-/// both lists are radix-partitioned on the top bits of their low 64 bits into
-/// parts of ~2^15 tags (a few hundred write streams at most, so the
-/// partitioning pass stays TLB-friendly), and each part is joined with a
-/// small linear-probing table indexed by the tag's low bits. Every pair of
-/// equal tags is reported, also when two of our own tags collide.
+/// order; `mine_idx` gives each tag's item position): [`MineJoin::new`]
+/// then [`MineJoin::matches`].
+#[cfg(test)]
 fn join_tags(mine: &[u128], mine_idx: &[u32], theirs: &[u128], tb: usize) -> Vec<Match> {
-    let n = mine.len().max(theirs.len());
-    let bits = (n >> 12)
-        .max(1)
-        .next_power_of_two()
-        .trailing_zeros()
-        .min(12);
+    MineJoin::new(mine, mine_idx, theirs.len(), tb).matches(theirs)
+}
+
+/// The receiver's side of the tag join, prepared before the sender's tags
+/// arrive (the receiver has its own tags first and would wait idle).
+///
+/// The tags are uniformly random, so both lists are radix-partitioned on
+/// the top bits of their low 64 bits into parts of ~2^15 tags (a few hundred
+/// write streams at most, so the partitioning pass stays TLB-friendly),
+/// and each part is joined with a small linear-probing table indexed by the
+/// tag's low bits. Every pair of equal tags is reported, also when two of
+/// our own tags collide.
+struct MineJoin {
+    bits: u32,
+    /// 16-byte entries (tag bits 0..64, position, tag bits 64..96) by part:
+    /// tags of at most 12 bytes are compared in full without touching the
+    /// inputs again; longer ones are checked against `by_item`.
+    parts: Vec<(u64, u32, u32)>,
+    starts: Vec<usize>,
+    /// Our tags by item position, for tags longer than 12 bytes (rare: that
+    /// needs n ≈ 2^28).
+    by_item: Option<Vec<u128>>,
+}
+
+/// Radix-partitions `v` by the top `bits` of the low 64 bits; entries carry
+/// `idx[i]` (or i) as their position.
+fn tag_parts(v: &[u128], idx: Option<&[u32]>, bits: u32) -> (Vec<(u64, u32, u32)>, Vec<usize>) {
     let part = |t: u128| -> usize {
         if bits == 0 {
             0
@@ -902,77 +923,90 @@ fn join_tags(mine: &[u128], mine_idx: &[u32], theirs: &[u128], tb: usize) -> Vec
             ((t as u64) >> (64 - bits)) as usize
         }
     };
-    let parts = 1usize << bits;
-    // 16-byte entries (tag bits 0..64, position, tag bits 64..96): tags of at
-    // most 12 bytes are compared in full without touching the inputs again;
-    // longer ones are checked against the inputs for candidate matches.
-    let verify = tb > 12;
-    let scatter = |v: &[u128], idx: Option<&[u32]>| -> (Vec<(u64, u32, u32)>, Vec<usize>) {
-        let mut starts = vec![0usize; parts + 1];
-        for t in v {
-            starts[part(*t) + 1] += 1;
-        }
-        for p in 0..parts {
-            starts[p + 1] += starts[p];
-        }
-        let mut fill = starts.clone();
-        let mut out = vec![(0u64, 0u32, 0u32); v.len()];
-        for (i, t) in v.iter().enumerate() {
-            let p = part(*t);
-            let i = idx.map_or(i as u32, |x| x[i]);
-            out[fill[p]] = (*t as u64, i, (*t >> 64) as u32);
-            fill[p] += 1;
-        }
-        (out, starts)
-    };
-    // with long tags the verification reads mine[..] by item position, so
-    // put our tags into item order first (rare: tb > 12 needs n ≈ 2^28)
-    let mine_by_item: Vec<u128>;
-    let mine = if verify {
-        let mut v = vec![0u128; mine.len()];
-        for (t, i) in mine.iter().zip(mine_idx) {
-            v[*i as usize] = *t;
-        }
-        mine_by_item = v;
-        &mine_by_item[..]
-    } else {
-        mine
-    };
-    let mine_idx = if verify { None } else { Some(mine_idx) };
-    let ((a, sa), (b, sb)) = rayon::join(|| scatter(mine, mine_idx), || scatter(theirs, None));
-    // one probing table per worker thread, reused across parts
-    (0..parts)
-        .into_par_iter()
-        .map_init(Vec::new, |table: &mut Vec<(u64, u32, u32)>, p| {
-            let x = &a[sa[p]..sa[p + 1]];
-            let y = &b[sb[p]..sb[p + 1]];
-            let cap = (2 * x.len()).next_power_of_two().max(2);
-            let mask = cap - 1;
-            const EMPTY: u32 = u32::MAX;
-            table.clear();
-            table.resize(cap, (0u64, EMPTY, 0u32));
-            for &e in x {
-                let mut s = (e.0 as usize) & mask;
-                while table[s].1 != EMPTY {
-                    s = (s + 1) & mask;
-                }
-                table[s] = e;
+    let mut out = vec![(0u64, 0u32, 0u32); v.len()];
+    let starts = crate::slices::partition(
+        |i| part(v[i]),
+        1 << bits,
+        &mut out,
+        &mut vec![(); v.len()],
+        &mut [],
+        |i| {
+            let t = v[i];
+            let pos = idx.map_or(i as u32, |x| x[i]);
+            ((t as u64, pos, (t >> 64) as u32), ())
+        },
+    );
+    (out, starts)
+}
+
+impl MineJoin {
+    fn new(mine: &[u128], mine_idx: &[u32], n_theirs: usize, tb: usize) -> Self {
+        let n = mine.len().max(n_theirs);
+        let bits = (n >> 12)
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros()
+            .min(12);
+        let by_item = (tb > 12).then(|| {
+            let mut v = vec![0u128; mine.len()];
+            for (t, i) in mine.iter().zip(mine_idx) {
+                v[*i as usize] = *t;
             }
-            let mut out = Vec::new();
-            for &(t, j, hi) in y {
-                let mut s = (t as usize) & mask;
-                while table[s].1 != EMPTY {
-                    let (t2, i, hi2) = table[s];
-                    if t2 == t && hi2 == hi && (!verify || mine[i as usize] == theirs[j as usize]) {
-                        out.push((i, j));
+            v
+        });
+        let (parts, starts) = match &by_item {
+            Some(v) => tag_parts(v, None, bits),
+            None => tag_parts(mine, Some(mine_idx), bits),
+        };
+        MineJoin {
+            bits,
+            parts,
+            starts,
+            by_item,
+        }
+    }
+
+    fn matches(&self, theirs: &[u128]) -> Vec<Match> {
+        let (b, sb) = tag_parts(theirs, None, self.bits);
+        let (a, sa) = (&self.parts, &self.starts);
+        let verify = self.by_item.as_deref();
+        // one probing table per worker thread, reused across parts
+        (0..1usize << self.bits)
+            .into_par_iter()
+            .map_init(Vec::new, |table: &mut Vec<(u64, u32, u32)>, p| {
+                let x = &a[sa[p]..sa[p + 1]];
+                let y = &b[sb[p]..sb[p + 1]];
+                let cap = (2 * x.len()).next_power_of_two().max(2);
+                let mask = cap - 1;
+                const EMPTY: u32 = u32::MAX;
+                table.clear();
+                table.resize(cap, (0u64, EMPTY, 0u32));
+                for &e in x {
+                    let mut s = (e.0 as usize) & mask;
+                    while table[s].1 != EMPTY {
+                        s = (s + 1) & mask;
                     }
-                    s = (s + 1) & mask;
+                    table[s] = e;
                 }
-            }
-            out
-        })
-        .flatten_iter()
-        .collect()
+                let mut out = Vec::new();
+                for &(t, j, hi) in y {
+                    let mut s = (t as usize) & mask;
+                    while table[s].1 != EMPTY {
+                        let (t2, i, hi2) = table[s];
+                        if t2 == t
+                            && hi2 == hi
+                            && verify.is_none_or(|m| m[i as usize] == theirs[j as usize])
+                        {
+                            out.push((i, j));
+                        }
+                        s = (s + 1) & mask;
+                    }
+                }
+                out
+            })
+            .flatten_iter()
+            .collect()
+    }
 }
 
 /// Hot paths for `cargo bench -p venn-psi` (not a stable API).
