@@ -178,6 +178,10 @@ pub(crate) use trace;
 
 /// Largest frame we send, tag byte included.
 const MAX_FRAME: usize = 4 << 20;
+/// Largest frame of the sender's tags: smaller than [`MAX_FRAME`], so that
+/// hashing, sending and the receiver's reading overlap (2^20 tags are
+/// ~10 frames).
+const TAG_FRAME: usize = 1 << 20;
 /// 128-bit blocks per A' frame.
 const FRAME_BLOCKS: usize = (MAX_FRAME - 1) / 16;
 
@@ -867,20 +871,25 @@ fn run_sender(
             ws
         };
         wire::send(chan, tags::W_OPEN, &opened.to_le_bytes())?;
-        output_tags_mal(|i| items[i], &mut tags_y, wr ^ ws, tb);
-    } else {
-        output_tags(&mut tags_y, tb);
     }
-    trace!(t0, "S: tags computed");
-    let per_frame = (MAX_FRAME - 1) / tb;
-    for chunk in tags_y.chunks(per_frame) {
+    // hashed and sent frame by frame: the receiver decrypts and reads one
+    // frame while this side hashes the next
+    let per_frame = (TAG_FRAME - 1) / tb;
+    for (k, chunk) in tags_y.chunks_mut(per_frame).enumerate() {
+        if shape.malicious {
+            let first = k * per_frame;
+            output_tags_mal(|i| items[first + i], chunk, wr ^ ws, tb);
+        } else {
+            output_tags(chunk, tb);
+        }
         let mut frame = Vec::with_capacity(1 + chunk.len() * tb);
         frame.push(tags::TAGS);
-        for t in chunk {
+        for t in chunk.iter() {
             frame.extend_from_slice(&t.to_le_bytes()[..tb]);
         }
         wire::send_frame(chan, frame)?;
     }
+    trace!(t0, "S: tags sent");
     Ok(())
 }
 
