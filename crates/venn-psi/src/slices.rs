@@ -51,7 +51,9 @@ pub(crate) fn partition<A: Send, B: Send>(
     let n = a.len();
     assert_eq!(b.len(), n);
     assert!(dest.is_empty() || dest.len() == n);
-    let per = n.div_ceil(rayon::current_num_threads().max(1)).max(MIN_RANGE);
+    let per = n
+        .div_ceil(rayon::current_num_threads().max(1))
+        .max(MIN_RANGE);
     let ranges: Vec<std::ops::Range<usize>> =
         (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect();
     let hist: Vec<Vec<usize>> = ranges
@@ -75,7 +77,10 @@ pub(crate) fn partition<A: Send, B: Send>(
         let mut out: Vec<Vec<&mut [T]>> = hist.iter().map(|_| Vec::new()).collect();
         let lens = starts.windows(2).map(|w| w[1] - w[0]);
         for (p, s) in split_lens(v, lens).into_iter().enumerate() {
-            for (r, sub) in split_lens(s, hist.iter().map(|h| h[p])).into_iter().enumerate() {
+            for (r, sub) in split_lens(s, hist.iter().map(|h| h[p]))
+                .into_iter()
+                .enumerate()
+            {
                 out[r].push(sub);
             }
         }
@@ -124,8 +129,15 @@ mod tests {
     fn partition_equals_a_one_thread_stable_scatter() {
         // sizes around the range length, uneven parts, empty parts
         for (n, parts) in [(0usize, 3usize), (1, 1), (5, 4), (40_000, 7), (70_001, 256)] {
-            let part = |i: usize| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % parts;
-            let part = |i: usize| if parts > 3 && part(i) == 2 { 1 } else { part(i) };
+            let part =
+                |i: usize| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % parts;
+            let part = |i: usize| {
+                if parts > 3 && part(i) == 2 {
+                    1
+                } else {
+                    part(i)
+                }
+            };
             let mut a = vec![0u64; n];
             let mut b = vec![0u32; n];
             let mut dest = vec![0u32; n];

@@ -556,7 +556,9 @@ pub(crate) fn encode_with_layout(
                 }
                 let rows = hasher.rows(b, attempt, bk);
                 if solve_bin(params, &rows, bv, cells) {
-                    kept.iter_mut().zip(&rows).for_each(|(k, r)| *k = pack_row(r));
+                    kept.iter_mut()
+                        .zip(&rows)
+                        .for_each(|(k, r)| *k = pack_row(r));
                     return Some(attempt);
                 }
             }
@@ -569,7 +571,7 @@ pub(crate) fn encode_with_layout(
             "RR22 OKVS: a bin failed to encode {MAX_ATTEMPTS} times (duplicate items in this party's input?)"
         ))
     })?;
-    let layout = keep.then(|| Layout {
+    let layout = keep.then_some(Layout {
         order: grouped.order,
         starts: grouped.starts,
         rows: kept,
@@ -636,7 +638,9 @@ pub(crate) fn decode_layout(params: &OkvsParams, cells: &[u128], layout: &Layout
             for (i, (o, r)) in dst.iter_mut().zip(rows).enumerate() {
                 if let Some(&n) = rows.get(i + PREFETCH) {
                     let (p0, p1, p2, _) = unpack_row(n);
-                    [p0, p1, p2].iter().for_each(|&p| crate::store::prefetch(&sp[p]));
+                    [p0, p1, p2]
+                        .iter()
+                        .for_each(|&p| crate::store::prefetch(&sp[p]));
                 }
                 let (p0, p1, p2, h) = unpack_row(*r);
                 *o = sp[p0] ^ sp[p1] ^ sp[p2] ^ tab.eval(h);
@@ -674,7 +678,8 @@ fn decode_in_bins(
                 let dst = &mut dst[first..first + rows.len()];
                 for (i, (o, r)) in dst.iter_mut().zip(rows).enumerate() {
                     if let Some(n) = rows.get(i + PREFETCH) {
-                        n.p.iter().for_each(|&p| crate::store::prefetch(&sp[p as usize]));
+                        n.p.iter()
+                            .for_each(|&p| crate::store::prefetch(&sp[p as usize]));
                     }
                     *o = sp[r.p[0] as usize]
                         ^ sp[r.p[1] as usize]
