@@ -953,9 +953,11 @@ impl Grouped {
     /// random (0.6 s of cache misses at 2^22 rows).
     ///
     /// Radix partitioning first: (keyed item, row) pairs are scattered into
-    /// partitions by their batch and the top bits of the keyed item in one
-    /// sequential pass, then each partition — small enough for the cache —
-    /// is sorted on its own, in parallel. No step reads memory at random.
+    /// partitions by their batch and the top bits of the keyed item
+    /// ([`crate::slices::partition`]: every thread scatters a range of the
+    /// rows, each range sequentially), then each partition — small enough
+    /// for the cache — is sorted on its own, in parallel. No step reads
+    /// memory at random.
     /// The unique items are the group heads' keyed values, decrypted.
     fn new(mut items: Vec<Item>, idx: Vec<u32>, key: u128, kbits: u32) -> Self {
         debug_assert_eq!(items.len(), idx.len());
