@@ -236,40 +236,71 @@ impl Hasher {
         keys: &[u128],
         mut f: impl FnMut(usize, &[Row]),
     ) {
+        let k = self.row_keys(bin, attempt);
+        let mut rows = [Row { p: [0; 3], h: 0 }; ROW_BATCH];
+        for (c, chunk) in keys.chunks(ROW_BATCH).enumerate() {
+            let rows = &mut rows[..chunk.len()];
+            self.batch_rows(&k, chunk, rows);
+            f(c * ROW_BATCH, rows);
+        }
+    }
+
+    /// [`Self::for_each_batch`] over keys that `f` may overwrite: it gets
+    /// each batch's rows and the batch's keys, whose rows are then known.
+    fn for_each_batch_mut(
+        &self,
+        bin: usize,
+        attempt: u32,
+        keys: &mut [u128],
+        mut f: impl FnMut(&[Row], &mut [u128]),
+    ) {
+        let k = self.row_keys(bin, attempt);
+        let mut rows = [Row { p: [0; 3], h: 0 }; ROW_BATCH];
+        for chunk in keys.chunks_mut(ROW_BATCH) {
+            let rows = &mut rows[..chunk.len()];
+            self.batch_rows(&k, chunk, rows);
+            f(rows, chunk);
+        }
+    }
+
+    /// The AES keys of bin `bin`'s rows at attempt `attempt`.
+    fn row_keys(&self, bin: usize, attempt: u32) -> [Aes; 3] {
         let base = ((bin as u128) << 64) | ((attempt as u128) << 8);
-        let k: [Aes; 3] = core::array::from_fn(|j| Aes::new(self.seed_aes.enc(base | j as u128)));
+        core::array::from_fn(|j| Aes::new(self.seed_aes.enc(base | j as u128)))
+    }
+
+    /// The rows of at most [`ROW_BATCH`] keys under a bin's keys `k`.
+    fn batch_rows(&self, k: &[Aes; 3], keys: &[u128], rows: &mut [Row]) {
         let s = self.sparse as u64;
         let third = self.dense_mask >> 64 != 0;
-        const B: usize = 256;
-        let mut b0 = [0u128; B];
-        let mut b1 = [0u128; B];
-        let mut bh = [0u128; B];
-        let mut rows = [Row { p: [0; 3], h: 0 }; B];
-        for (c, chunk) in keys.chunks(B).enumerate() {
-            let n = chunk.len();
-            k[0].enc_to(chunk, &mut b0[..n]);
-            k[1].enc_to(chunk, &mut b1[..n]);
-            if third {
-                k[2].enc_to(chunk, &mut bh[..n]);
-            }
-            for i in 0..n {
-                let p0 = reduce64(b0[i] as u64, s);
-                let mut p1 = reduce64((b0[i] >> 64) as u64, s - 1);
-                p1 += u64::from(p1 >= p0);
-                let (lo, hi) = (p0.min(p1), p0.max(p1));
-                let mut p2 = reduce64(b1[i] as u64, s - 2);
-                p2 += u64::from(p2 >= lo);
-                p2 += u64::from(p2 >= hi);
-                let h = if third { bh[i] } else { b1[i] >> 64 } & self.dense_mask;
-                rows[i] = Row {
-                    p: [p0 as u32, p1 as u32, p2 as u32],
-                    h,
-                };
-            }
-            f(c * B, &rows[..n]);
+        let n = keys.len();
+        let mut b0 = [0u128; ROW_BATCH];
+        let mut b1 = [0u128; ROW_BATCH];
+        let mut bh = [0u128; ROW_BATCH];
+        k[0].enc_to(keys, &mut b0[..n]);
+        k[1].enc_to(keys, &mut b1[..n]);
+        if third {
+            k[2].enc_to(keys, &mut bh[..n]);
+        }
+        for (i, row) in rows.iter_mut().enumerate() {
+            let p0 = reduce64(b0[i] as u64, s);
+            let mut p1 = reduce64((b0[i] >> 64) as u64, s - 1);
+            p1 += u64::from(p1 >= p0);
+            let (lo, hi) = (p0.min(p1), p0.max(p1));
+            let mut p2 = reduce64(b1[i] as u64, s - 2);
+            p2 += u64::from(p2 >= lo);
+            p2 += u64::from(p2 >= hi);
+            let h = if third { bh[i] } else { b1[i] >> 64 } & self.dense_mask;
+            *row = Row {
+                p: [p0 as u32, p1 as u32, p2 as u32],
+                h,
+            };
         }
     }
 }
+
+/// Keys hashed to rows per AES batch.
+const ROW_BATCH: usize = 256;
 
 /// Σ_{k : bit k of mask} d[k] (the dense part).
 #[inline]
@@ -602,11 +633,11 @@ pub(crate) fn decode_add(
     acc: &mut [u128],
 ) {
     assert_eq!(acc.len(), keys.len());
-    let (grouped_out, g) = decode_in_bins(params, header, cells, keys, Order::Pos);
-    // back to item order: a parallel gather
+    let g = decode_in_bins(params, header, cells, keys, Order::Pos);
+    // back to item order: a parallel gather (the values are in g.keys)
     acc.par_iter_mut()
         .zip(g.order.par_iter())
-        .for_each(|(o, p)| *o ^= grouped_out[*p as usize]);
+        .for_each(|(o, p)| *o ^= g.keys[*p as usize]);
 }
 
 /// Decodes every key, in bin order: returns (values, item index of each).
@@ -616,8 +647,8 @@ pub(crate) fn decode_grouped(
     cells: &[u128],
     keys: &[u128],
 ) -> (Vec<u128>, Vec<u32>) {
-    let (grouped_out, g) = decode_in_bins(params, header, cells, keys, Order::Idx);
-    (grouped_out, g.order)
+    let g = decode_in_bins(params, header, cells, keys, Order::Idx);
+    (g.keys, g.order)
 }
 
 /// Decodes the keys a [`Layout`] was kept for, in its grouped order:
@@ -649,33 +680,34 @@ pub(crate) fn decode_layout(params: &OkvsParams, cells: &[u128], layout: &Layout
     out
 }
 
+/// Decodes every key bin by bin: the grouping of `keys` in the given
+/// [`Order`], with each grouped key replaced by its decoded value.
 fn decode_in_bins(
     params: &OkvsParams,
     header: &OkvsHeader,
     cells: &[u128],
     keys: &[u128],
     order: Order,
-) -> (Vec<u128>, Grouped) {
+) -> Grouped {
     assert_eq!(cells.len(), params.len());
     assert_eq!(header.attempts.len(), params.bins);
     let hasher = Hasher::new(header.seed, params);
     let bins_of = hasher.bins_of(keys);
-    let g = group(keys, None, &bins_of, params.bins, order);
+    let mut g = group(keys, None, &bins_of, params.bins, order);
     drop(bins_of);
     let bl = params.bin_len();
-    let mut grouped_out = vec![0u128; keys.len()];
-    per_bin(&mut grouped_out, &g.starts)
+    // each value over its key: the grouped keys are read once, batch by
+    // batch, and need no second vector beside them
+    per_bin(&mut g.keys, &g.starts)
         .into_par_iter()
         .enumerate()
-        .for_each(|(b, dst)| {
-            let bk = &g.keys[g.starts[b]..g.starts[b + 1]];
+        .for_each(|(b, bk)| {
             let p = &cells[b * bl..(b + 1) * bl];
             let (sp, de) = p.split_at(params.sparse);
             // byte tables: one lookup per 8 dense columns instead of a XOR
             // per set bit of the row's mask
             let tab = ByteTables::new(de);
-            hasher.for_each_batch(b, header.attempts[b], bk, |first, rows| {
-                let dst = &mut dst[first..first + rows.len()];
+            hasher.for_each_batch_mut(b, header.attempts[b], bk, |rows, dst| {
                 for (i, (o, r)) in dst.iter_mut().zip(rows).enumerate() {
                     if let Some(n) = rows.get(i + PREFETCH) {
                         n.p.iter()
@@ -688,7 +720,7 @@ fn decode_in_bins(
                 }
             });
         });
-    (grouped_out, g)
+    g
 }
 
 /// Solves one bin; returns false if this attempt's rows cannot be solved.
