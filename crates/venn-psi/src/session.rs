@@ -1333,34 +1333,59 @@ fn sort_by_key_bytes<'k, T: Copy + Send + Sync>(
     }
 }
 
-/// Sorts (group, peer count) pairs by group. With many matches, one
-/// counting pass: each pair is placed at its group's slot of a dense table,
-/// which is then read in order (sequential, no comparisons). Few matches, a
-/// repeated group (two equal tags, ~2^-40) or a zero count (which marks an
-/// empty slot) take the comparison sort.
+/// Sorts (group, peer count) pairs by group. Pairs that come sorted (the
+/// forwarded result is read from a bitmap) are left as they are. With many
+/// matches, a counting pass on every thread: the pairs are partitioned by
+/// the high bits of their group ([`crate::slices::partition`]), and each
+/// part places its pairs at their groups' slots of its own dense table,
+/// which it then reads in order (sequential, no comparisons). Few matches,
+/// a repeated group (two equal tags, ~2^-40) or a zero count (which marks
+/// an empty slot) take the comparison sort.
 fn into_group_order(result: &mut Vec<(u32, u32)>, groups: usize) {
+    if result.windows(2).all(|w| w[0].0 < w[1].0) {
+        return;
+    }
     if result.len() * 16 < groups || result.iter().any(|&(_, c)| c == 0) {
         result.par_sort_unstable_by_key(|&(gi, _)| gi);
         return;
     }
-    let mut at = vec![0u32; groups];
-    let mut repeated = false;
-    for &(gi, c) in result.iter() {
-        let slot = &mut at[gi as usize];
-        repeated |= *slot != 0;
-        *slot = c;
-    }
-    if repeated {
-        result.par_sort_unstable_by_key(|&(gi, _)| gi);
-        return;
-    }
-    result.clear();
-    result.extend(
-        at.iter()
-            .enumerate()
-            .filter(|&(_, &c)| c != 0)
-            .map(|(gi, &c)| (gi as u32, c)),
+    // parts of at most 2^16 groups (a 256 KiB table each)
+    let shift = 16;
+    let parts = (groups >> shift) + 1;
+    let n = result.len();
+    let mut out = vec![(0u32, 0u32); n];
+    let starts = crate::slices::partition(
+        |i| (result[i].0 >> shift) as usize,
+        parts,
+        &mut out,
+        &mut vec![(); n],
+        &mut [],
+        |i| (result[i], ()),
     );
+    let placed = split_lens(&mut out, starts.windows(2).map(|w| w[1] - w[0]))
+        .into_par_iter()
+        .enumerate()
+        .all(|(p, part)| {
+            let lo = p << shift;
+            let mut at = vec![0u32; (groups - lo).min(1 << shift)];
+            for &(gi, c) in part.iter() {
+                let slot = &mut at[gi as usize - lo];
+                if *slot != 0 {
+                    return false; // a repeated group
+                }
+                *slot = c;
+            }
+            let filled = at.iter().enumerate().filter(|&(_, &c)| c != 0);
+            for (dst, (g, &c)) in part.iter_mut().zip(filled) {
+                *dst = ((lo + g) as u32, c);
+            }
+            true
+        });
+    if placed {
+        *result = out;
+    } else {
+        result.par_sort_unstable_by_key(|&(gi, _)| gi);
+    }
 }
 
 fn u64s(buf: &[u8], n: usize, what: &str) -> Result<Vec<u64>, PsiError> {
@@ -2374,6 +2399,9 @@ mod tests {
             (1000, 900, true, false),
             (1000, 900, false, true),
             (0, 0, false, false),
+            // several parts of 2^16 groups, the last one short
+            (300_000, 200_000, false, false),
+            (300_000, 200_000, false, true),
         ] {
             let mut gis: Vec<u32> = (0..groups as u32).collect();
             for i in (1..gis.len()).rev() {
