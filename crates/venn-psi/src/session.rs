@@ -1016,10 +1016,37 @@ impl Grouped {
             .zip(split_lens(&mut order, lens()))
             .for_each_init(Vec::new, |tmp, (s, r)| sort_keyed(s, r, bits, tmp));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: sorted");
-        // `unique` is `keyed` with repeats removed, in place: no fresh pages
+        // `unique` is `keyed` with repeats removed, in place: no fresh pages.
+        // Equal items share a partition: counting each partition's distinct
+        // items on every thread tells the usual case (no repeats, nothing to
+        // move) from the one that needs the pass below.
+        let nb = 1usize << kbits;
+        let distinct: usize = bounds
+            .par_windows(2)
+            .map(|w| {
+                let part = &keyed[w[0]..w[1]];
+                part.len().min(1) + part.windows(2).filter(|p| p[0] != p[1]).count()
+            })
+            .sum();
+        if distinct == n {
+            let mut unique = keyed;
+            unique
+                .par_chunks_mut(1 << 12)
+                .for_each(|c| aes.dec_inplace(c));
+            let batches = (0..nb)
+                .map(|k| bounds[k << bits] as u32)
+                .chain([n as u32])
+                .collect();
+            tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: done");
+            return Grouped {
+                order,
+                starts: Vec::new(),
+                unique,
+                batches,
+            };
+        }
         let mut starts = Vec::with_capacity(n + 1);
         let mut unique = keyed;
-        let nb = 1usize << kbits;
         let mut batches = Vec::with_capacity(nb + 1);
         let mut u = 0;
         for k in 0..nb {
@@ -2252,9 +2279,10 @@ mod tests {
 
     #[test]
     fn grouping_matches_a_naive_grouping_in_keyed_order() {
-        // items with duplicates (every 7th row repeats an earlier item);
-        // enough rows for several radix partitions; in 1, 4 and 256 batches
-        for (n, kbits) in [
+        // items with duplicates (every 7th row repeats an earlier item) or
+        // none; enough rows for several radix partitions; in 1, 4 and 256
+        // batches
+        let cases = [
             (0usize, 0u32),
             (0, 3),
             (1, 0),
@@ -2264,10 +2292,14 @@ mod tests {
             (20_000, 2),
             (70_000, 0),
             (70_000, 8),
-        ] {
+        ];
+        for (n, kbits, dups) in cases
+            .iter()
+            .flat_map(|&(n, k)| [(n, k, true), (n, k, false)])
+        {
             let items: Vec<Item> = (0..n as u128)
                 .map(|i| {
-                    let x = if i % 7 == 3 { i / 2 } else { i };
+                    let x = if dups && i % 7 == 3 { i / 2 } else { i };
                     x.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
                 })
                 .collect();
@@ -2279,6 +2311,7 @@ mod tests {
                 naive.entry(*it).or_default().push(*i);
             }
             assert_eq!(g.len(), naive.len());
+            assert_eq!(g.has_dups(), dups && n > 3, "n={n}");
             assert_eq!(g.order.len(), n);
             assert_eq!(g.batches.len(), (1 << kbits) + 1);
             assert_eq!(*g.batches.last().unwrap() as usize, g.len());
