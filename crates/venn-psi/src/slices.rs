@@ -141,8 +141,16 @@ mod tests {
             let mut a = vec![0u64; n];
             let mut b = vec![0u32; n];
             let mut dest = vec![0u32; n];
-            let starts = partition(part, parts, &mut a, &mut b, &mut dest, |i| {
-                (i as u64 * 3, i as u32)
+            // four threads, so the larger cases run in several ranges
+            // whatever this machine has
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(4)
+                .build()
+                .expect("a thread pool");
+            let starts = pool.install(|| {
+                partition(part, parts, &mut a, &mut b, &mut dest, |i| {
+                    (i as u64 * 3, i as u32)
+                })
             });
             // the reference: one pass, in index order
             let mut want: Vec<Vec<usize>> = vec![Vec::new(); parts];
