@@ -210,7 +210,7 @@ fn convolve_passes<const P: usize>(aes: [&Aes; P], x: &mut [u128]) {
         // itself a multiple of RING·GROUP rows): the table of group q − d
         // is then a constant index in each unrolled step
         const SPAN: usize = RING * GROUP;
-        const _: () = assert!(COEFF_ROWS % SPAN == 0);
+        const _: () = assert!(COEFF_ROWS.is_multiple_of(SPAN));
         let whole = rows / SPAN * SPAN;
         for (k, xs) in x[..whole].chunks_exact_mut(SPAN).enumerate() {
             let c: [&[u32]; P] = core::array::from_fn(|p| &coeff[p][k * SPAN..(k + 1) * SPAN]);
