@@ -44,7 +44,7 @@ use crate::report::{
     InputStats, Intersection, OutputStats, PeerStats, Phases, Report, peak_rss_mb,
 };
 use crate::rr22::prim::{Aes, os_random};
-use crate::slices::split_lens;
+use crate::slices::{split_lens, split_starts};
 use crate::store::{Loaded, Rows, Store};
 use crate::workers::{PartMeta, Shard};
 use crate::{ecdh, rr22, wire};
@@ -1010,10 +1010,9 @@ impl Grouped {
         );
         drop((batch, items, idx));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: scattered");
-        let lens = || bounds.windows(2).map(|w| w[1] - w[0]);
-        split_lens(&mut keyed, lens())
+        split_starts(&mut keyed, &bounds)
             .into_par_iter()
-            .zip(split_lens(&mut order, lens()))
+            .zip(split_starts(&mut order, &bounds))
             .for_each_init(Vec::new, |tmp, (s, r)| sort_keyed(s, r, bits, tmp));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: sorted");
         // `unique` is `keyed` with repeats removed, in place: no fresh pages.
@@ -1233,15 +1232,14 @@ fn sorted_by_item<S: Sync, V: Copy + Default + Send + Sync>(
     let top = (1 as Item) << bits;
     let digit = |x: Item| (x.saturating_sub(lo) >> shift).min(top - 1) as usize;
     let mut out = vec![(0 as Item, V::default()); n];
-    let starts = crate::slices::partition(
+    let starts = crate::slices::partition_one(
         |i| digit(item(&src[i])),
         1usize << bits,
         &mut out,
-        &mut vec![(); n],
         &mut [],
-        |i| ((item(&src[i]), value(&src[i])), ()),
+        |i| (item(&src[i]), value(&src[i])),
     );
-    split_lens(&mut out, starts.windows(2).map(|w| w[1] - w[0]))
+    split_starts(&mut out, &starts)
         .into_par_iter()
         .for_each_init(Vec::new, |tmp, b| sort_bucket_by_item(b, tmp));
     out
@@ -1353,15 +1351,14 @@ fn into_group_order(result: &mut Vec<(u32, u32)>, groups: usize) {
     let parts = (groups >> shift) + 1;
     let n = result.len();
     let mut out = vec![(0u32, 0u32); n];
-    let starts = crate::slices::partition(
+    let starts = crate::slices::partition_one(
         |i| (result[i].0 >> shift) as usize,
         parts,
         &mut out,
-        &mut vec![(); n],
         &mut [],
-        |i| (result[i], ()),
+        |i| result[i],
     );
-    let placed = split_lens(&mut out, starts.windows(2).map(|w| w[1] - w[0]))
+    let placed = split_starts(&mut out, &starts)
         .into_par_iter()
         .enumerate()
         .all(|(p, part)| {

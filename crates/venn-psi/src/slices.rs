@@ -30,6 +30,12 @@ pub(crate) fn split_lens<T>(
     out
 }
 
+/// `v` cut at `starts` (ascending offsets, the first 0): part k is
+/// `v[starts[k]..starts[k + 1]]`, as [`partition`] returns them.
+pub(crate) fn split_starts<'a, T>(v: &'a mut [T], starts: &[usize]) -> Vec<&'a mut [T]> {
+    split_lens(v, starts.windows(2).map(|w| w[1] - w[0]))
+}
+
 /// Items per range of [`partition`], at least (fewer ranges than this
 /// would cost more in per-range counts than they save).
 const MIN_RANGE: usize = 1 << 14;
@@ -75,8 +81,7 @@ pub(crate) fn partition<A: Send, B: Send>(
         hist: &[Vec<usize>],
     ) -> Vec<Vec<&'a mut [T]>> {
         let mut out: Vec<Vec<&mut [T]>> = hist.iter().map(|_| Vec::new()).collect();
-        let lens = starts.windows(2).map(|w| w[1] - w[0]);
-        for (p, s) in split_lens(v, lens).into_iter().enumerate() {
+        for (p, s) in split_starts(v, starts).into_iter().enumerate() {
             for (r, sub) in split_lens(s, hist.iter().map(|h| h[p]))
                 .into_iter()
                 .enumerate()
@@ -119,6 +124,18 @@ pub(crate) fn partition<A: Send, B: Send>(
             }
         });
     starts
+}
+
+/// [`partition`] of one column: writes `val(i)` to `a[p]`.
+pub(crate) fn partition_one<A: Send>(
+    part: impl Fn(usize) -> usize + Sync,
+    parts: usize,
+    a: &mut [A],
+    dest: &mut [u32],
+    val: impl Fn(usize) -> A + Sync,
+) -> Vec<usize> {
+    let n = a.len();
+    partition(part, parts, a, &mut vec![(); n], dest, |i| (val(i), ()))
 }
 
 #[cfg(test)]

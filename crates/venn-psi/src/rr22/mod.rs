@@ -933,16 +933,15 @@ fn tag_parts(v: &[u128], idx: Option<&[u32]>, bits: u32) -> (Vec<(u64, u32, u32)
         }
     };
     let mut out = vec![(0u64, 0u32, 0u32); v.len()];
-    let starts = crate::slices::partition(
+    let starts = crate::slices::partition_one(
         |i| part(v[i]),
         1 << bits,
         &mut out,
-        &mut vec![(); v.len()],
         &mut [],
         |i| {
             let t = v[i];
             let pos = idx.map_or(i as u32, |x| x[i]);
-            ((t as u64, pos, (t >> 64) as u32), ())
+            (t as u64, pos, (t >> 64) as u32)
         },
     );
     (out, starts)

@@ -53,6 +53,7 @@ use rayon::prelude::*;
 
 use super::prim::{Aes, reduce64};
 use crate::error::PsiError;
+use crate::slices::split_starts;
 
 /// Target number of keys per bin (RR22 uses 2^14: a bin stays in L2).
 pub(crate) const BIN_TARGET: usize = 1 << 14;
@@ -346,18 +347,6 @@ impl ByteTables {
     }
 }
 
-/// Bin sizes → start offsets (`starts[b]..starts[b+1]` is bin b).
-fn bin_starts(bins_of: &[u32], bins: usize) -> Vec<usize> {
-    let mut starts = vec![0usize; bins + 1];
-    for b in bins_of {
-        starts[*b as usize + 1] += 1;
-    }
-    for b in 0..bins {
-        starts[b + 1] += starts[b];
-    }
-    starts
-}
-
 /// Keys (and values) laid out bin by bin, in one streaming pass: every bin
 /// is written sequentially, so there are no random reads of the inputs.
 struct Grouped {
@@ -403,13 +392,12 @@ fn group(
             |i| (keys[i], i as u32),
         )
     } else {
-        crate::slices::partition(
+        crate::slices::partition_one(
             |i| bins_of[i] as usize,
             bins,
             &mut gk,
-            &mut vec![(); n],
             &mut pos,
-            |i| (keys[i], ()),
+            |i| keys[i],
         )
     };
     let gv = match vals {
@@ -426,11 +414,6 @@ fn group(
         },
         starts,
     }
-}
-
-/// Splits `v` into one mutable slice per bin.
-fn per_bin<'a>(v: &'a mut [u128], starts: &[usize]) -> Vec<&'a mut [u128]> {
-    crate::slices::split_lens(v, starts.windows(2).map(|w| w[1] - w[0]))
 }
 
 /// What the decoder needs besides the cells: the seed and each bin's attempt.
@@ -514,10 +497,30 @@ fn pack_row(r: &Row) -> u128 {
     r.h | p(0) | p(1) | p(2)
 }
 
-fn unpack_row(x: u128) -> (usize, usize, usize, u128) {
+fn unpack_row(x: u128) -> ([usize; 3], u128) {
     let m = (1usize << POS_BITS) - 1;
     let p = |k: u32| ((x >> (64 + POS_BITS * k)) as usize) & m;
-    (p(0), p(1), p(2), x & u64::MAX as u128)
+    ([p(0), p(1), p(2)], x & u64::MAX as u128)
+}
+
+/// `dst[i]` = Decode of the row `at(&rows[i])` (its three sparse positions
+/// and dense mask) in one bin's cells: `sp` sparse, `tab` for the dense
+/// part. The cells of the row [`PREFETCH`] ahead are asked for meanwhile.
+#[inline(always)]
+fn decode_rows<R>(
+    sp: &[u128],
+    tab: &ByteTables,
+    rows: &[R],
+    at: impl Fn(&R) -> ([usize; 3], u128),
+    dst: &mut [u128],
+) {
+    for (i, (o, r)) in dst.iter_mut().zip(rows).enumerate() {
+        if let Some(n) = rows.get(i + PREFETCH) {
+            at(n).0.iter().for_each(|&p| crate::store::prefetch(&sp[p]));
+        }
+        let ([p0, p1, p2], h) = at(r);
+        *o = sp[p0] ^ sp[p1] ^ sp[p2] ^ tab.eval(h);
+    }
 }
 
 /// [`encode_values`], also returning the keys' [`Layout`] if `keep` is set
@@ -541,22 +544,21 @@ pub(crate) fn encode_with_layout(
         let seed = next_seed();
         let hasher = Hasher::new(seed, params);
         let bins_of = hasher.bins_of(keys);
-        let starts = bin_starts(&bins_of, params.bins);
-        if (0..params.bins).all(|b| starts[b + 1] - starts[b] <= params.cap) {
-            let grouped = match vals {
-                Values::Given(v) => group(keys, Some(v), &bins_of, params.bins, order),
-                Values::Of(f) => {
-                    let mut g = group(keys, None, &bins_of, params.bins, order);
-                    drop(bins_of);
-                    let mut gv = vec![0u128; keys.len()];
-                    gv.par_chunks_mut(4096)
-                        .zip(g.keys.par_chunks(4096))
-                        .for_each(|(v, k)| f(k, v));
-                    g.vals = gv;
-                    g
-                }
-            };
-            break (seed, hasher, grouped);
+        let given = match vals {
+            Values::Given(v) => Some(v),
+            Values::Of(_) => None,
+        };
+        let mut g = group(keys, given, &bins_of, params.bins, order);
+        drop(bins_of);
+        if g.starts.windows(2).all(|w| w[1] - w[0] <= params.cap) {
+            if let Values::Of(f) = vals {
+                let mut gv = vec![0u128; keys.len()];
+                gv.par_chunks_mut(4096)
+                    .zip(g.keys.par_chunks(4096))
+                    .for_each(|(v, k)| f(k, v));
+                g.vals = gv;
+            }
+            break (seed, hasher, g);
         }
         tries += 1;
         if tries > MAX_ATTEMPTS {
@@ -569,7 +571,7 @@ pub(crate) fn encode_with_layout(
     let mut out = vec![0u128; params.len()];
     let mut kept = vec![0u128; if keep { keys.len() } else { 0 }];
     let kept_bins: Vec<&mut [u128]> = if keep {
-        per_bin(&mut kept, &grouped.starts)
+        split_starts(&mut kept, &grouped.starts)
     } else {
         (0..params.bins).map(|_| <&mut [u128]>::default()).collect()
     };
@@ -658,7 +660,7 @@ pub(crate) fn decode_layout(params: &OkvsParams, cells: &[u128], layout: &Layout
     assert_eq!(cells.len(), params.len());
     let bl = params.bin_len();
     let mut out = vec![0u128; layout.rows.len()];
-    per_bin(&mut out, &layout.starts)
+    split_starts(&mut out, &layout.starts)
         .into_par_iter()
         .enumerate()
         .for_each(|(b, dst)| {
@@ -666,16 +668,7 @@ pub(crate) fn decode_layout(params: &OkvsParams, cells: &[u128], layout: &Layout
             let p = &cells[b * bl..(b + 1) * bl];
             let (sp, de) = p.split_at(params.sparse);
             let tab = ByteTables::new(de);
-            for (i, (o, r)) in dst.iter_mut().zip(rows).enumerate() {
-                if let Some(&n) = rows.get(i + PREFETCH) {
-                    let (p0, p1, p2, _) = unpack_row(n);
-                    [p0, p1, p2]
-                        .iter()
-                        .for_each(|&p| crate::store::prefetch(&sp[p]));
-                }
-                let (p0, p1, p2, h) = unpack_row(*r);
-                *o = sp[p0] ^ sp[p1] ^ sp[p2] ^ tab.eval(h);
-            }
+            decode_rows(sp, &tab, rows, |r| unpack_row(*r), dst);
         });
     out
 }
@@ -698,7 +691,7 @@ fn decode_in_bins(
     let bl = params.bin_len();
     // each value over its key: the grouped keys are read once, batch by
     // batch, and need no second vector beside them
-    per_bin(&mut g.keys, &g.starts)
+    split_starts(&mut g.keys, &g.starts)
         .into_par_iter()
         .enumerate()
         .for_each(|(b, bk)| {
@@ -708,16 +701,7 @@ fn decode_in_bins(
             // per set bit of the row's mask
             let tab = ByteTables::new(de);
             hasher.for_each_batch_mut(b, header.attempts[b], bk, |rows, dst| {
-                for (i, (o, r)) in dst.iter_mut().zip(rows).enumerate() {
-                    if let Some(n) = rows.get(i + PREFETCH) {
-                        n.p.iter()
-                            .for_each(|&p| crate::store::prefetch(&sp[p as usize]));
-                    }
-                    *o = sp[r.p[0] as usize]
-                        ^ sp[r.p[1] as usize]
-                        ^ sp[r.p[2] as usize]
-                        ^ tab.eval(r.h);
-                }
+                decode_rows(sp, &tab, rows, |r| (r.p.map(|p| p as usize), r.h), dst)
             });
         });
     g
