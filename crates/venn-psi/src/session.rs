@@ -1384,6 +1384,17 @@ fn into_group_order(result: &mut Vec<(u32, u32)>, groups: usize) {
     }
 }
 
+/// Whether every item is packed in one order class
+/// ([`crate::item::order_class`]): then the items sort like their keys and
+/// each renders back to its key ([`crate::item::key_of`]).
+fn one_order_class(items: &[Item]) -> bool {
+    let Some(&first) = items.first() else {
+        return true;
+    };
+    let class = order_class(first);
+    class.is_some() && items.par_iter().all(|&x| order_class(x) == class)
+}
+
 fn u64s(buf: &[u8], n: usize, what: &str) -> Result<Vec<u64>, PsiError> {
     if buf.len() < n * 8 {
         return Err(PsiError::peer(format!("{what}: message too short")));
@@ -1714,6 +1725,22 @@ fn run_inner(
         }
         input.loaded.restore_items(p.g.items_by_row(&p.unique));
     }
+    // The rows' text is not needed by a party that writes nothing, nor
+    // where every row will be written from its item: one bucket written
+    // directly, no section of unmatched rows, rows that are their keys, and
+    // every key packed in one order class (then the matches sort by item and
+    // each is rendered by `key_of`, see the writing below). Without it, what
+    // the text took (the file, plus 16 bytes a row) is reused by the
+    // protocol instead of faulted in afresh: 36 MB a party at 2^20 rows.
+    let writes_unmatched = self_learns && (cfg.join == JoinType::Difference || cfg.outer(party));
+    if matches!(sink, Sink::Direct)
+        && (!self_learns
+            || (!writes_unmatched
+                && input.loaded.rows_are_keys()
+                && pre.as_ref().is_some_and(|p| one_order_class(&p.unique))))
+    {
+        input.loaded.drop_text();
+    }
     for b in 0..buckets {
         let mut br = input.loaded.bucket(b, buckets)?;
         let (g, shuffled, ahead) = match pre.take() {
@@ -1873,9 +1900,8 @@ fn run_inner(
             tot.rows_peer += m.peer as u64;
             tot.join_rows += m.n as u64 * m.peer as u64;
         }
-        let need_unmatched = cfg.join == JoinType::Difference || cfg.outer(party);
         let mut unmatched: Vec<u32> = Vec::new();
-        if need_unmatched {
+        if writes_unmatched {
             unmatched = (0..g.len() as u32)
                 .filter(|&gi| !is_matched[gi as usize])
                 .collect();
@@ -1897,6 +1923,11 @@ fn run_inner(
                     // the matched items (sorted by item here): no gather.
                     let party = w.party();
                     let from_items = by_item && rws.rows_are_keys();
+                    // dropped only where every row is written from its item
+                    assert!(
+                        from_items || rws.has_text() || matched.is_empty(),
+                        "rows without text"
+                    );
                     for window in matched.chunks(WRITE_WINDOW) {
                         let texts: Vec<(Vec<u8>, u64)> = window
                             .par_chunks(WRITE_WINDOW / 64)

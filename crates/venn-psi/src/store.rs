@@ -104,6 +104,9 @@ pub(crate) struct Rows {
     arena: Vec<u8>,
     /// Some row's text is more than its key (see [`Rows::rows_are_keys`]).
     raw_not_key: bool,
+    /// The row count, once the text (arena and records) is dropped
+    /// ([`Rows::drop_text`]).
+    without_text: Option<usize>,
 }
 
 impl Rows {
@@ -145,7 +148,23 @@ impl Rows {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.recs.len()
+        self.without_text.unwrap_or(self.recs.len())
+    }
+
+    /// Frees the rows' text (arena and records), keeping their count, for a
+    /// run that will write every row from its item ([`Rows::rows_are_keys`]
+    /// and [`crate::item::key_of`]); [`Rows::raw`] and [`Rows::key`] must
+    /// not be called after. The freed memory (a file's size plus 16 bytes a
+    /// row) is then reused by the protocol instead of faulted in afresh.
+    pub(crate) fn drop_text(&mut self) {
+        self.without_text = Some(self.len());
+        self.recs = Vec::new();
+        self.arena = Vec::new();
+    }
+
+    /// Whether the text is still there ([`Rows::drop_text`]).
+    pub(crate) fn has_text(&self) -> bool {
+        self.without_text.is_none()
     }
 
     /// The arena, for text read straight into it ([`Store::direct`]).
@@ -242,6 +261,7 @@ impl Rows {
         self.recs.clear();
         self.arena.clear();
         self.raw_not_key = false;
+        self.without_text = None;
     }
 }
 
@@ -543,6 +563,19 @@ impl Loaded {
         }
     }
 
+    /// Whether every row can be written from its item: the rows are in
+    /// memory and nothing but their keys ([`Rows::rows_are_keys`]).
+    pub(crate) fn rows_are_keys(&self) -> bool {
+        self.mem.as_ref().is_some_and(Rows::rows_are_keys)
+    }
+
+    /// Frees the in-memory rows' text ([`Rows::drop_text`]).
+    pub(crate) fn drop_text(&mut self) {
+        if let Some(mem) = &mut self.mem {
+            mem.drop_text();
+        }
+    }
+
     /// Rows of bucket `b` out of `buckets`. With one bucket in memory the
     /// rows' items move into the result: ask for it once.
     pub(crate) fn bucket(&mut self, b: usize, buckets: usize) -> Result<BucketRows<'_>, PsiError> {
@@ -686,6 +719,7 @@ mod tests {
                     recs: m.recs.clone(),
                     arena: m.arena.clone(),
                     raw_not_key: m.raw_not_key,
+                    without_text: None,
                 }),
                 spill: None,
             };

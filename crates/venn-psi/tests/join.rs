@@ -180,9 +180,18 @@ fn run_case(c: &Case) -> Outcome {
     let (c0, c1) = configs(c, dir.path());
     let oa: PathBuf = dir.path().join("oa.csv");
     let ob: PathBuf = dir.path().join("ob.csv");
+    // party 0 reads ahead of the handshake, as `venn psi` does (its rows
+    // are grouped early and may drop their text), party 1 inside the run:
+    // both paths in every case. Each thread owns its end of the link, so a
+    // party that panics hangs up and its peer stops too.
     let (ra, rb) = std::thread::scope(|s| {
-        let ha = s.spawn(|| run(&c0, &pa, Some(&oa), &ca));
-        let hb = s.spawn(|| run(&c1, &pb, Some(&ob), &cb));
+        let (c0, pa, oa) = (&c0, &pa, &oa);
+        let ha = s.spawn(move || {
+            let ahead = venn_psi::ReadAhead::start(c0, pa);
+            venn_psi::run_read_ahead(c0, ahead, Some(oa), &ca)
+        });
+        let (c1, pb, ob) = (&c1, &pb, &ob);
+        let hb = s.spawn(move || run(c1, pb, Some(ob), &cb));
         (ha.join().unwrap(), hb.join().unwrap())
     });
     let read = |p: &Path| std::fs::read(p).ok();
@@ -760,9 +769,18 @@ fn skip_empty_keys_leaves_rows_out() {
     let mut c1 = PsiConfig::new(vec!["id".into()], false);
     c1.protocol = Protocol::Ecdh;
     let (oa, ob) = (dir.path().join("oa"), dir.path().join("ob"));
+    // party 0 reads ahead of the handshake, as `venn psi` does (its rows
+    // are grouped early and may drop their text), party 1 inside the run:
+    // both paths in every case. Each thread owns its end of the link, so a
+    // party that panics hangs up and its peer stops too.
     let (ra, rb) = std::thread::scope(|s| {
-        let ha = s.spawn(|| run(&c0, &pa, Some(&oa), &ca));
-        let hb = s.spawn(|| run(&c1, &pb, Some(&ob), &cb));
+        let (c0, pa, oa) = (&c0, &pa, &oa);
+        let ha = s.spawn(move || {
+            let ahead = venn_psi::ReadAhead::start(c0, pa);
+            venn_psi::run_read_ahead(c0, ahead, Some(oa), &ca)
+        });
+        let (c1, pb, ob) = (&c1, &pb, &ob);
+        let hb = s.spawn(move || run(c1, pb, Some(ob), &cb));
         (ha.join().unwrap(), hb.join().unwrap())
     });
     let ra = ra.unwrap();
