@@ -1733,11 +1733,15 @@ fn run_inner(
     // the text took (the file, plus 16 bytes a row) is reused by the
     // protocol instead of faulted in afresh: 36 MB a party at 2^20 rows.
     let writes_unmatched = self_learns && (cfg.join == JoinType::Difference || cfg.outer(party));
+    // all of the one bucket's items in one order class: known here for
+    // rows that may drop their text, and then not checked again per match
+    let mut one_class = false;
     if matches!(sink, Sink::Direct)
         && (!self_learns
-            || (!writes_unmatched
-                && input.loaded.rows_are_keys()
-                && pre.as_ref().is_some_and(|p| one_order_class(&p.unique))))
+            || (!writes_unmatched && input.loaded.rows_are_keys() && {
+                one_class = pre.as_ref().is_some_and(|p| one_order_class(&p.unique));
+                one_class
+            }))
     {
         input.loaded.drop_text();
     }
@@ -1863,9 +1867,10 @@ fn run_inner(
             .map(|&(p, _)| order_class(shuffled[p as usize]));
         let by_item = class.is_some_and(|c| {
             c.is_some()
-                && result
-                    .par_iter()
-                    .all(|&(p, _)| order_class(shuffled[p as usize]) == c)
+                && (one_class
+                    || result
+                        .par_iter()
+                        .all(|&(p, _)| order_class(shuffled[p as usize]) == c))
         });
         // each match with its item (the sort key of the by-item path; kept
         // rather than copied out, which would need a second vector)
