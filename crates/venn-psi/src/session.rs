@@ -959,9 +959,11 @@ impl Grouped {
     /// for the cache — is sorted on its own, in parallel. No step reads
     /// memory at random.
     /// The unique items are the group heads' keyed values, decrypted.
-    fn new(mut items: Vec<Item>, idx: Vec<u32>, key: u128, kbits: u32) -> Self {
-        debug_assert_eq!(items.len(), idx.len());
-        let n = idx.len();
+    /// `idx[k]` is the row of `items[k]`; `None` when row k is `items[k]`.
+    fn new(mut items: Vec<Item>, idx: Option<Vec<u32>>, key: u128, kbits: u32) -> Self {
+        debug_assert!(idx.as_ref().is_none_or(|idx| items.len() == idx.len()));
+        let row = |k: usize| idx.as_ref().map_or(k as u32, |idx| idx[k]);
+        let n = items.len();
         let t0 = Instant::now();
         let aes = Aes::new(key);
         // each item's batch, from the item itself (public), before keying
@@ -1006,7 +1008,7 @@ impl Grouped {
             &mut keyed,
             &mut order,
             &mut [],
-            |k| (items[k], idx[k]),
+            |k| (items[k], row(k)),
         );
         drop((batch, items, idx));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: scattered");
@@ -2293,7 +2295,7 @@ mod tests {
             (1, 0),
             (5, 0),
             (5, 2),
-            (20_000, 0),
+            (20_001, 0),
             (20_000, 2),
             (70_000, 0),
             (70_000, 8),
@@ -2308,8 +2310,12 @@ mod tests {
                     x.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
                 })
                 .collect();
-            let idx: Vec<u32> = (0..n as u32).map(|i| i * 3).collect();
-            let g = Grouped::new(items.clone(), idx.clone(), 11, kbits);
+            // rows given (every third), or row k for item k
+            let given = n % 2 == 1;
+            let idx: Vec<u32> = (0..n as u32)
+                .map(|i| if given { i * 3 } else { i })
+                .collect();
+            let g = Grouped::new(items.clone(), given.then(|| idx.clone()), 11, kbits);
             // naive: rows of each item in file order
             let mut naive: std::collections::HashMap<Item, Vec<u32>> = Default::default();
             for (it, i) in items.iter().zip(&idx) {
@@ -2338,7 +2344,7 @@ mod tests {
             }
             if n > 1000 && kbits == 0 {
                 // another key, another order; neither is the items' order
-                let h = Grouped::new(items.clone(), idx, 12, 0);
+                let h = Grouped::new(items.clone(), Some(idx), 12, 0);
                 assert_ne!(g.unique[..50], h.unique[..50]);
                 let mut sorted = g.unique.clone();
                 sorted.sort_unstable();

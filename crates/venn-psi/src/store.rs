@@ -524,8 +524,11 @@ pub(crate) struct Loaded {
 /// One bucket's rows, and which of them belong to it.
 pub(crate) struct BucketRows<'a> {
     rows: RowsOf<'a>,
-    /// Indices (into [`Self::rows`]) of the rows in this bucket, in file order.
-    pub(crate) idx: Vec<u32>,
+    /// Indices (into [`Self::rows`]) of the rows in this bucket, in file
+    /// order; `None` when the bucket is every row in order (row k is
+    /// `items[k]`): no identity list, 4 bytes a row less at the grouping's
+    /// peak.
+    pub(crate) idx: Option<Vec<u32>>,
     /// `items[k]` is the item of row `idx[k]`. Taken out of the rows (not
     /// copied) when the bucket is all of them: the engine drops the items
     /// once it has grouped them, 16 bytes per row less at the protocol's peak.
@@ -540,6 +543,12 @@ enum RowsOf<'a> {
 }
 
 impl BucketRows<'_> {
+    /// The row of `items[k]` ([`Self::idx`]).
+    #[cfg(test)]
+    pub(crate) fn row(&self, k: usize) -> u32 {
+        self.idx.as_ref().map_or(k as u32, |idx| idx[k])
+    }
+
     pub(crate) fn rows(&self) -> &Rows {
         match &self.rows {
             RowsOf::View(r) => r,
@@ -583,7 +592,7 @@ impl Loaded {
             if buckets == 1 {
                 let items = std::mem::take(&mut mem.items);
                 return Ok(BucketRows {
-                    idx: (0..items.len() as u32).collect(),
+                    idx: None,
                     items,
                     rows: RowsOf::View(mem),
                 });
@@ -593,7 +602,7 @@ impl Loaded {
                 .collect();
             let items = idx.iter().map(|&i| mem.items[i as usize]).collect();
             return Ok(BucketRows {
-                idx,
+                idx: Some(idx),
                 items,
                 rows: RowsOf::View(mem),
             });
@@ -607,7 +616,7 @@ impl Loaded {
         }
         let items = std::mem::take(&mut rows.items);
         Ok(BucketRows {
-            idx: (0..items.len() as u32).collect(),
+            idx: None,
             items,
             rows: RowsOf::Owned(rows),
         })
@@ -665,7 +674,8 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for k in 0..b {
             let br = loaded.bucket(k, b).unwrap();
-            for (&i, &item) in br.idx.iter().zip(&br.items) {
+            for (j, &item) in br.items.iter().enumerate() {
+                let i = br.row(j);
                 let rows = br.rows();
                 let key = rows.key(i as usize).to_vec();
                 assert_eq!(item, item_of(&key));
@@ -726,7 +736,8 @@ mod tests {
             let mut seen = 0;
             for b in 0..buckets {
                 let br = loaded.bucket(b, buckets).unwrap();
-                for (&i, &item) in br.idx.iter().zip(&br.items) {
+                for (j, &item) in br.items.iter().enumerate() {
+                    let i = br.row(j);
                     let (raw, key, it) = &want[i as usize];
                     assert_eq!(br.rows().raw(i as usize), raw.as_bytes());
                     assert_eq!(br.rows().key(i as usize), key.as_bytes());
