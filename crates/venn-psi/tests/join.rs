@@ -170,30 +170,37 @@ fn configs(c: &Case, dir: &Path) -> (PsiConfig, PsiConfig) {
     (cfg(&c.keys_a, true), cfg(&c.keys_b, false))
 }
 
+/// Both parties of one run over a memory link, each on a thread. Party 0
+/// reads ahead of the handshake, as `venn psi` does (its rows are grouped
+/// early and may drop their text), party 1 inside the run: both paths in
+/// every case. Each thread owns its end of the link, so a party that
+/// panics hangs up and its peer stops too.
+fn run_pair(
+    cfg: [&PsiConfig; 2],
+    input: [&Path; 2],
+    output: [&Path; 2],
+) -> (Result<Report, PsiError>, Result<Report, PsiError>) {
+    let (ca, cb) = memory_pair(16);
+    std::thread::scope(|s| {
+        let ha = s.spawn(move || {
+            let ahead = venn_psi::ReadAhead::start(cfg[0], input[0]);
+            venn_psi::run_read_ahead(cfg[0], ahead, Some(output[0]), &ca)
+        });
+        let hb = s.spawn(move || run(cfg[1], input[1], Some(output[1]), &cb));
+        (ha.join().unwrap(), hb.join().unwrap())
+    })
+}
+
 fn run_case(c: &Case) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let pa = dir.path().join("a.csv");
     let pb = dir.path().join("b.csv");
     std::fs::write(&pa, &c.a).unwrap();
     std::fs::write(&pb, &c.b).unwrap();
-    let (ca, cb) = memory_pair(16);
     let (c0, c1) = configs(c, dir.path());
     let oa: PathBuf = dir.path().join("oa.csv");
     let ob: PathBuf = dir.path().join("ob.csv");
-    // party 0 reads ahead of the handshake, as `venn psi` does (its rows
-    // are grouped early and may drop their text), party 1 inside the run:
-    // both paths in every case. Each thread owns its end of the link, so a
-    // party that panics hangs up and its peer stops too.
-    let (ra, rb) = std::thread::scope(|s| {
-        let (c0, pa, oa) = (&c0, &pa, &oa);
-        let ha = s.spawn(move || {
-            let ahead = venn_psi::ReadAhead::start(c0, pa);
-            venn_psi::run_read_ahead(c0, ahead, Some(oa), &ca)
-        });
-        let (c1, pb, ob) = (&c1, &pb, &ob);
-        let hb = s.spawn(move || run(c1, pb, Some(ob), &cb));
-        (ha.join().unwrap(), hb.join().unwrap())
-    });
+    let (ra, rb) = run_pair([&c0, &c1], [&pa, &pb], [&oa, &ob]);
     let read = |p: &Path| std::fs::read(p).ok();
     Ok([(ra?, read(&oa)), (rb?, read(&ob))])
 }
@@ -762,27 +769,13 @@ fn skip_empty_keys_leaves_rows_out() {
     let pb = dir.path().join("b.csv");
     std::fs::write(&pa, "id,x\n1,a\n,b\n2,c\n").unwrap();
     std::fs::write(&pb, "id\n1\n2\n").unwrap();
-    let (ca, cb) = memory_pair(16);
     let mut c0 = PsiConfig::new(vec!["id".into()], true);
     c0.protocol = Protocol::Ecdh;
     c0.skip_empty_keys = true;
     let mut c1 = PsiConfig::new(vec!["id".into()], false);
     c1.protocol = Protocol::Ecdh;
     let (oa, ob) = (dir.path().join("oa"), dir.path().join("ob"));
-    // party 0 reads ahead of the handshake, as `venn psi` does (its rows
-    // are grouped early and may drop their text), party 1 inside the run:
-    // both paths in every case. Each thread owns its end of the link, so a
-    // party that panics hangs up and its peer stops too.
-    let (ra, rb) = std::thread::scope(|s| {
-        let (c0, pa, oa) = (&c0, &pa, &oa);
-        let ha = s.spawn(move || {
-            let ahead = venn_psi::ReadAhead::start(c0, pa);
-            venn_psi::run_read_ahead(c0, ahead, Some(oa), &ca)
-        });
-        let (c1, pb, ob) = (&c1, &pb, &ob);
-        let hb = s.spawn(move || run(c1, pb, Some(ob), &cb));
-        (ha.join().unwrap(), hb.join().unwrap())
-    });
+    let (ra, rb) = run_pair([&c0, &c1], [&pa, &pb], [&oa, &ob]);
     let ra = ra.unwrap();
     rb.unwrap();
     assert_eq!(ra.self_.skipped_empty_keys, 1);
