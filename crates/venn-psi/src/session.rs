@@ -1735,16 +1735,15 @@ fn run_inner(
     // the text took (the file, plus 16 bytes a row) is reused by the
     // protocol instead of faulted in afresh: 36 MB a party at 2^20 rows.
     let writes_unmatched = self_learns && (cfg.join == JoinType::Difference || cfg.outer(party));
-    // all of the one bucket's items in one order class: known here for
-    // rows that may drop their text, and then not checked again per match
-    let mut one_class = false;
-    if matches!(sink, Sink::Direct)
-        && (!self_learns
-            || (!writes_unmatched && input.loaded.rows_are_keys() && {
-                one_class = pre.as_ref().is_some_and(|p| one_order_class(&p.unique));
-                one_class
-            }))
-    {
+    let direct = matches!(sink, Sink::Direct);
+    // a receiver's one bucket, all of its items in one order class: checked
+    // here, and then not again per match
+    let one_class = direct
+        && self_learns
+        && !writes_unmatched
+        && input.loaded.rows_are_keys()
+        && pre.as_ref().is_some_and(|p| one_order_class(&p.unique));
+    if direct && (!self_learns || one_class) {
         input.loaded.drop_text();
     }
     for b in 0..buckets {

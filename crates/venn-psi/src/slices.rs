@@ -45,7 +45,7 @@ const MIN_RANGE: usize = 1 << 14;
 /// and its destination p is the next free slot of that part, in index order
 /// within the part. Writes `val(i)` to `a[p]` and `b[p]`, and `p` to
 /// `dest[i]` unless `dest` is empty. Returns the parts' starts (`parts + 1`
-/// offsets). A caller that needs one column passes a slice of `()` as `b`.
+/// offsets). One column: [`partition_one`].
 pub(crate) fn partition<A: Send, B: Send>(
     part: impl Fn(usize) -> usize + Sync,
     parts: usize,

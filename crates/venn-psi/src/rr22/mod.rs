@@ -905,8 +905,9 @@ fn join_tags(mine: &[u128], mine_idx: &[u32], theirs: &[u128], tb: usize) -> Vec
 /// arrive (the receiver has its own tags first and would wait idle).
 ///
 /// The tags are uniformly random, so both lists are radix-partitioned on
-/// the top bits of their low 64 bits into parts of ~2^15 tags (a few hundred
-/// write streams at most, so the partitioning pass stays TLB-friendly),
+/// the top bits of their low 64 bits into parts of ~2^12 tags (at most 2^12
+/// parts: 256 write streams at 2^20 tags, so the partitioning pass stays
+/// TLB-friendly),
 /// and each part is joined with a small linear-probing table indexed by the
 /// tag's low bits. Every pair of equal tags is reported, also when two of
 /// our own tags collide.
