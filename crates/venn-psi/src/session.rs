@@ -108,7 +108,7 @@ impl ReadAhead {
         let (c, p) = (cfg.clone(), path.clone());
         let state = match std::thread::Builder::new()
             .name("venn-psi-read".into())
-            .spawn(move || read_input(&c, None, &p).map(|i| work_ahead(&c, i)))
+            .spawn(move || read_ahead_input(&c, &p).map(|i| work_ahead(&c, i)))
         {
             Ok(h) => Ahead::Reading(h),
             Err(_) => Ahead::Done(Box::new(read_input(cfg, None, input))),
@@ -576,22 +576,52 @@ impl KeyCols<'_> {
         recs: &mut [crate::store::Rec],
     ) -> Option<(usize, bool)> {
         let (mut n, mut raw_not_key) = (0, false);
+        self.each_key_in_place(text, |at, raw, r, item| {
+            let rec = crate::store::Rec::key_in_raw(off + at as u64, raw.len(), r.start, r.len())
+                .ok_or(())?;
+            raw_not_key |= r.start != 0 || r.len() != raw.len();
+            items[n] = item;
+            recs[n] = rec;
+            n += 1;
+            Ok(())
+        })?;
+        Some((n, raw_not_key))
+    }
+
+    /// [`Self::parse_in_place`] for a file read without its text
+    /// ([`read_keys_only`]): the items alone, and `None` also at a row
+    /// whose text is more than its key.
+    fn items_in_place(&self, text: &[u8], items: &mut [Item]) -> Option<usize> {
+        let mut n = 0;
+        self.each_key_in_place(text, |_, raw, r, item| {
+            if r.start != 0 || r.len() != raw.len() {
+                return Err(());
+            }
+            items[n] = item;
+            n += 1;
+            Ok(())
+        })?;
+        Some(n)
+    }
+
+    /// Calls `f(at, raw, key range, item)` for each row of the quote-free
+    /// `text` that this run keeps, while every row's key is a field as it
+    /// stands ([`Self::field_as_key`]); `None` at the first row whose key is
+    /// not, or where `f` fails.
+    fn each_key_in_place(
+        &self,
+        text: &[u8],
+        mut f: impl FnMut(usize, &[u8], std::ops::Range<usize>, Item) -> Result<(), ()>,
+    ) -> Option<()> {
         plain_records(text, |_, at, raw, fields| {
             let r = self.field_as_key(raw, fields).ok_or(())?;
             let item = item_of(&raw[r.clone()]);
             if self.keeps(item) {
-                let rec =
-                    crate::store::Rec::key_in_raw(off + at as u64, raw.len(), r.start, r.len())
-                        .ok_or(())?;
-                raw_not_key |= r.start != 0 || r.len() != raw.len();
-                items[n] = item;
-                recs[n] = rec;
-                n += 1;
+                f(at, raw, r, item)?;
             }
             Ok::<(), ()>(())
         })
-        .ok()?;
-        Some((n, raw_not_key))
+        .ok()
     }
 
     /// Parses quote-free lines into rows: (rows, skipped rows, lines).
@@ -791,13 +821,20 @@ fn read_input(cfg: &PsiConfig, shard: Option<&Shard>, path: &Path) -> Result<Inp
     read_input_in_blocks(cfg, shard, path, READ_BLOCK)
 }
 
-/// [`read_input`] in blocks of `block` bytes (small ones in tests).
-fn read_input_in_blocks(
-    cfg: &PsiConfig,
-    shard: Option<&Shard>,
-    path: &Path,
-    block: usize,
-) -> Result<Input, PsiError> {
+/// An input file opened past its header.
+struct Opened {
+    reader: CsvReader<File>,
+    /// the header row as it stands
+    header: Vec<u8>,
+    /// fields in the header
+    ncols: usize,
+    /// the key columns' positions, in `--keys` order
+    cols: Vec<usize>,
+    file_len: u64,
+}
+
+/// Opens `path` and reads its header: the key columns must be in it.
+fn open_input(cfg: &PsiConfig, path: &Path) -> Result<Opened, PsiError> {
     let f = File::open(path).map_err(|e| PsiError::io(path, e))?;
     let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut r = CsvReader::new(f, path);
@@ -828,7 +865,145 @@ fn read_input_in_blocks(
             }
         }
     }
-    let ncols = names.len();
+    Ok(Opened {
+        reader: r,
+        header,
+        ncols: names.len(),
+        cols,
+        file_len,
+    })
+}
+
+/// What a party that reads ahead ([`ReadAhead`]) reads: its rows' items
+/// alone where every row may be written from its item
+/// ([`read_keys_only`]), else the whole rows.
+fn read_ahead_input(cfg: &PsiConfig, path: &Path) -> Result<Input, PsiError> {
+    if keys_only_candidate(cfg)
+        && let Some(input) = read_keys_only(cfg, path, KEYS_BLOCK)?
+    {
+        return Ok(input);
+    }
+    read_input(cfg, None, path)
+}
+
+/// Whether this party writes rows of its own without a match (a
+/// difference, or its outer side of a join): those are written from their
+/// text, never from their items.
+fn writes_unmatched(cfg: &PsiConfig) -> bool {
+    cfg.self_receives() && (cfg.join == JoinType::Difference || cfg.outer(cfg.party()))
+}
+
+/// Whether [`read_keys_only`] may be tried: one key column, and no rows
+/// of this party's own written without a match.
+fn keys_only_candidate(cfg: &PsiConfig) -> bool {
+    cfg.keys.len() == 1 && !writes_unmatched(cfg)
+}
+
+/// Block size of [`read_keys_only`]: its block buffer is reused block
+/// after block, so a small one faults in few pages (2 MiB read as fast as
+/// 8 MiB at 2^20 rows).
+const KEYS_BLOCK: usize = 2 << 20;
+
+/// Reads a file of one column, the key, into its rows' items alone, on
+/// the bet that the run will write every row from its item (the text-drop
+/// of the bucket loop below: one bucket, rows that are their keys, one
+/// order class). Returns `None`, keeping nothing, as soon as the file
+/// breaks the bet: more than one column, a quote, a row that is more than
+/// its key (spaces, a case change, an empty key), keys of several order
+/// classes, or a file that may not fit the memory budget. The caller then
+/// reads the file the usual way, which also reports what is wrong with it.
+/// If the run needs the text after all (the peer asks for buckets), it
+/// reads the file again.
+///
+/// Why: the usual read keeps the file's text and a 16-byte record a row
+/// until the bucket count is agreed, and only then drops them: at 2^20
+/// rows that is ~36 MB of pages faulted in (at ~2.3 µs a page here) while
+/// the peer, which read its file earlier, waits.
+fn read_keys_only(cfg: &PsiConfig, path: &Path, block: usize) -> Result<Option<Input>, PsiError> {
+    let o = open_input(cfg, path)?;
+    if o.ncols != 1 || o.file_len.saturating_mul(2) >= cfg.memory_budget / 2 {
+        return Ok(None);
+    }
+    let keys = KeyCols {
+        cfg,
+        cols: &o.cols,
+        ncols: o.ncols,
+        shard: None,
+    };
+    let mut blocks = Blocks::new(o.reader.into_rest(), block);
+    let (mut buf, mut items, mut consumed) = (Vec::new(), Vec::<Item>::new(), 0u64);
+    let parts = rayon::current_num_threads() * 4;
+    loop {
+        buf.clear();
+        let Some(b) = blocks.next_into(&mut buf)? else {
+            break;
+        };
+        let Block::Plain { start, .. } = b else {
+            return Ok(None);
+        };
+        let text = &buf[start..];
+        consumed += text.len() as u64;
+        let pieces = split_lines(text, parts);
+        // a piece has at most one row more than its newlines
+        let slots: Vec<usize> = pieces
+            .par_iter()
+            .map(|p| memchr::memchr_iter(b'\n', p).count() + 1)
+            .collect();
+        let first = items.len();
+        let total: usize = slots.iter().sum();
+        if first + total > items.capacity() {
+            // for the whole file from the rows per byte so far (+1/16):
+            // no reallocation by doubling
+            let est = (first + total) as f64 * o.file_len.max(consumed) as f64 / consumed as f64;
+            let want = ((est * (1.0 + 1.0 / 16.0)) as usize).max(first + total);
+            items.reserve_exact(want - first);
+        }
+        items.par_extend(rayon::iter::repeat_n(0, total));
+        let filled: Option<Vec<usize>> = split_lens(&mut items[first..], slots.iter().copied())
+            .into_par_iter()
+            .zip(pieces.par_iter())
+            .map(|(dst, text)| keys.items_in_place(text, dst))
+            .collect();
+        let Some(filled) = filled else {
+            return Ok(None);
+        };
+        // close up the slots not filled (empty lines), in file order
+        let (mut to, mut slot) = (first, first);
+        for (&k, &n) in filled.iter().zip(&slots) {
+            items.copy_within(slot..slot + k, to);
+            to += k;
+            slot += n;
+        }
+        items.truncate(to);
+    }
+    if !one_order_class(&items) {
+        return Ok(None);
+    }
+    let mut store = Store::new(cfg.memory_budget, &cfg.tmp_dir);
+    store.keys_only(items, consumed);
+    Ok(Some(Input {
+        header: o.header,
+        ncols: o.ncols,
+        loaded: store.finish()?,
+        skipped: 0,
+        pre: None,
+    }))
+}
+
+/// [`read_input`] in blocks of `block` bytes (small ones in tests).
+fn read_input_in_blocks(
+    cfg: &PsiConfig,
+    shard: Option<&Shard>,
+    path: &Path,
+    block: usize,
+) -> Result<Input, PsiError> {
+    let Opened {
+        reader: r,
+        header,
+        ncols,
+        cols,
+        file_len,
+    } = open_input(cfg, path)?;
     let mut store = Store::new(cfg.memory_budget, &cfg.tmp_dir);
     store.reserve_for(file_len);
     let keys = KeyCols {
@@ -1734,7 +1909,7 @@ fn run_inner(
     // each is rendered by `key_of`, see the writing below). Without it, what
     // the text took (the file, plus 16 bytes a row) is reused by the
     // protocol instead of faulted in afresh: 36 MB a party at 2^20 rows.
-    let writes_unmatched = self_learns && (cfg.join == JoinType::Difference || cfg.outer(party));
+    let writes_unmatched = writes_unmatched(cfg);
     let direct = matches!(sink, Sink::Direct);
     // a receiver's one bucket, all of its items in one order class: checked
     // here, and then not again per match
@@ -1742,9 +1917,17 @@ fn run_inner(
         && self_learns
         && !writes_unmatched
         && input.loaded.rows_are_keys()
-        && pre.as_ref().is_some_and(|p| one_order_class(&p.unique));
+        // rows read without their text were checked as they were read
+        && pre
+            .as_ref()
+            .map_or(!input.loaded.has_text(), |p| one_order_class(&p.unique));
     if direct && (!self_learns || one_class) {
         input.loaded.drop_text();
+    } else if !input.loaded.has_text() {
+        // read without its text on the bet that every row would be written
+        // from its item ([`read_keys_only`]); the peer asked for buckets, so
+        // the rows need their text after all: the file is read again
+        input.loaded = read_input(cfg, shard, input_path)?.loaded;
     }
     for b in 0..buckets {
         let mut br = input.loaded.bucket(b, buckets)?;
@@ -2281,6 +2464,132 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One line to put among a key file's lines: a key of either class,
+    /// or a row that is more than its key (spaces, capitals), a blank line,
+    /// or a quoted key (the general reader).
+    fn odd_key_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[0-9]{1,5}",
+            "[a-c]{1,4}",
+            " [0-9]{1,3}",
+            "[0-9]{1,3} ",
+            "A[a-c]{0,2}",
+            Just("\"7\"".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// `read_keys_only` takes a file exactly when every row is its key
+        /// (by the naive read) in one order class, and then gives the items
+        /// of the usual read, in file order, with no text.
+        #[test]
+        fn keys_only_read_takes_exactly_the_files_of_keys(
+            letters in any::<bool>(),
+            keys in prop::collection::vec("[0-9]{1,18}", 0..300),
+            odd in prop::option::of((any::<prop::sample::Index>(), odd_key_line())),
+            crlf in any::<bool>(),
+            block in 1usize..400,
+            trim in any::<bool>(),
+            lowercase in any::<bool>(),
+            two_columns in any::<bool>(),
+        ) {
+            // the keys of one class (18 digits, or up to 4 letters), then
+            // maybe one odd line somewhere
+            let mut lines: Vec<String> = if letters {
+                keys.iter().map(|k| k.chars().take(4).map(|c| (b'a' + c as u8 % 3) as char).collect()).collect()
+            } else {
+                keys
+            };
+            if let Some((at, line)) = odd {
+                lines.insert(at.index(lines.len() + 1), line);
+            }
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let mut text = if two_columns { format!("id,v{nl}") } else { format!("id{nl}") };
+            for l in &lines {
+                text.push_str(l);
+                if two_columns && !l.is_empty() {
+                    text.push_str(",x");
+                }
+                text.push_str(nl);
+            }
+            let mut cfg = PsiConfig::new(vec!["id".into()], true);
+            cfg.normalize.trim = trim;
+            cfg.normalize.lowercase = lowercase;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.csv");
+            std::fs::write(&path, &text).unwrap();
+            let want = read_naively(&cfg, &text);
+            let items: Vec<Item> = want.iter().flatten().map(|r| r.0).collect();
+            let qualifies = !two_columns
+                && want.as_ref().is_ok_and(|w| w.iter().all(|(_, raw, key)| raw == key))
+                && one_order_class(&items);
+            match read_keys_only(&cfg, &path, block).unwrap() {
+                Some(mut input) => {
+                    prop_assert!(qualifies, "took a file that is not all keys of one class");
+                    prop_assert_eq!(input.loaded.rows, items.len() as u64);
+                    prop_assert!(!input.loaded.has_text());
+                    prop_assert!(input.loaded.rows_are_keys());
+                    prop_assert_eq!(input.loaded.need_buckets, 1);
+                    let b = input.loaded.bucket(0, 1).unwrap();
+                    prop_assert_eq!(&b.items, &items);
+                }
+                None => prop_assert!(!qualifies, "refused a file of keys of one class"),
+            }
+        }
+    }
+
+    /// A party that read its keys alone, whose peer then asks for buckets,
+    /// reads its file again with the text (the rows go through buckets and
+    /// runs): both outputs are still the inner join, in key order.
+    #[test]
+    fn keys_only_party_reads_its_text_again_when_buckets_are_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = |from: u64, n: u64| {
+            let mut t = String::from("id\n");
+            for i in from..from + n {
+                t.push_str(&format!("{}\n", 100_000_000 + i * 7));
+            }
+            t
+        };
+        let (pa, pb) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+        std::fs::write(&pa, keys(0, 3000)).unwrap();
+        std::fs::write(&pb, keys(1000, 3000)).unwrap();
+        let mut ca = PsiConfig::new(vec!["id".into()], true);
+        let mut cb = PsiConfig::new(vec!["id".into()], false);
+        for c in [&mut ca, &mut cb] {
+            c.protocol = crate::config::Protocol::Rr22;
+            c.tmp_dir = dir.path().to_path_buf();
+        }
+        // the connector's rows need buckets; the listener's fit
+        cb.memory_budget = 64 << 10;
+        assert!(read_keys_only(&ca, &pa, READ_BLOCK).unwrap().is_some());
+        let (oa, ob) = (dir.path().join("oa.csv"), dir.path().join("ob.csv"));
+        // each thread owns its end of the link: a party that fails or
+        // panics hangs up, and its peer stops too
+        let (x, y) = crate::channel::memory_pair(16);
+        let (ca, cb, pa, pb, oa2, ob2) = (&ca, &cb, &pa, &pb, &oa, &ob);
+        let (ra, rb) = std::thread::scope(|s| {
+            let ha = s.spawn(move || {
+                let ahead = ReadAhead::start(ca, pa);
+                run_read_ahead(ca, ahead, Some(oa2), &x)
+            });
+            let hb = s.spawn(move || run(cb, pb, Some(ob2), &y));
+            (ha.join(), hb.join())
+        });
+        let (ra, rb) = (ra.unwrap().unwrap(), rb.unwrap().unwrap());
+        assert!(ra.buckets > 1 && rb.buckets > 1, "the run was not bucketed");
+        let want = format!(
+            "id\n{}",
+            (1000..3000u64)
+                .map(|i| format!("{}\n", 100_000_000 + i * 7))
+                .collect::<String>()
+        );
+        assert_eq!(std::fs::read_to_string(&oa).unwrap(), want);
+        assert_eq!(std::fs::read_to_string(&ob).unwrap(), want);
     }
 
     #[test]

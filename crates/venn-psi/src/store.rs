@@ -470,6 +470,21 @@ impl Store {
         Ok(())
     }
 
+    /// Takes the rows of a file of keys read without its text (the
+    /// session's `read_keys_only`): their `items` in file order, read from
+    /// `text_len` bytes of input. The text is accounted as if it were kept,
+    /// so that the bucket count is the one a full read of the file gives.
+    pub(crate) fn keys_only(&mut self, items: Vec<Item>, text_len: u64) {
+        debug_assert!(self.mem.len() == 0 && self.spill.is_none());
+        let n = items.len();
+        self.account(n, text_len, text_len);
+        self.mem = Rows {
+            items,
+            without_text: Some(n),
+            ..Rows::default()
+        };
+    }
+
     /// Stops accepting rows; flushes spill files.
     pub(crate) fn finish(mut self) -> Result<Loaded, PsiError> {
         if let Some(sp) = &mut self.spill {
@@ -576,6 +591,12 @@ impl Loaded {
     /// memory and nothing but their keys ([`Rows::rows_are_keys`]).
     pub(crate) fn rows_are_keys(&self) -> bool {
         self.mem.as_ref().is_some_and(Rows::rows_are_keys)
+    }
+
+    /// Whether the rows have their text: spilled rows always do; rows in
+    /// memory unless it was dropped or never read ([`Rows::has_text`]).
+    pub(crate) fn has_text(&self) -> bool {
+        self.mem.as_ref().is_none_or(Rows::has_text)
     }
 
     /// Frees the in-memory rows' text ([`Rows::drop_text`]).
