@@ -900,8 +900,9 @@ fn keys_only_candidate(cfg: &PsiConfig) -> bool {
 }
 
 /// Block size of [`read_keys_only`]: its block buffer is reused block
-/// after block, so a small one faults in few pages (2 MiB read as fast as
-/// 8 MiB at 2^20 rows).
+/// after block and holds no row, so it can be smaller than [`READ_BLOCK`]
+/// and fault in fewer pages (a quarter of it: still ~100k rows a block for
+/// the threads to share).
 const KEYS_BLOCK: usize = 2 << 20;
 
 /// Reads a file of one column, the key, into its rows' items alone, on
@@ -912,8 +913,8 @@ const KEYS_BLOCK: usize = 2 << 20;
 /// its key (spaces, a case change, an empty key), keys of several order
 /// classes, or a file that may not fit the memory budget. The caller then
 /// reads the file the usual way, which also reports what is wrong with it.
-/// If the run needs the text after all (the peer asks for buckets), it
-/// reads the file again.
+/// If the run needs the text after all (it needs buckets: the peer's rows
+/// or these do not fit one), the run reads the file again.
 ///
 /// Why: the usual read keeps the file's text and a 16-byte record a row
 /// until the bucket count is agreed, and only then drops them: at 2^20
@@ -1925,8 +1926,9 @@ fn run_inner(
         input.loaded.drop_text();
     } else if !input.loaded.has_text() {
         // read without its text on the bet that every row would be written
-        // from its item ([`read_keys_only`]); the peer asked for buckets, so
-        // the rows need their text after all: the file is read again
+        // from its item ([`read_keys_only`]); the run needs buckets (the
+        // peer's rows or ours do not fit one), so the rows need their text
+        // after all: the file is read again
         input.loaded = read_input(cfg, shard, input_path)?.loaded;
     }
     for b in 0..buckets {
