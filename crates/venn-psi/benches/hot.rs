@@ -141,7 +141,10 @@ fn read() {
     std::fs::write(&path, &ids).expect("write the bench file");
     let cfg = venn_psi::PsiConfig::new(vec!["id".into()], true);
     best("read_input: 18-digit ids (2^20 rows)", rows, || {
-        venn_psi::bench_read(&cfg, &path).expect("reads")
+        venn_psi::bench_read(&cfg, &path, false).expect("reads")
+    });
+    best("read ahead, keys only: the same file", rows, || {
+        venn_psi::bench_read(&cfg, &path, true).expect("reads")
     });
 }
 

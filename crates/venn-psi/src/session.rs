@@ -75,10 +75,17 @@ pub fn run(
 }
 
 /// Reads `input` as a run would (all rows, `cfg`'s key columns) and returns
-/// the row count: the read path alone, for `cargo bench -p venn-psi`.
+/// the row count: the read path alone, for `cargo bench -p venn-psi`. With
+/// `ahead`, as a party that reads ahead does (a file of keys without its
+/// text, [`read_keys_only`]).
 #[doc(hidden)]
-pub fn bench_read(cfg: &PsiConfig, input: &Path) -> Result<u64, PsiError> {
-    Ok(read_input(cfg, None, input)?.loaded.rows)
+pub fn bench_read(cfg: &PsiConfig, input: &Path, ahead: bool) -> Result<u64, PsiError> {
+    let input = if ahead {
+        read_ahead_input(cfg, input)?
+    } else {
+        read_input(cfg, None, input)?
+    };
+    Ok(input.loaded.rows)
 }
 
 /// A party's input file, read on a thread of its own while the link to the
