@@ -941,6 +941,8 @@ fn read_keys_only(cfg: &PsiConfig, path: &Path, block: usize) -> Result<Option<I
     let mut blocks = Blocks::new(o.reader.into_rest(), block);
     let (mut buf, mut items, mut consumed) = (Vec::new(), Vec::<Item>::new(), 0u64);
     let parts = rayon::current_num_threads() * 4;
+    // the first key's order class, which every key must share
+    let mut class = None;
     loop {
         buf.clear();
         let Some(b) = blocks.next_into(&mut buf)? else {
@@ -983,9 +985,14 @@ fn read_keys_only(cfg: &PsiConfig, path: &Path, block: usize) -> Result<Option<I
             slot += n;
         }
         items.truncate(to);
-    }
-    if !one_order_class(&items) {
-        return Ok(None);
+        // checked block by block, so that a file of hashed keys (no class)
+        // or of mixed ones is given up at once, not after a whole read
+        if let Some(&head) = items.get(first) {
+            let c = *class.get_or_insert(order_class(head));
+            if c.is_none() || !items[first..].par_iter().all(|&x| order_class(x) == c) {
+                return Ok(None);
+            }
+        }
     }
     let mut store = Store::new(cfg.memory_budget, &cfg.tmp_dir);
     store.keys_only(items, consumed);
