@@ -989,7 +989,7 @@ fn read_keys_only(cfg: &PsiConfig, path: &Path, block: usize) -> Result<Option<I
         // or of mixed ones is given up at once, not after a whole read
         if let Some(&head) = items.get(first) {
             let c = *class.get_or_insert(order_class(head));
-            if c.is_none() || !items[first..].par_iter().all(|&x| order_class(x) == c) {
+            if c.is_none() || !items[first..].iter().all(|&x| order_class(x) == c) {
                 return Ok(None);
             }
         }
