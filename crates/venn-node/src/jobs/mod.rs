@@ -1336,7 +1336,9 @@ async fn reconcile(state: &SharedState, j: &JobRow) -> Result<()> {
             crate::runtime::stop_task(state, &r.job_id, &r.task_id, &why).await;
         }
     }
-    for i in d.start {
+    // tasks to start, and running tasks whose part here may not have started
+    // yet (see `Decision::join`): only parts still Pending are started
+    for i in d.start.into_iter().chain(d.join) {
         let t = &m.tasks[i];
         if !t.parties.iter().any(|p| p.domain_id == me) {
             continue;

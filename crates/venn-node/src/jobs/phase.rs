@@ -199,6 +199,11 @@ pub struct Decision {
     pub reason: String,
     /// Indexes of tasks to start now.
     pub start: Vec<usize>,
+    /// Indexes of running tasks, whose parts on this node start now if they
+    /// have not: another party may have started its part, and its report
+    /// reached this node, before this node's pass saw the task pending (the
+    /// task's phase is then Running here, and it is in no `start`).
+    pub join: Vec<usize>,
 }
 
 /// A task's state from its parties' states: any Failed → Failed (with that party's reason);
@@ -246,6 +251,7 @@ pub fn evaluate(v: &JobView) -> Decision {
         phase,
         reason,
         start: vec![],
+        join: vec![],
     };
     match &v.command {
         Command::Cancel(r) => return done(JobPhase::Cancelled, r.clone()),
@@ -351,10 +357,14 @@ pub fn evaluate(v: &JobView) -> Decision {
         .find(|t| t.phase == TaskPhase::Running && !t.reason.is_empty())
         .map(|t| format!("task {}: {}", t.alias, t.reason))
         .unwrap_or_default();
+    let join = (0..n)
+        .filter(|&i| v.tasks[i].phase == TaskPhase::Running)
+        .collect();
     Decision {
         phase,
         reason,
         start: ready,
+        join,
     }
 }
 
@@ -422,6 +432,11 @@ mod tests {
         let d = evaluate(&v);
         assert_eq!(d.start, vec![2]);
         assert_eq!(d.phase, JobPhase::Running);
+        // the running task is offered to join: this node starts its part
+        // if another party's report made the task Running here first
+        assert_eq!(d.join, vec![1]);
+        v.command = Command::Stop("by alice".into());
+        assert!(evaluate(&v).join.is_empty(), "a stopped job starts nothing");
     }
 
     #[test]
@@ -440,7 +455,8 @@ mod tests {
             Decision {
                 phase: JobPhase::Succeeded,
                 reason: String::new(),
-                start: vec![]
+                start: vec![],
+                join: vec![]
             }
         );
     }
