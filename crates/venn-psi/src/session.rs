@@ -708,6 +708,23 @@ enum Piece {
     Parsed { skipped: u64 },
 }
 
+/// A block of text cut for every thread (four pieces a thread, each ending
+/// with a newline), and each piece's newlines.
+fn pieces_of(text: &[u8]) -> (Vec<&[u8]>, Vec<u64>) {
+    let pieces = split_lines(text, rayon::current_num_threads() * 4);
+    let lines = pieces
+        .par_iter()
+        .map(|p| memchr::memchr_iter(b'\n', p).count() as u64)
+        .collect();
+    (pieces, lines)
+}
+
+/// Row slots for pieces with these newline counts: a piece has at most one
+/// row more than its newlines (the file's last line).
+fn slots_of(lines: &[u64]) -> Vec<usize> {
+    lines.iter().map(|&l| l as usize + 1).collect()
+}
+
 /// Parses the quote-free block `arena[start..]` of the store's in-memory
 /// rows where it lies: rows whose key is a field as it stands (nearly every
 /// key file) keep their text where it was read, and their items and
@@ -741,8 +758,7 @@ fn parse_in_arena(
     let text_len = arena_before - start;
     // the pieces (offsets into the arena) and their newlines
     let (bounds, lines): (Vec<(usize, usize)>, Vec<u64>) = {
-        let text = &rows.arena_mut()[start..];
-        let pieces = split_lines(text, rayon::current_num_threads() * 4);
+        let (pieces, lines) = pieces_of(&rows.arena_mut()[start..]);
         let mut at = start;
         let bounds = pieces
             .iter()
@@ -751,14 +767,9 @@ fn parse_in_arena(
                 (at - p.len(), at)
             })
             .collect();
-        let lines = pieces
-            .par_iter()
-            .map(|p| memchr::memchr_iter(b'\n', p).count() as u64)
-            .collect();
         (bounds, lines)
     };
-    // a piece has at most one row more than its newlines (the file's last line)
-    let slots: Vec<usize> = lines.iter().map(|&l| l as usize + 1).collect();
+    let slots = slots_of(&lines);
     let total: usize = slots.iter().sum();
     store.reserve_rows(total, text_len as u64);
     let rows = store.direct().expect("the rows are in memory");
@@ -947,7 +958,6 @@ fn read_keys_only(cfg: &PsiConfig, path: &Path, block: usize) -> Result<Option<I
     };
     let mut blocks = Blocks::new(o.reader.into_rest(), block);
     let (mut buf, mut items, mut consumed) = (Vec::new(), Vec::<Item>::new(), 0u64);
-    let parts = rayon::current_num_threads() * 4;
     // the first key's order class, which every key must share
     let mut class = None;
     loop {
@@ -960,20 +970,14 @@ fn read_keys_only(cfg: &PsiConfig, path: &Path, block: usize) -> Result<Option<I
         };
         let text = &buf[start..];
         consumed += text.len() as u64;
-        let pieces = split_lines(text, parts);
-        // a piece has at most one row more than its newlines
-        let slots: Vec<usize> = pieces
-            .par_iter()
-            .map(|p| memchr::memchr_iter(b'\n', p).count() + 1)
-            .collect();
+        let (pieces, lines) = pieces_of(text);
+        let slots = slots_of(&lines);
         let first = items.len();
         let total: usize = slots.iter().sum();
         if first + total > items.capacity() {
-            // for the whole file from the rows per byte so far (+1/16):
-            // no reallocation by doubling
-            let est = (first + total) as f64 * o.file_len.max(consumed) as f64 / consumed as f64;
-            let want = ((est * (1.0 + 1.0 / 16.0)) as usize).max(first + total);
-            items.reserve_exact(want - first);
+            // for the whole file: no reallocation by doubling
+            let est = crate::store::rows_in_file((first + total) as u64, consumed, o.file_len);
+            items.reserve_exact(est.max(first + total) - first);
         }
         items.par_extend(rayon::iter::repeat_n(0, total));
         let filled: Option<Vec<usize>> = split_lens(&mut items[first..], slots.iter().copied())

@@ -431,8 +431,7 @@ impl Store {
         let (rows, consumed) = (self.rows + incoming as u64, self.consumed + text_len);
         // With no file size (reserve_for not called) Vec's own doubling applies.
         if have > cap && self.file_len > 0 && consumed > 0 {
-            let est = (rows as f64 * self.file_len.max(consumed) as f64 / consumed as f64
-                * (1.0 + 1.0 / 16.0)) as usize;
+            let est = rows_in_file(rows, consumed, self.file_len);
             // at least 1.5× when an estimate fell short (longer lines at the
             // start of the file than later): never a reallocation per append
             let want = est.max(have).max(cap + cap / 2);
@@ -511,6 +510,13 @@ impl Store {
             spill: self.spill.map(|s| s.dir),
         })
     }
+}
+
+/// The rows a file of `file_len` bytes holds, estimated from the `rows`
+/// found in its first `consumed` bytes (> 0), plus 1/16: what a reader
+/// reserves for the whole file instead of growing by doubling.
+pub(crate) fn rows_in_file(rows: u64, consumed: u64, file_len: u64) -> usize {
+    (rows as f64 * file_len.max(consumed) as f64 / consumed as f64 * (1.0 + 1.0 / 16.0)) as usize
 }
 
 impl Spill {
