@@ -115,9 +115,10 @@ pub(crate) struct PsiArgs {
     memory_budget: u64,
     /// Rows per protocol batch: larger inputs run the protocol in batches of
     /// about this size, one after another, which bounds its memory (the
-    /// peer may give a smaller number; the smaller one is used).
-    #[arg(long, default_value_t = 1 << 20, value_name = "ROWS")]
-    batch_rows: u64,
+    /// peer may give a smaller number; the smaller one is used). Default:
+    /// 1048576, and 524288 for inputs of more than 8388608 rows.
+    #[arg(long, value_name = "ROWS")]
+    batch_rows: Option<u64>,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,

@@ -378,7 +378,7 @@ fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {
     };
     let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
     // the peer's size may still ask for other batches (then this is undone)
-    let kbits = batch_bits(input.loaded.rows, cfg.batch_rows);
+    let kbits = batch_bits(input.loaded.rows, batch_rows_of(cfg, input.loaded.rows));
     let mut g = Grouped::new(items, idx, os_random(), kbits);
     let unique = std::sync::Arc::new(std::mem::take(&mut g.unique));
     let rr22 = rr22_ahead(cfg, &unique, g.batch(0));
@@ -408,6 +408,13 @@ fn rr22_ahead(
         .flatten()
 }
 
+/// This party's rows per batch: as configured, or the default for its
+/// `rows` ([`crate::config::default_batch_rows`]).
+fn batch_rows_of(cfg: &PsiConfig, rows: u64) -> u64 {
+    cfg.batch_rows
+        .unwrap_or_else(|| crate::config::default_batch_rows(rows))
+}
+
 /// Batch bits for a bucket of at most `rows` rows at either party, with
 /// `batch` rows per batch ([`PsiConfig::batch_rows`], the smaller of the
 /// two parties'): both parties compute it from the sizes they exchanged, so
@@ -419,8 +426,9 @@ fn rr22_ahead(
 /// OKVS vectors, ~200 bytes per item at their peak) is then that of a
 /// batch, not of the bucket. Buckets (`store`) bound the rows a party holds
 /// and go through files; batches bound only the protocol's memory and cost
-/// a few round trips and a base-OT set-up each. The default, 2^20, keeps
-/// RR22 at 2^22 rows under half of SecretFlow's peak RSS.
+/// a few round trips and a base-OT set-up each. The default
+/// ([`crate::config::default_batch_rows`]) keeps RR22 under half of
+/// SecretFlow's peak RSS up to 2^24 rows.
 fn batch_bits(rows: u64, batch: u64) -> u32 {
     let k = rows.div_ceil(batch.max(1)).max(1).next_power_of_two();
     k.trailing_zeros().min(crate::store::MAX_BATCH_BITS)
@@ -1132,8 +1140,11 @@ fn read_input_in_blocks(
 
 /// One bucket's rows grouped by item.
 struct Grouped {
-    /// Row indices sorted by (batch, keyed item, file order).
+    /// Row indices sorted by (batch, keyed item, file order); empty once
+    /// forgotten ([`Grouped::forget_rows`]).
     order: Vec<u32>,
+    /// Rows grouped (`order`'s length, kept when it is forgotten).
+    rows: usize,
     /// Group g is `order[starts[g]..starts[g+1]]`; empty when no item
     /// repeats (group g is then `order[g]` alone): 4 bytes a row less
     /// through the protocol, in the usual case.
@@ -1153,65 +1164,42 @@ impl Grouped {
     /// where a random shuffle afterwards gathered every item and count at
     /// random (0.6 s of cache misses at 2^22 rows).
     ///
-    /// Radix partitioning first: (keyed item, row) pairs are scattered into
-    /// partitions by their batch and the top bits of the keyed item
-    /// ([`crate::slices::partition`]: every thread scatters a range of the
-    /// rows, each range sequentially), then each partition — small enough
-    /// for the cache — is sorted on its own, in parallel. No step reads
-    /// memory at random.
+    /// Radix partitioning first: (keyed item, row) pairs are partitioned
+    /// by their batch and the top bits of the keyed item, scattered into
+    /// copies on every core ([`Grouped::partitioned_into_copies`]) or, from
+    /// [`IN_PLACE_GROUPING`] rows, in place
+    /// ([`Grouped::partitioned_in_place`]); then each partition — small
+    /// enough for the cache — is sorted on its own, in parallel. No step
+    /// reads memory at random.
     /// The unique items are the group heads' keyed values, decrypted.
     /// `idx[k]` is the row of `items[k]`; `None` when row k is `items[k]`.
-    fn new(mut items: Vec<Item>, idx: Option<Vec<u32>>, key: u128, kbits: u32) -> Self {
+    fn new(items: Vec<Item>, idx: Option<Vec<u32>>, key: u128, kbits: u32) -> Self {
+        let in_place = items.len() >= IN_PLACE_GROUPING;
+        Self::with_partition(items, idx, key, kbits, in_place)
+    }
+
+    /// [`Grouped::new`], partitioned in place or into copies as told: both
+    /// give the same groups.
+    fn with_partition(
+        items: Vec<Item>,
+        idx: Option<Vec<u32>>,
+        key: u128,
+        kbits: u32,
+        in_place: bool,
+    ) -> Self {
         debug_assert!(idx.as_ref().is_none_or(|idx| items.len() == idx.len()));
-        let row = |k: usize| idx.as_ref().map_or(k as u32, |idx| idx[k]);
         let n = items.len();
         let t0 = Instant::now();
         let aes = Aes::new(key);
-        // each item's batch, from the item itself (public), before keying
-        let mut batch = vec![0u8; if kbits == 0 { 0 } else { n }];
-        if kbits > 0 {
-            items
-                .par_chunks_mut(1 << 12)
-                .zip(batch.par_chunks_mut(1 << 12))
-                .for_each(|(c, b)| {
-                    for (x, b) in c.iter().zip(b.iter_mut()) {
-                        *b = crate::store::batch_of(*x, kbits) as u8;
-                    }
-                    aes.enc_inplace(c)
-                });
-        } else {
-            items
-                .par_chunks_mut(1 << 12)
-                .for_each(|c| aes.enc_inplace(c));
-        }
-        tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: keyed");
         // ~8k pairs per partition over all batches
         let bits = ((n as f64 / 8192.0).log2().ceil().max(0.0) as u32)
             .saturating_sub(kbits)
             .min(16);
-        let parts = 1usize << (bits + kbits);
-        let part_of = |k: usize, it: Item| {
-            let b = if kbits == 0 { 0 } else { batch[k] as usize };
-            let top = if bits == 0 {
-                0
-            } else {
-                (it >> (128 - bits)) as usize
-            };
-            (b << bits) | top
+        let (mut keyed, mut order, bounds) = if in_place {
+            Self::partitioned_in_place(items, idx, &aes, kbits, bits)
+        } else {
+            Self::partitioned_into_copies(items, idx, &aes, kbits, bits)
         };
-        // the keyed items and their rows in two arrays (20 bytes a row; a
-        // vector of pairs takes 32 with a u128's alignment)
-        let mut keyed: Vec<Item> = vec![0; n];
-        let mut order: Vec<u32> = vec![0; n];
-        let bounds = crate::slices::partition(
-            |k| part_of(k, items[k]),
-            parts,
-            &mut keyed,
-            &mut order,
-            &mut [],
-            |k| (items[k], row(k)),
-        );
-        drop((batch, items, idx));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: scattered");
         split_starts(&mut keyed, &bounds)
             .into_par_iter()
@@ -1241,6 +1229,7 @@ impl Grouped {
                 .collect();
             tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: done");
             return Grouped {
+                rows: order.len(),
                 order,
                 starts: Vec::new(),
                 unique,
@@ -1275,6 +1264,7 @@ impl Grouped {
             .for_each(|c| aes.dec_inplace(c));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: done");
         Grouped {
+            rows: order.len(),
             order,
             starts,
             unique,
@@ -1282,10 +1272,112 @@ impl Grouped {
         }
     }
 
+    /// [`Grouped::new`]'s partition, scattered into fresh arrays: the
+    /// (keyed item, row) pairs by their batch and the top `bits` bits of
+    /// the keyed item ([`crate::slices::partition`]: every thread scatters
+    /// a range of the rows, each range sequentially). Returns the keyed
+    /// items, their rows and the partitions' starts.
+    fn partitioned_into_copies(
+        mut items: Vec<Item>,
+        idx: Option<Vec<u32>>,
+        aes: &Aes,
+        kbits: u32,
+        bits: u32,
+    ) -> (Vec<Item>, Vec<u32>, Vec<usize>) {
+        let n = items.len();
+        let t0 = Instant::now();
+        let row = |k: usize| idx.as_ref().map_or(k as u32, |idx| idx[k]);
+        // each item's batch, from the item itself (public), before keying
+        let mut batch = vec![0u8; if kbits == 0 { 0 } else { n }];
+        if kbits > 0 {
+            items
+                .par_chunks_mut(1 << 12)
+                .zip(batch.par_chunks_mut(1 << 12))
+                .for_each(|(c, b)| {
+                    for (x, b) in c.iter().zip(b.iter_mut()) {
+                        *b = crate::store::batch_of(*x, kbits) as u8;
+                    }
+                    aes.enc_inplace(c)
+                });
+        } else {
+            items
+                .par_chunks_mut(1 << 12)
+                .for_each(|c| aes.enc_inplace(c));
+        }
+        tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: keyed");
+        let part_of = |k: usize, it: Item| {
+            let b = if kbits == 0 { 0 } else { batch[k] as usize };
+            (b << bits) | top_bits(it, bits)
+        };
+        // the keyed items and their rows in two arrays (20 bytes a row; a
+        // vector of pairs takes 32 with a u128's alignment)
+        let mut keyed: Vec<Item> = vec![0; n];
+        let mut order: Vec<u32> = vec![0; n];
+        let bounds = crate::slices::partition(
+            |k| part_of(k, items[k]),
+            1 << (bits + kbits),
+            &mut keyed,
+            &mut order,
+            &mut [],
+            |k| (items[k], row(k)),
+        );
+        (keyed, order, bounds)
+    }
+
+    /// [`Grouped::new`]'s partition, in place: the items' own vector, with
+    /// their rows beside it ([`crate::slices::partition_in_place`]), by
+    /// batch first (the batch is the item's own, public, so it is taken
+    /// before keying), then each batch by the top `bits` bits of its keyed
+    /// items. No copy of the items is faulted in, which at 2^24 rows was the
+    /// grouping's 256 MB above the read's peak; but the moves run on one
+    /// thread per batch, where [`Grouped::partitioned_into_copies`]
+    /// scatters on every core, and time-to-result matters more than memory
+    /// for inputs below [`IN_PLACE_GROUPING`].
+    fn partitioned_in_place(
+        mut items: Vec<Item>,
+        idx: Option<Vec<u32>>,
+        aes: &Aes,
+        kbits: u32,
+        bits: u32,
+    ) -> (Vec<Item>, Vec<u32>, Vec<usize>) {
+        let n = items.len();
+        let t0 = Instant::now();
+        let mut order: Vec<u32> = idx.unwrap_or_else(|| (0..n as u32).collect());
+        let key_all = |items: &mut [Item]| {
+            items
+                .par_chunks_mut(1 << 12)
+                .for_each(|c| aes.enc_inplace(c));
+            tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: keyed");
+        };
+        let top = |it: &Item| top_bits(*it, bits);
+        let bounds = if kbits == 0 {
+            key_all(&mut items);
+            crate::slices::partition_in_place(&mut items, &mut order, 1 << bits, top)
+        } else {
+            let by_batch =
+                crate::slices::partition_in_place(&mut items, &mut order, 1 << kbits, |x| {
+                    crate::store::batch_of(*x, kbits)
+                });
+            key_all(&mut items);
+            let within: Vec<Vec<usize>> = split_starts(&mut items, &by_batch)
+                .into_par_iter()
+                .zip(split_starts(&mut order, &by_batch))
+                .map(|(s, r)| crate::slices::partition_in_place(s, r, 1 << bits, top))
+                .collect();
+            let mut bounds = Vec::with_capacity((1 << (bits + kbits)) + 1);
+            for (k, st) in within.iter().enumerate() {
+                bounds.extend(st[..1 << bits].iter().map(|s| by_batch[k] + s));
+            }
+            bounds.push(n);
+            bounds
+        };
+        (items, order, bounds)
+    }
+
     /// Number of groups (unique items).
     fn len(&self) -> usize {
         if self.starts.is_empty() {
-            self.order.len()
+            self.rows
         } else {
             self.starts.len() - 1
         }
@@ -1305,12 +1397,23 @@ impl Grouped {
     }
 
     fn rows(&self, g: usize) -> &[u32] {
+        debug_assert_eq!(self.order.len(), self.rows, "rows forgotten");
         &self.order[self.start(g)..self.start(g + 1)]
     }
 
-    /// Group g's first row.
-    fn first_row(&self, g: usize) -> u32 {
-        self.order[self.start(g)]
+    /// Frees the groups' rows, keeping their counts: for rows read without
+    /// their text ([`read_keys_only`]), which are written from their items
+    /// and never looked up. At 2^24 rows that is 64 MB through the
+    /// protocol and the end of the run. [`Grouped::rows`] and
+    /// [`Grouped::items_by_row`] may not be called afterwards;
+    /// [`Grouped::first_row`] gives `None`.
+    fn forget_rows(&mut self) {
+        self.order = Vec::new();
+    }
+
+    /// Group g's first row (`None` once the rows are forgotten).
+    fn first_row(&self, g: usize) -> Option<u32> {
+        self.order.get(self.start(g)).copied()
     }
 
     /// The groups of batch `k`.
@@ -1322,7 +1425,8 @@ impl Grouped {
     /// [`Grouped::new`] for one whole bucket, back from the groups and
     /// their `unique` items.
     fn items_by_row(&self, unique: &[Item]) -> Vec<Item> {
-        let mut out = vec![0; self.order.len()];
+        assert_eq!(self.order.len(), self.rows, "rows forgotten");
+        let mut out = vec![0; self.rows];
         for (gi, &item) in unique.iter().enumerate() {
             for &r in self.rows(gi) {
                 out[r as usize] = item;
@@ -1332,7 +1436,23 @@ impl Grouped {
     }
 
     fn has_dups(&self) -> bool {
-        self.order.len() > self.len()
+        self.rows > self.len()
+    }
+}
+
+/// Inputs of this many rows or more are grouped in place
+/// ([`Grouped::partitioned_in_place`]): 2^23, where the copy the scatter
+/// fills would be 128 MB. Below it the scatter, on every core, is the
+/// faster (2^22 rows: 1.73 against 1.79 s for the whole run), and its copy
+/// is not the run's peak.
+const IN_PLACE_GROUPING: usize = 1 << 23;
+
+/// The top `bits` bits of `it` (0 when `bits` is 0).
+fn top_bits(it: Item, bits: u32) -> usize {
+    if bits == 0 {
+        0
+    } else {
+        (it >> (128 - bits)) as usize
     }
 }
 
@@ -1418,34 +1538,73 @@ fn sorted_by_item<S: Sync, V: Copy + Default + Send + Sync>(
         v.par_sort_unstable_by_key(|e| e.0);
         return v;
     }
-    // the span from a sample; items outside it go to the first or last
-    // bucket (the digit stays monotone, so the order stays right)
-    let (lo, hi) = src
-        .iter()
-        .step_by(61)
-        .map(&item)
-        .fold((Item::MAX, 0), |a, x| (a.0.min(x), a.1.max(x)));
-    let span = Item::BITS - (hi - lo).leading_zeros();
-    let bits = (n / RADIX_BUCKET)
-        .next_power_of_two()
-        .trailing_zeros()
-        .clamp(1, RADIX_MAX_BITS)
-        .min(span);
-    let shift = span - bits;
-    let top = (1 as Item) << bits;
-    let digit = |x: Item| (x.saturating_sub(lo) >> shift).min(top - 1) as usize;
+    let d = SpanDigit::of_sample(src.iter().step_by(61).map(&item), n);
     let mut out = vec![(0 as Item, V::default()); n];
     let starts = crate::slices::partition_one(
-        |i| digit(item(&src[i])),
-        1usize << bits,
+        |i| d.of(item(&src[i])),
+        d.parts(),
         &mut out,
         &mut [],
         |i| (item(&src[i]), value(&src[i])),
     );
     split_starts(&mut out, &starts)
         .into_par_iter()
-        .for_each_init(Vec::new, |tmp, b| sort_bucket_by_item(b, tmp));
+        .for_each_init(Vec::new, |tmp, b| sort_bucket_by(b, |e| e.0, tmp));
     out
+}
+
+/// The digit of the radix partitions of [`sorted_by_item`] and
+/// [`sort_items_in_place`]: the top bits of item − lo over the span of a
+/// sample's [lo, hi], clamped, so that items outside the sample's span go
+/// to the first or last part. The digit stays monotone, which is all the
+/// order needs; up to 2^[`RADIX_MAX_BITS`] parts of ~[`RADIX_BUCKET`].
+struct SpanDigit {
+    lo: Item,
+    shift: u32,
+    bits: u32,
+}
+
+impl SpanDigit {
+    fn of_sample(sample: impl Iterator<Item = Item>, n: usize) -> Self {
+        let (lo, hi) = sample.fold((Item::MAX, 0), |a, x| (a.0.min(x), a.1.max(x)));
+        let span = Item::BITS - hi.saturating_sub(lo).leading_zeros();
+        let bits = (n / RADIX_BUCKET)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(1, RADIX_MAX_BITS)
+            .min(span);
+        SpanDigit {
+            lo,
+            shift: span - bits,
+            bits,
+        }
+    }
+
+    fn parts(&self) -> usize {
+        1 << self.bits
+    }
+
+    fn of(&self, x: Item) -> usize {
+        ((x.saturating_sub(self.lo) >> self.shift) as usize).min(self.parts() - 1)
+    }
+}
+
+/// Sorts `v` in place, on every thread: [`sorted_by_item`]'s radix
+/// partition, done in place ([`crate::slices::partition_in_place`]), then
+/// each part in cache. For the matched items of a run whose rows are their
+/// keys, where the entries to sort are the items alone: no second buffer of
+/// the items (134 MB at 2^24 rows) is faulted in.
+fn sort_items_in_place(v: &mut [Item]) {
+    let n = v.len();
+    if n < RADIX_MIN {
+        v.par_sort_unstable();
+        return;
+    }
+    let d = SpanDigit::of_sample(v.iter().step_by(61).copied(), n);
+    let starts = crate::slices::partition_in_place(v, &mut vec![(); n], d.parts(), |&x| d.of(x));
+    split_starts(v, &starts)
+        .into_par_iter()
+        .for_each_init(Vec::new, |tmp, b| sort_bucket_by(b, |&x| x, tmp));
 }
 
 /// Sorts one bucket of [`sorted_by_item`] (~[`RADIX_BUCKET`] entries, in
@@ -1456,31 +1615,32 @@ fn sorted_by_item<S: Sync, V: Copy + Default + Send + Sync>(
 /// quadratic). `tmp` is scratch, kept between calls. Against
 /// `sort_unstable_by_key` on the whole bucket: ~a third of its time at 8k
 /// entries, which was most of the sort at 2^20 rows.
-fn sort_bucket_by_item<V: Copy + Default>(b: &mut [(Item, V)], tmp: &mut Vec<(Item, V)>) {
+fn sort_bucket_by<T: Copy + Default>(b: &mut [T], item: impl Fn(&T) -> Item, tmp: &mut Vec<T>) {
     let n = b.len();
     if n < 64 {
-        b.sort_unstable_by_key(|e| e.0);
+        b.sort_unstable_by_key(&item);
         return;
     }
     let (lo, hi) = b
         .iter()
-        .fold((Item::MAX, 0), |a, e| (a.0.min(e.0), a.1.max(e.0)));
+        .map(&item)
+        .fold((Item::MAX, 0), |a, x| (a.0.min(x), a.1.max(x)));
     let span = Item::BITS - (hi - lo).leading_zeros();
     let bits = n.next_power_of_two().trailing_zeros().min(16).min(span);
     let shift = span - bits;
     let slot = |x: Item| ((x - lo) >> shift) as usize;
     let mut starts = vec![0u32; (1 << bits) + 1];
     for e in b.iter() {
-        starts[slot(e.0) + 1] += 1;
+        starts[slot(item(e)) + 1] += 1;
     }
     for k in 0..1 << bits {
         starts[k + 1] += starts[k];
     }
     let mut fill = starts.clone();
     tmp.clear();
-    tmp.resize(n, (0, V::default()));
+    tmp.resize(n, T::default());
     for e in b.iter() {
-        let k = slot(e.0);
+        let k = slot(item(e));
         tmp[fill[k] as usize] = *e;
         fill[k] += 1;
     }
@@ -1488,13 +1648,13 @@ fn sort_bucket_by_item<V: Copy + Default>(b: &mut [(Item, V)], tmp: &mut Vec<(It
     for w in starts.windows(2) {
         let run = &mut tmp[w[0] as usize..w[1] as usize];
         if run.len() > 16 {
-            run.sort_unstable_by_key(|e| e.0);
+            run.sort_unstable_by_key(&item);
             continue;
         }
         for i in 1..run.len() {
             let e = run[i];
             let mut j = i;
-            while j > 0 && run[j - 1].0 > e.0 {
+            while j > 0 && item(&run[j - 1]) > item(&e) {
                 run[j] = run[j - 1];
                 j -= 1;
             }
@@ -1697,16 +1857,27 @@ fn exchange_counts(
             "the peer claims a result it should not have",
         ));
     }
-    // The peer's counts for `n` positions: sent only when it has duplicates.
-    let recv_counts = |tag: u8, n: usize| -> Result<Vec<u32>, PsiError> {
+    // The peer's counts for `n` positions: sent only when it has duplicates
+    // (`None`: every count is 1).
+    let recv_counts = |tag: u8, n: usize| -> Result<Option<Vec<u32>>, PsiError> {
         if !peer_dups {
-            return Ok(vec![1u32; n]);
+            return Ok(None);
         }
         let c = wire::get_u32s(&wire::recv(chan, tag, "the peer's counts")?, "counts")?;
         if c.len() != n {
             return Err(PsiError::peer("count list of the wrong length"));
         }
-        Ok(c)
+        Ok(Some(c))
+    };
+    // (group, peer position) pairs become (group, peer count) in place: at
+    // 2^24 rows a second vector of pairs and one of counts were 100 MB
+    // above the run's peak
+    let with_counts = |mut m: Vec<(u32, u32)>, pc: Option<Vec<u32>>| {
+        match pc {
+            None => m.iter_mut().for_each(|e| e.1 = 1),
+            Some(pc) => m.iter_mut().zip(pc).for_each(|(e, c)| e.1 = c),
+        }
+        m
     };
     let (groups, my_dups) = (mine.len(), mine.has_dups());
     let count = |i: u32| mine.count(i as usize);
@@ -1737,8 +1908,9 @@ fn exchange_counts(
                     wire::put_u32s(&mut msg, &counts_of(&m));
                 }
                 wire::send(chan, FORWARD, &msg)?;
+                drop(pos);
                 let pc = recv_counts(COUNTS, m.len())?;
-                Ok(Some(m.iter().zip(pc).map(|(&(i, _), c)| (i, c)).collect()))
+                Ok(Some(with_counts(m, pc)))
             } else if peer_learns {
                 // both have the result: swap counts, each ordered by the receiver's positions
                 m.sort_unstable_by_key(|&(_, j)| j);
@@ -1749,10 +1921,15 @@ fn exchange_counts(
                 }
                 m.sort_unstable_by_key(|&(i, _)| i);
                 let pc = recv_counts(COUNTS, m.len())?;
-                Ok(Some(m.iter().zip(pc).map(|(&(i, _), c)| (i, c)).collect()))
+                Ok(Some(with_counts(m, pc)))
             } else {
                 let all = recv_counts(ALL_COUNTS, peer_len)?;
-                Ok(Some(m.iter().map(|&(i, j)| (i, all[j as usize])).collect()))
+                if let Some(all) = all {
+                    m.iter_mut().for_each(|e| e.1 = all[e.1 as usize]);
+                } else {
+                    m.iter_mut().for_each(|e| e.1 = 1);
+                }
+                Ok(Some(m))
             }
         }
         None if self_learns => {
@@ -1856,7 +2033,8 @@ fn run_inner(
     let mut msg = Vec::new();
     msg.extend_from_slice(&rows.to_le_bytes());
     msg.extend_from_slice(&(input.loaded.need_buckets as u64).to_le_bytes());
-    msg.extend_from_slice(&cfg.batch_rows.to_le_bytes());
+    let batch_rows = batch_rows_of(cfg, rows);
+    msg.extend_from_slice(&batch_rows.to_le_bytes());
     wire::send(chan, SIZES, &msg)?;
     let v = u64s(&wire::recv(chan, SIZES, "the peer's sizes")?, 3, "sizes")?;
     let (peer_rows, peer_need, peer_batch) = (v[0], v[1] as usize, v[2]);
@@ -1916,7 +2094,7 @@ fn run_inner(
     // protocol batches per bucket (sizes as the peer computes them)
     let kbits = batch_bits(
         rows.max(peer_rows).div_ceil(buckets as u64),
-        cfg.batch_rows.min(peer_batch),
+        batch_rows.min(peer_batch),
     );
     // work done ahead: used with one bucket in these batches, undone else
     let mut pre = input.pre.take();
@@ -1958,7 +2136,7 @@ fn run_inner(
     }
     for b in 0..buckets {
         let mut br = input.loaded.bucket(b, buckets)?;
-        let (g, shuffled, ahead) = match pre.take() {
+        let (mut g, shuffled, ahead) = match pre.take() {
             // one bucket: its items went into the grouping ahead
             Some(p) => (p.g, p.unique, p.rr22),
             None => {
@@ -1969,6 +2147,9 @@ fn run_inner(
             }
         };
         let rws = br.rows();
+        if !rws.has_text() {
+            g.forget_rows();
+        }
         tracing::debug!(
             bucket = b,
             t = t0.elapsed().as_secs_f64(),
@@ -2060,19 +2241,9 @@ fn run_inner(
             peer_dups,
         )?;
         let Some(mut result) = result else { continue };
+        tracing::trace!(t = t0.elapsed().as_secs_f64(), "counts exchanged");
 
         let tw = Instant::now();
-        // In group order, what each matched key needs is read sequentially:
-        // its item, its row count and its first row. The output then reads
-        // no grouping array at random, only the rows themselves.
-        into_group_order(&mut result, g.len());
-        let matched_of = |&(gi, c): &(u32, u32)| Matched {
-            gi,
-            peer: c,
-            n: g.count(gi as usize),
-            first: g.first_row(gi as usize),
-        };
-        let key_of = |gi: u32| rws.key(g.rows(gi as usize)[0] as usize);
         let class = result
             .first()
             .map(|&(p, _)| order_class(shuffled[p as usize]));
@@ -2083,6 +2254,72 @@ fn run_inner(
                         .par_iter()
                         .all(|&(p, _)| order_class(shuffled[p as usize]) == c))
         });
+        // The usual PSI of keys: rows that are their keys, no key repeated
+        // on either side, the matches written from their items. Each match
+        // is then its item alone (the sort key and the row), and the
+        // matched items are sorted in the unique items' own vector
+        // ([`matched_items_sorted`]): at 2^24 rows the general path below
+        // held the unique items, the grouping order, the result and a
+        // 32-byte entry per match at once, the run's peak (~0.74 GB).
+        if direct
+            && by_item
+            && !writes_unmatched
+            && rws.rows_are_keys()
+            && !g.has_dups()
+            && result.par_iter().all(|&(_, c)| c == 1)
+        {
+            let groups = g.len() as u64;
+            drop(g);
+            let unique = std::sync::Arc::try_unwrap(shuffled).unwrap_or_else(|a| a.to_vec());
+            let keys = matched_items_sorted(unique, result);
+            tracing::debug!(
+                bucket = b,
+                matched = keys.len(),
+                t = t0.elapsed().as_secs_f64(),
+                "counts exchanged, matches sorted"
+            );
+            let m = keys.len() as u64;
+            tot.keys += m;
+            tot.rows_self += m;
+            tot.rows_peer += m;
+            tot.join_rows += m;
+            tot.unmatched_self += groups - m;
+            let w = out.as_mut().expect("receivers have an output");
+            let party = w.party();
+            write_in_windows(w, &keys, |keys, buf| {
+                let mut text = [0u8; 36];
+                keys.iter()
+                    .map(|&item| {
+                        let key = crate::item::key_of(item, &mut text)
+                            .expect("an item of an order class renders its key");
+                        format_matched(buf, party, std::iter::once(key), 1)
+                    })
+                    .sum()
+            })?;
+            write_unmatched_sections(
+                cfg,
+                w,
+                party,
+                &[],
+                &|_| std::iter::empty(),
+                peer_rows - tot.rows_peer,
+            )?;
+            t_write += tw.elapsed().as_secs_f64();
+            tracing::debug!(bucket = b, t = t0.elapsed().as_secs_f64(), "bucket written");
+            continue;
+        }
+        // In group order, what each matched key needs is read sequentially:
+        // its item, its row count and its first row. The output then reads
+        // no grouping array at random, only the rows themselves.
+        into_group_order(&mut result, g.len());
+        let matched_of = |&(gi, c): &(u32, u32)| Matched {
+            gi,
+            peer: c,
+            n: g.count(gi as usize),
+            // rows are looked up only where they have their text
+            first: g.first_row(gi as usize).unwrap_or(0),
+        };
+        let key_of = |gi: u32| rws.key(g.rows(gi as usize)[0] as usize);
         // each match with its item (the sort key of the by-item path; kept
         // rather than copied out, which would need a second vector)
         let matched: Vec<(Item, Matched)> = if by_item {
@@ -2144,40 +2381,31 @@ fn run_inner(
                         from_items || rws.has_text() || matched.is_empty(),
                         "rows without text"
                     );
-                    for window in matched.chunks(WRITE_WINDOW) {
-                        let texts: Vec<(Vec<u8>, u64)> = window
-                            .par_chunks(WRITE_WINDOW / 64)
-                            .map(|keys| {
-                                let mut buf = Vec::with_capacity(keys.len() * 32);
-                                let mut n = 0;
-                                let mut text = [0u8; 36];
-                                for (k, (item, m)) in keys.iter().enumerate() {
-                                    if let Some(key) = from_items
-                                        .then(|| crate::item::key_of(*item, &mut text))
-                                        .flatten()
-                                    {
-                                        let own = std::iter::repeat_n(key, m.n as usize);
-                                        n += format_matched(&mut buf, party, own, m.peer);
-                                        continue;
-                                    }
-                                    // two cache misses per row (its record
-                                    // entry, then its bytes): fetch both
-                                    // ahead, in two stages
-                                    if let Some((_, a)) = keys.get(k + 2 * PREFETCH_ROWS) {
-                                        rws.prefetch_rec(a.first as usize);
-                                    }
-                                    if let Some((_, a)) = keys.get(k + PREFETCH_ROWS) {
-                                        rws.prefetch_raw(a.first as usize);
-                                    }
-                                    n += format_matched(&mut buf, party, m.rows(&g, rws), m.peer);
-                                }
-                                (buf, n)
-                            })
-                            .collect();
-                        for (text, n) in texts {
-                            w.lines(&text, n)?;
+                    write_in_windows(w, &matched, |keys, buf| {
+                        let mut n = 0;
+                        let mut text = [0u8; 36];
+                        for (k, (item, m)) in keys.iter().enumerate() {
+                            if let Some(key) = from_items
+                                .then(|| crate::item::key_of(*item, &mut text))
+                                .flatten()
+                            {
+                                let own = std::iter::repeat_n(key, m.n as usize);
+                                n += format_matched(buf, party, own, m.peer);
+                                continue;
+                            }
+                            // two cache misses per row (its record
+                            // entry, then its bytes): fetch both
+                            // ahead, in two stages
+                            if let Some((_, a)) = keys.get(k + 2 * PREFETCH_ROWS) {
+                                rws.prefetch_rec(a.first as usize);
+                            }
+                            if let Some((_, a)) = keys.get(k + PREFETCH_ROWS) {
+                                rws.prefetch_raw(a.first as usize);
+                            }
+                            n += format_matched(buf, party, m.rows(&g, rws), m.peer);
                         }
-                    }
+                        n
+                    })?;
                 }
                 // sections 2/3 and difference are written after all buckets
                 // in the runs case; with one bucket they follow directly.
@@ -2305,6 +2533,105 @@ fn run_inner(
         peak_rss_mb: peak_rss_mb(),
     })
 }
+
+/// Writes `entries` in order through `w`, formatted by threads: windows of
+/// [`WRITE_WINDOW`] entries, each cut into pieces that `format` renders
+/// into a buffer of its own (returning the lines it wrote), then written in
+/// order. Gathering a window's rows reads the arena at random; many threads
+/// hide that latency, and the writer still sees one ordered stream.
+fn write_in_windows<T: Sync>(
+    w: &mut OutWriter,
+    entries: &[T],
+    format: impl Fn(&[T], &mut Vec<u8>) -> u64 + Sync,
+) -> Result<(), PsiError> {
+    for window in entries.chunks(WRITE_WINDOW) {
+        let texts: Vec<(Vec<u8>, u64)> = window
+            .par_chunks(WRITE_WINDOW / 64)
+            .map(|part| {
+                let mut buf = Vec::with_capacity(part.len() * 32);
+                let n = format(part, &mut buf);
+                (buf, n)
+            })
+            .collect();
+        for (text, n) in texts {
+            w.lines(&text, n)?;
+        }
+    }
+    Ok(())
+}
+
+/// The matched items of `unique` (the groups in `result`), sorted.
+///
+/// Up to [`IN_PLACE_MATCHES`] matches, as the general path does it: the
+/// result in group order ([`into_group_order`]), then its items scattered
+/// by [`sorted_by_item`] into a vector of their own (16 bytes a match, and
+/// the unique items are freed). From there on, in `unique`'s own vector:
+/// the groups are marked in a bitmap, each range of `unique` moves its
+/// matched items to its front (in parallel), the ranges' fronts are moved
+/// together, and the vector is cut to them and sorted in place
+/// ([`sort_items_in_place`]); its capacity is kept (shrinking would copy).
+/// At 2^24 rows (2^23 matches) the copy would have been 134 MB above the
+/// unique items' 256 MB, and the result in group order another 64 MB.
+fn matched_items_sorted(unique: Vec<Item>, result: Vec<(u32, u32)>) -> Vec<Item> {
+    let in_place = result.len() >= IN_PLACE_MATCHES;
+    matched_items_sorted_with(unique, result, in_place)
+}
+
+/// [`matched_items_sorted`], in place or through a copy as told: both
+/// give the same items.
+fn matched_items_sorted_with(
+    mut unique: Vec<Item>,
+    mut result: Vec<(u32, u32)>,
+    in_place: bool,
+) -> Vec<Item> {
+    if !in_place {
+        into_group_order(&mut result, unique.len());
+        let keyed = sorted_by_item(&result, |r| unique[r.0 as usize], |_| ());
+        // (Item, ()) and Item have one layout: collected in place
+        return keyed.into_iter().map(|(item, ())| item).collect();
+    }
+    let t0 = Instant::now();
+    let mut hit = vec![0u64; unique.len().div_ceil(64)];
+    for &(gi, _) in &result {
+        hit[gi as usize / 64] |= 1 << (gi % 64);
+    }
+    drop(result);
+    const RANGE: usize = 1 << 16;
+    let kept: Vec<usize> = unique
+        .par_chunks_mut(RANGE)
+        .zip(hit.par_chunks(RANGE / 64))
+        .map(|(c, h)| {
+            let mut m = 0;
+            for i in 0..c.len() {
+                if h[i / 64] >> (i % 64) & 1 == 1 {
+                    c[m] = c[i];
+                    m += 1;
+                }
+            }
+            m
+        })
+        .collect();
+    let mut m = 0;
+    for (k, &len) in kept.iter().enumerate() {
+        unique.copy_within(k * RANGE..k * RANGE + len, m);
+        m += len;
+    }
+    unique.truncate(m);
+    tracing::trace!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "matched items: compacted"
+    );
+    sort_items_in_place(&mut unique);
+    tracing::trace!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "matched items: sorted"
+    );
+    unique
+}
+
+/// From this many matches on, [`matched_items_sorted`] sorts in place: a
+/// copy would be 64 MB or more.
+const IN_PLACE_MATCHES: usize = 1 << 22;
 
 /// Writes a receiver's output from sorted runs (of buckets, or of workers'
 /// parts): the matches merged in key order, then the sections of unmatched
@@ -2651,6 +2978,14 @@ mod tests {
                 .map(|i| if given { i * 3 } else { i })
                 .collect();
             let g = Grouped::new(items.clone(), given.then(|| idx.clone()), 11, kbits);
+            // the in-place partition (large inputs) groups the same
+            let h =
+                Grouped::with_partition(items.clone(), given.then(|| idx.clone()), 11, kbits, true);
+            assert_eq!(
+                (&h.order, &h.starts, &h.unique, &h.batches),
+                (&g.order, &g.starts, &g.unique, &g.batches),
+                "n={n} kbits={kbits}"
+            );
             // naive: rows of each item in file order
             let mut naive: std::collections::HashMap<Item, Vec<u32>> = Default::default();
             for (it, i) in items.iter().zip(&idx) {
@@ -2684,6 +3019,45 @@ mod tests {
                 let mut sorted = g.unique.clone();
                 sorted.sort_unstable();
                 assert_ne!(sorted[..50], g.unique[..50]);
+            }
+        }
+    }
+
+    #[test]
+    fn matched_items_sorted_equal_a_naive_selection() {
+        // random, clustered (one order class of short digit keys) and
+        // repeated items; none, some, all matched; in place and by copy
+        let mix = |i: u128| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        for n in [0usize, 1, 100, 20_000, 200_001] {
+            for (shape, item) in [
+                ("random", &(|i: u128| mix(i)) as &dyn Fn(u128) -> Item),
+                ("clustered", &|i: u128| ((i * 7 % 1000) << 8) | 35),
+                ("repeated", &|i: u128| mix(i % 3)),
+            ] {
+                let unique: Vec<Item> = (0..n as u128).map(item).collect();
+                for every in [1usize, 3, n + 1] {
+                    // groups matched in a scrambled order, as a protocol
+                    // gives them
+                    let mut result: Vec<(u32, u32)> = (0..n as u32)
+                        .filter(|&g| (g as usize).is_multiple_of(every))
+                        .map(|g| (g, 1))
+                        .collect();
+                    let len = result.len();
+                    for k in 0..len {
+                        result.swap(k, (mix(k as u128) % len as u128) as usize);
+                    }
+                    let mut want: Vec<Item> =
+                        result.iter().map(|&(g, _)| unique[g as usize]).collect();
+                    want.sort_unstable();
+                    for in_place in [false, true] {
+                        let got =
+                            matched_items_sorted_with(unique.clone(), result.clone(), in_place);
+                        assert!(
+                            got == want,
+                            "{shape} n={n} every={every} in_place={in_place}"
+                        );
+                    }
+                }
             }
         }
     }

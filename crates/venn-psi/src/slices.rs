@@ -138,9 +138,106 @@ pub(crate) fn partition_one<A: Send>(
     partition(part, parts, a, &mut vec![(); n], dest, |i| (val(i), ()))
 }
 
+/// Partition of `keys` in place, each `vals[i]` moving with `keys[i]`,
+/// into `parts` parts: part p of the result is `starts[p]..starts[p + 1]`
+/// (returned, `parts + 1` offsets) and holds exactly the pairs with
+/// `part(key) == p`, in no particular order. Counts the parts on every
+/// thread, then moves each pair once, on this thread: the permutation of
+/// American flag sort (McIlroy, Bostic and McIlroy, "Engineering radix
+/// sort", Computing Systems 6(1), 1993, §2.3): every part has a head, the
+/// next slot not yet holding one of its own pairs; a pair found out of
+/// place is swapped into its part's head, and the pair it displaces
+/// carried on, until one belongs where the cycle began.
+///
+/// Why, beside [`partition`]: it needs no second array. The grouping of a
+/// party's items scattered them into a fresh copy, 16 bytes an item of
+/// pages faulted in (16 MB at 2^20 rows, 256 MB at 2^24, where it was the
+/// read's peak); in place, the one pass costs about what the faults did.
+pub(crate) fn partition_in_place<K: Copy + Sync, V: Copy>(
+    keys: &mut [K],
+    vals: &mut [V],
+    parts: usize,
+    part: impl Fn(&K) -> usize + Sync,
+) -> Vec<usize> {
+    let n = keys.len();
+    assert_eq!(vals.len(), n);
+    let counts = keys
+        .par_iter()
+        .with_min_len(MIN_RANGE)
+        .fold(
+            || vec![0usize; parts],
+            |mut h, k| {
+                h[part(k)] += 1;
+                h
+            },
+        )
+        .reduce(
+            || vec![0usize; parts],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let mut starts = vec![0usize; parts + 1];
+    for p in 0..parts {
+        starts[p + 1] = starts[p] + counts[p];
+    }
+    let mut head = starts[..parts].to_vec();
+    for p in 0..parts {
+        let end = starts[p + 1];
+        while head[p] < end {
+            let i = head[p];
+            let (mut k, mut v) = (keys[i], vals[i]);
+            let mut q = part(&k);
+            // carry the pair to its part, picking up the one it displaces,
+            // until the pair in hand belongs to part p (at slot i)
+            while q != p {
+                let j = head[q];
+                head[q] += 1;
+                std::mem::swap(&mut k, &mut keys[j]);
+                std::mem::swap(&mut v, &mut vals[j]);
+                q = part(&k);
+            }
+            keys[i] = k;
+            vals[i] = v;
+            head[p] += 1;
+        }
+    }
+    starts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_in_place_puts_every_pair_in_its_part() {
+        // empty input, one part, uneven and empty parts, many parts
+        for (n, parts) in [(0usize, 3usize), (1, 1), (5, 4), (40_000, 7), (70_001, 256)] {
+            let key = |i: usize| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let part = |k: &u64| {
+                let p = (k >> 40) as usize % parts;
+                if parts > 3 && p == 2 { 1 } else { p }
+            };
+            let mut keys: Vec<u64> = (0..n).map(key).collect();
+            let mut vals: Vec<u32> = (0..n as u32).collect();
+            let starts = partition_in_place(&mut keys, &mut vals, parts, part);
+            assert_eq!(starts.len(), parts + 1);
+            assert_eq!((starts[0], starts[parts]), (0, n));
+            let mut seen = vec![false; n];
+            for p in 0..parts {
+                for s in starts[p]..starts[p + 1] {
+                    assert_eq!(part(&keys[s]), p, "n {n} slot {s}");
+                    // the value still travels with its key
+                    assert_eq!(keys[s], key(vals[s] as usize));
+                    assert!(!std::mem::replace(&mut seen[vals[s] as usize], true));
+                }
+                let want = (0..n).filter(|&i| part(&key(i)) == p).count();
+                assert_eq!(starts[p + 1] - starts[p], want, "n {n} part {p}");
+            }
+            assert!(seen.iter().all(|&s| s));
+        }
+    }
 
     #[test]
     fn partition_equals_a_one_thread_stable_scatter() {

@@ -146,7 +146,7 @@ fn configs(c: &Case, dir: &Path) -> (PsiConfig, PsiConfig) {
         k.malicious = c.mode == 2;
         k.join = c.join;
         k.memory_budget = c.budget;
-        k.batch_rows = c.batch[usize::from(!leader)];
+        k.batch_rows = Some(c.batch[usize::from(!leader)]);
         k.tmp_dir = dir.to_path_buf();
         let flip = |r| match r {
             Receiver::SelfOnly => Receiver::Peer,
@@ -335,14 +335,20 @@ fn arb_table() -> impl Strategy<Value = Vec<(String, String)>> {
         .prop_map(|v| v.into_iter().map(|(k, p)| (quote(&k), quote(&p))).collect())
 }
 
-/// A column of keys, with repeats: 18-digit keys only, short keys only
-/// (some of them multi-byte), or `arb_key`'s mix (quoted keys among them).
+/// A column of keys: 18-digit keys without repeats (in any order: the
+/// usual PSI of IDs, whose matches are written from their items alone),
+/// or with repeats: 18-digit keys only, short keys only (some of them
+/// multi-byte), or `arb_key`'s mix (quoted keys among them).
 fn arb_key_column() -> impl Strategy<Value = Vec<String>> {
-    let digits =
-        (0u32..12).prop_map(|i| format!("{:018}", 100_000_000_000_000_000u64 + i as u64 * 7919));
+    let id = |i: u64| format!("{:018}", 100_000_000_000_000_000u64 + i * 7919);
+    let digits = (0u64..12).prop_map(id);
+    let unique = prop::collection::btree_set(0u64..60, 0..40)
+        .prop_map(move |s| s.into_iter().map(id).collect::<Vec<_>>())
+        .prop_shuffle();
     let short =
         prop::sample::select(vec!["7", "a", "ключ", "鍵", "0012", "z y"]).prop_map(String::from);
     prop_oneof![
+        unique,
         prop::collection::vec(digits, 0..40),
         prop::collection::vec(short, 0..40),
         prop::collection::vec(arb_key().prop_map(|k| quote(&k)), 0..40),
