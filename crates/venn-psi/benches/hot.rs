@@ -31,6 +31,16 @@ fn vole() {
     });
 }
 
+/// The receiver's tag join at 2^20 tags a side, half of them matching.
+fn join() {
+    let n = 1 << 20;
+    let (mine, idx, theirs) = venn_psi::rr22::bench::join_data(n);
+    let found = best("rr22 tag join (receiver)", n, || {
+        venn_psi::rr22::bench::join(&mine, &idx, &theirs)
+    });
+    assert_eq!(found, n / 2, "the join missed matches");
+}
+
 /// The code's convolution: 2^20 rows (the tail half of 2^21 entries).
 fn convolution() {
     let n = 1 << 20;
@@ -52,6 +62,10 @@ fn main() {
     // `VENN_BENCH=okvs`: only the fast OKVS (for profiling it alone)
     if std::env::var("VENN_BENCH").as_deref() == Ok("okvs") {
         return okvs();
+    }
+    // `VENN_BENCH=join`: only the receiver's tag join
+    if std::env::var("VENN_BENCH").as_deref() == Ok("join") {
+        return join();
     }
     // `VENN_BENCH=read`: only the input read path
     if std::env::var("VENN_BENCH").as_deref() == Ok("read") {
@@ -100,6 +114,8 @@ fn main() {
         rr::malicious_tags(&items, &mut v);
         v
     });
+
+    join();
 
     // silent VOLE, both parties in this process (m as for 2^20 PSI rows)
     vole();

@@ -1097,6 +1097,27 @@ pub mod bench {
         })
     }
 
+    /// The receiver's tags and item positions and the sender's tags for
+    /// the join: `n` each, the first half of the sender's shared, in
+    /// another order; 10-byte tags as at 2^20 rows a side.
+    pub fn join_data(n: usize) -> (Vec<u128>, Vec<u32>, Vec<u128>) {
+        let tag = |x: u128| truncate(x, 10);
+        let mut prg = Prg::new(n as u128 + 5);
+        let mine: Vec<u128> = prg.blocks(n).into_iter().map(tag).collect();
+        let mut theirs: Vec<u128> = prg.blocks(n).into_iter().map(tag).collect();
+        for (k, t) in theirs.iter_mut().take(n / 2).enumerate() {
+            *t = mine[(k * 7 + 3) % n];
+        }
+        (mine, (0..n as u32).collect(), theirs)
+    }
+
+    /// The receiver's join of [`join_data`]: the number of matches.
+    pub fn join(mine: &[u128], idx: &[u32], theirs: &[u128]) -> usize {
+        MineJoin::new(mine, idx, theirs.len(), 10)
+            .matches(theirs)
+            .len()
+    }
+
     /// The Expand-Convolute code's two convolution passes over the tail
     /// half of `a`.
     pub fn convolve(a: &mut [u128]) {
