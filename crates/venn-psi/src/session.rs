@@ -376,10 +376,12 @@ fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {
     let Ok(mut br) = input.loaded.bucket(0, 1) else {
         return input;
     };
+    // rows without text are never looked up: their groups keep no rows
+    let rows = br.rows().has_text() || br.idx.is_some();
     let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
     // the peer's size may still ask for other batches (then this is undone)
     let kbits = batch_bits(input.loaded.rows, batch_rows_of(cfg, input.loaded.rows));
-    let mut g = Grouped::new(items, idx, os_random(), kbits);
+    let mut g = Grouped::new(items, idx, os_random(), kbits, rows);
     let unique = std::sync::Arc::new(std::mem::take(&mut g.unique));
     let rr22 = rr22_ahead(cfg, &unique, g.batch(0));
     input.pre = Some(Pre {
@@ -1174,9 +1176,15 @@ impl Grouped {
     /// reads memory at random.
     /// The unique items are the group heads' keyed values, decrypted.
     /// `idx[k]` is the row of `items[k]`; `None` when row k is `items[k]`.
-    fn new(items: Vec<Item>, idx: Option<Vec<u32>>, key: u128, kbits: u32) -> Self {
+    ///
+    /// Without `rows` the groups keep their counts but not their rows
+    /// (`idx` must be `None`), as after [`Grouped::forget_rows`]: for rows
+    /// read without their text, which are never looked up. The partition
+    /// and sort then move the items alone, and no order array is made (4 MB
+    /// at 2^20 rows, on the connector's way to its first message).
+    fn new(items: Vec<Item>, idx: Option<Vec<u32>>, key: u128, kbits: u32, rows: bool) -> Self {
         let in_place = items.len() >= IN_PLACE_GROUPING;
-        Self::with_partition(items, idx, key, kbits, in_place)
+        Self::with_partition(items, idx, key, kbits, rows, in_place)
     }
 
     /// [`Grouped::new`], partitioned in place or into copies as told: both
@@ -1186,9 +1194,11 @@ impl Grouped {
         idx: Option<Vec<u32>>,
         key: u128,
         kbits: u32,
+        rows: bool,
         in_place: bool,
     ) -> Self {
         debug_assert!(idx.as_ref().is_none_or(|idx| items.len() == idx.len()));
+        debug_assert!(rows || idx.is_none(), "rows given but not kept");
         let n = items.len();
         let t0 = Instant::now();
         let aes = Aes::new(key);
@@ -1196,16 +1206,25 @@ impl Grouped {
         let bits = ((n as f64 / 8192.0).log2().ceil().max(0.0) as u32)
             .saturating_sub(kbits)
             .min(16);
-        let (mut keyed, mut order, bounds) = if in_place {
-            Self::partitioned_in_place(items, idx, &aes, kbits, bits)
+        let (keyed, order, bounds) = if rows {
+            let row = |k: usize| idx.as_ref().map_or(k as u32, |idx| idx[k]);
+            let (mut keyed, mut order, bounds) = if in_place {
+                let rows = idx.clone().unwrap_or_else(|| (0..n as u32).collect());
+                Self::partitioned_in_place(items, rows, &aes, kbits, bits)
+            } else {
+                Self::partitioned_into_copies(items, row, &aes, kbits, bits)
+            };
+            sort_partitions(&mut keyed, &mut order, &bounds, bits);
+            (keyed, order, bounds)
         } else {
-            Self::partitioned_into_copies(items, idx, &aes, kbits, bits)
+            let (mut keyed, mut none, bounds) = if in_place {
+                Self::partitioned_in_place(items, vec![(); n], &aes, kbits, bits)
+            } else {
+                Self::partitioned_into_copies(items, |_| (), &aes, kbits, bits)
+            };
+            sort_partitions(&mut keyed, &mut none, &bounds, bits);
+            (keyed, Vec::new(), bounds)
         };
-        tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: scattered");
-        split_starts(&mut keyed, &bounds)
-            .into_par_iter()
-            .zip(split_starts(&mut order, &bounds))
-            .for_each_init(Vec::new, |tmp, (s, r)| sort_keyed(s, r, bits, tmp));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: sorted");
         // `unique` is `keyed` with repeats removed, in place: no fresh pages.
         // Equal items share a partition: counting each partition's distinct
@@ -1230,7 +1249,7 @@ impl Grouped {
                 .collect();
             tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: done");
             return Grouped {
-                rows: order.len(),
+                rows: n,
                 order,
                 starts: Vec::new(),
                 unique,
@@ -1265,7 +1284,7 @@ impl Grouped {
             .for_each(|c| aes.dec_inplace(c));
         tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, "grouping: done");
         Grouped {
-            rows: order.len(),
+            rows: n,
             order,
             starts,
             unique,
@@ -1277,17 +1296,17 @@ impl Grouped {
     /// (keyed item, row) pairs by their batch and the top `bits` bits of
     /// the keyed item ([`crate::slices::partition`]: every thread scatters
     /// a range of the rows, each range sequentially). Returns the keyed
-    /// items, their rows and the partitions' starts.
-    fn partitioned_into_copies(
+    /// items, their rows (`row(k)` for item k; `()` where no rows are kept)
+    /// and the partitions' starts.
+    fn partitioned_into_copies<V: Copy + Default + Send + Sync>(
         mut items: Vec<Item>,
-        idx: Option<Vec<u32>>,
+        row: impl Fn(usize) -> V + Sync,
         aes: &Aes,
         kbits: u32,
         bits: u32,
-    ) -> (Vec<Item>, Vec<u32>, Vec<usize>) {
+    ) -> (Vec<Item>, Vec<V>, Vec<usize>) {
         let n = items.len();
         let t0 = Instant::now();
-        let row = |k: usize| idx.as_ref().map_or(k as u32, |idx| idx[k]);
         // each item's batch, from the item itself (public), before keying
         let mut batch = vec![0u8; if kbits == 0 { 0 } else { n }];
         if kbits > 0 {
@@ -1313,7 +1332,7 @@ impl Grouped {
         // the keyed items and their rows in two arrays (20 bytes a row; a
         // vector of pairs takes 32 with a u128's alignment)
         let mut keyed: Vec<Item> = vec![0; n];
-        let mut order: Vec<u32> = vec![0; n];
+        let mut order: Vec<V> = vec![V::default(); n];
         let bounds = crate::slices::partition(
             |k| part_of(k, items[k]),
             1 << (bits + kbits),
@@ -1334,16 +1353,15 @@ impl Grouped {
     /// thread per batch, where [`Grouped::partitioned_into_copies`]
     /// scatters on every core, and time-to-result matters more than memory
     /// for inputs below [`IN_PLACE_GROUPING`].
-    fn partitioned_in_place(
+    fn partitioned_in_place<V: Copy + Send>(
         mut items: Vec<Item>,
-        idx: Option<Vec<u32>>,
+        mut order: Vec<V>,
         aes: &Aes,
         kbits: u32,
         bits: u32,
-    ) -> (Vec<Item>, Vec<u32>, Vec<usize>) {
+    ) -> (Vec<Item>, Vec<V>, Vec<usize>) {
         let n = items.len();
         let t0 = Instant::now();
-        let mut order: Vec<u32> = idx.unwrap_or_else(|| (0..n as u32).collect());
         let key_all = |items: &mut [Item]| {
             items
                 .par_chunks_mut(1 << 12)
@@ -1405,9 +1423,8 @@ impl Grouped {
     /// Frees the groups' rows, keeping their counts: for rows read without
     /// their text ([`read_keys_only`]), which are written from their items
     /// and never looked up. At 2^24 rows that is 64 MB through the
-    /// protocol and the end of the run. [`Grouped::rows`] and
-    /// [`Grouped::items_by_row`] may not be called afterwards;
-    /// [`Grouped::first_row`] gives `None`.
+    /// protocol and the end of the run. [`Grouped::rows`] may not be called
+    /// afterwards; [`Grouped::first_row`] gives `None`.
     fn forget_rows(&mut self) {
         self.order = Vec::new();
     }
@@ -1425,8 +1442,18 @@ impl Grouped {
     /// Each row's item, by row index (rows `0..n`): the input of
     /// [`Grouped::new`] for one whole bucket, back from the groups and
     /// their `unique` items.
+    ///
+    /// Groups without their rows ([`Grouped::forget_rows`], or made
+    /// without) give each group's item as often as it has rows, in group
+    /// order: such rows have no text, so no identity beyond their item.
     fn items_by_row(&self, unique: &[Item]) -> Vec<Item> {
-        assert_eq!(self.order.len(), self.rows, "rows forgotten");
+        if self.order.len() != self.rows {
+            let mut out = Vec::with_capacity(self.rows);
+            for (gi, &item) in unique.iter().enumerate() {
+                out.extend(std::iter::repeat_n(item, self.count(gi) as usize));
+            }
+            return out;
+        }
         let mut out = vec![0; self.rows];
         for (gi, &item) in unique.iter().enumerate() {
             for &r in self.rows(gi) {
@@ -1439,6 +1466,20 @@ impl Grouped {
     fn has_dups(&self) -> bool {
         self.rows > self.len()
     }
+}
+
+/// Sorts each partition of `keyed` (`bounds`, as [`Grouped::new`]'s
+/// partition returns them), its rows `vals` beside it ([`sort_keyed`]).
+fn sort_partitions<V: Copy + Ord + Default + Send>(
+    keyed: &mut [Item],
+    vals: &mut [V],
+    bounds: &[usize],
+    bits: u32,
+) {
+    split_starts(keyed, bounds)
+        .into_par_iter()
+        .zip(split_starts(vals, bounds))
+        .for_each_init(Vec::new, |tmp, (s, r)| sort_keyed(s, r, bits, tmp));
 }
 
 /// Inputs of this many rows or more are grouped in place
@@ -1463,7 +1504,12 @@ fn top_bits(it: Item, bits: u32) -> usize {
 /// ~log2(len) bits leaves runs of one or two entries, which a comparison
 /// sort then finishes: about a third of `sort_unstable`'s time on
 /// partitions of 8k entries. `tmp` is scratch, kept between calls.
-fn sort_keyed(s: &mut [Item], r: &mut [u32], used: u32, tmp: &mut Vec<(Item, u32)>) {
+fn sort_keyed<V: Copy + Ord + Default>(
+    s: &mut [Item],
+    r: &mut [V],
+    used: u32,
+    tmp: &mut Vec<(Item, V)>,
+) {
     let n = s.len();
     debug_assert_eq!(n, r.len());
     tmp.clear();
@@ -1483,7 +1529,7 @@ fn sort_keyed(s: &mut [Item], r: &mut [u32], used: u32, tmp: &mut Vec<(Item, u32
             starts[k + 1] += starts[k];
         }
         let mut fill = starts.clone();
-        tmp.resize(n, (0, 0));
+        tmp.resize(n, (0, V::default()));
         for (&e, &row) in s.iter().zip(r.iter()) {
             let k = sub(e);
             tmp[fill[k] as usize] = (e, row);
@@ -2167,8 +2213,9 @@ fn run_inner(
             // one bucket: its items went into the grouping ahead
             Some(p) => (p.g, p.unique, p.rr22),
             None => {
+                let rows = br.rows().has_text() || br.idx.is_some();
                 let (items, idx) = (std::mem::take(&mut br.items), std::mem::take(&mut br.idx));
-                let mut g = Grouped::new(items, idx, os_random(), kbits);
+                let mut g = Grouped::new(items, idx, os_random(), kbits, rows);
                 let unique = std::sync::Arc::new(std::mem::take(&mut g.unique));
                 (g, unique, None)
             }
@@ -3030,15 +3077,41 @@ mod tests {
             let idx: Vec<u32> = (0..n as u32)
                 .map(|i| if given { i * 3 } else { i })
                 .collect();
-            let g = Grouped::new(items.clone(), given.then(|| idx.clone()), 11, kbits);
+            let g = Grouped::new(items.clone(), given.then(|| idx.clone()), 11, kbits, true);
             // the in-place partition (large inputs) groups the same
-            let h =
-                Grouped::with_partition(items.clone(), given.then(|| idx.clone()), 11, kbits, true);
+            let h = Grouped::with_partition(
+                items.clone(),
+                given.then(|| idx.clone()),
+                11,
+                kbits,
+                true,
+                true,
+            );
             assert_eq!(
                 (&h.order, &h.starts, &h.unique, &h.batches),
                 (&g.order, &g.starts, &g.unique, &g.batches),
                 "n={n} kbits={kbits}"
             );
+            if !given {
+                // without rows, either partition: the same groups, counts
+                // and batches, no order; each item back as often as it was
+                for in_place in [false, true] {
+                    let r =
+                        Grouped::with_partition(items.clone(), None, 11, kbits, false, in_place);
+                    assert!(r.order.is_empty());
+                    assert_eq!(
+                        (r.rows, &r.starts, &r.unique, &r.batches),
+                        (n, &g.starts, &g.unique, &g.batches),
+                        "n={n} kbits={kbits} in_place={in_place}"
+                    );
+                    assert_eq!(r.has_dups(), g.has_dups());
+                    let mut back = r.items_by_row(&r.unique);
+                    let mut want = items.clone();
+                    back.sort_unstable();
+                    want.sort_unstable();
+                    assert!(back == want, "n={n} kbits={kbits} in_place={in_place}");
+                }
+            }
             // naive: rows of each item in file order
             let mut naive: std::collections::HashMap<Item, Vec<u32>> = Default::default();
             for (it, i) in items.iter().zip(&idx) {
@@ -3067,7 +3140,7 @@ mod tests {
             }
             if n > 1000 && kbits == 0 {
                 // another key, another order; neither is the items' order
-                let h = Grouped::new(items.clone(), Some(idx), 12, 0);
+                let h = Grouped::new(items.clone(), Some(idx), 12, 0, true);
                 assert_ne!(g.unique[..50], h.unique[..50]);
                 let mut sorted = g.unique.clone();
                 sorted.sort_unstable();
