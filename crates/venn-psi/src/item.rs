@@ -96,51 +96,53 @@ fn eight_digits(b: [u8; 8]) -> Option<u64> {
     Some((v * 10_000 + (v >> 32)) & 0xFFFF_FFFF)
 }
 
+/// Bytes of the buffer [`key_of`] writes a key into.
+pub const KEY_BUF: usize = 40;
+
 /// The canonical key of a packed item (the inverse of [`item_of`] on its
-/// two packings), written to the start of `out`; `None` for a hashed item,
-/// whose key cannot be recovered.
+/// two packings), written into `out` (the returned slice); `None` for a
+/// hashed item, whose key cannot be recovered.
 ///
 /// The output renders matched keys from their items when a file's rows are
 /// nothing but their key: no walk to the row text, which after the sort by
-/// key is a random read per row.
-pub fn key_of(item: Item, out: &mut [u8; 36]) -> Option<&[u8]> {
+/// key is a random read per row. Digit keys are written right-aligned,
+/// eight digits at a time with fixed-size stores ([`put_digits`]): no
+/// variable-length copy per group, 13 against 18 ns for an 18-digit ID
+/// here.
+pub fn key_of(item: Item, out: &mut [u8; KEY_BUF]) -> Option<&[u8]> {
     match (item & 0xFF) as u8 {
         len @ 0..=15 => {
-            let len = len as usize;
-            out[..len].copy_from_slice(&item.to_be_bytes()[..len]);
-            Some(&out[..len])
+            out[..16].copy_from_slice(&item.to_be_bytes());
+            Some(&out[..len as usize])
         }
         class @ 32..=52 => {
             let len = (class - 16) as usize;
-            put_digits(item >> 8, &mut out[..len]);
-            Some(&out[..len])
+            put_digits(item >> 8, out, len);
+            Some(&out[KEY_BUF - len..])
         }
         _ => None,
     }
 }
 
-/// Writes `v` as exactly `out.len()` decimal digits, leading zeros included
-/// (`v` < 10^out.len()). Sixteen digits at a time from the right, each half
-/// of eight by [`put_eight_digits`].
-fn put_digits(mut v: u128, out: &mut [u8]) {
-    const E16: u64 = 10_000_000_000_000_000;
-    let mut end = out.len();
-    while end > 0 {
+/// Writes `v` < 10^`len` (`len` ≤ 36) as the last `len` bytes of `out`,
+/// leading zeros included: whole groups of eight digits from the right,
+/// each by [`put_eight_digits`], so up to seven bytes before the last `len`
+/// get leading zeros too (the buffer has room: 5 · 8 = 40).
+fn put_digits(mut v: u128, out: &mut [u8; KEY_BUF], len: usize) {
+    debug_assert!(len <= 36);
+    let mut end = KEY_BUF;
+    while end > KEY_BUF - len {
         let low = if v >> 64 == 0 {
             let x = v as u64;
-            v = (x / E16) as u128;
-            x % E16
+            v = (x / 100_000_000) as u128;
+            (x % 100_000_000) as u32
         } else {
-            let low = (v % E16 as u128) as u64;
-            v /= E16 as u128;
+            let low = (v % 100_000_000) as u32;
+            v /= 100_000_000;
             low
         };
-        let mut sixteen = [0u8; 16];
-        sixteen[..8].copy_from_slice(&put_eight_digits((low / 100_000_000) as u32));
-        sixteen[8..].copy_from_slice(&put_eight_digits((low % 100_000_000) as u32));
-        let n = end.min(16);
-        out[end - n..end].copy_from_slice(&sixteen[16 - n..]);
-        end -= n;
+        out[end - 8..end].copy_from_slice(&put_eight_digits(low));
+        end -= 8;
     }
     debug_assert_eq!(v, 0, "the value has more digits than its key");
 }
@@ -283,20 +285,20 @@ mod tests {
     proptest! {
         #[test]
         fn packed_items_give_back_their_key(key in "[0-9]{16,36}|[ -~]{0,15}") {
-            let mut out = [0u8; 36];
+            let mut out = [0u8; KEY_BUF];
             prop_assert_eq!(key_of(item_of(key.as_bytes()), &mut out), Some(key.as_bytes()));
         }
 
         #[test]
         fn short_byte_keys_give_back_their_key(key in proptest::collection::vec(any::<u8>(), 0..16)) {
-            let mut out = [0u8; 36];
+            let mut out = [0u8; KEY_BUF];
             prop_assert_eq!(key_of(item_of(&key), &mut out), Some(&key[..]));
         }
     }
 
     #[test]
     fn hashed_items_give_back_nothing() {
-        let mut out = [0u8; 36];
+        let mut out = [0u8; KEY_BUF];
         for key in [
             "a key of more than fifteen bytes",
             "1234567890123456x",

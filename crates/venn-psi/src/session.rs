@@ -2361,7 +2361,7 @@ fn run_inner(
             let w = out.as_mut().expect("receivers have an output");
             let party = w.party();
             write_in_windows(w, &keys, |keys, buf| {
-                let mut text = [0u8; 36];
+                let mut text = [0u8; crate::item::KEY_BUF];
                 keys.iter()
                     .map(|&item| {
                         let key = crate::item::key_of(item, &mut text)
@@ -2457,7 +2457,7 @@ fn run_inner(
                     );
                     write_in_windows(w, &matched, |keys, buf| {
                         let mut n = 0;
-                        let mut text = [0u8; 36];
+                        let mut text = [0u8; crate::item::KEY_BUF];
                         for (k, (item, m)) in keys.iter().enumerate() {
                             if let Some(key) = from_items
                                 .then(|| crate::item::key_of(*item, &mut text))
