@@ -1207,11 +1207,12 @@ impl Grouped {
             .saturating_sub(kbits)
             .min(16);
         let (keyed, order, bounds) = if rows {
-            let row = |k: usize| idx.as_ref().map_or(k as u32, |idx| idx[k]);
             let (mut keyed, mut order, bounds) = if in_place {
-                let rows = idx.clone().unwrap_or_else(|| (0..n as u32).collect());
+                let rows = idx.unwrap_or_else(|| (0..n as u32).collect());
                 Self::partitioned_in_place(items, rows, &aes, kbits, bits)
             } else {
+                // the closure owns `idx`: freed with the items, before the sort
+                let row = move |k: usize| idx.as_ref().map_or(k as u32, |idx| idx[k]);
                 Self::partitioned_into_copies(items, row, &aes, kbits, bits)
             };
             sort_partitions(&mut keyed, &mut order, &bounds, bits);
@@ -2331,8 +2332,8 @@ fn run_inner(
         // The usual PSI of keys: rows that are their keys, no key repeated
         // on either side, the matches written from their items. Each match
         // is then its item alone (the sort key and the row), and the
-        // matched items are sorted in the unique items' own vector
-        // ([`matched_items_sorted`]): at 2^24 rows the general path below
+        // matched items are sorted as such, in the unique items' own vector
+        // from 2^22 matches ([`matched_items_sorted`]): at 2^24 rows the general path below
         // held the unique items, the grouping order, the result and a
         // 32-byte entry per match at once, the run's peak (~0.74 GB).
         if direct
@@ -2661,8 +2662,7 @@ fn matched_items_sorted_with(
     if !in_place {
         into_group_order(&mut result, unique.len());
         let keyed = sorted_by_item(&result, |r| unique[r.0 as usize], |_| ());
-
-        // (Item, ()) and Item have one layout: collected in place
+        // (Item, ()) and Item have one layout: the allocation is reused
         return keyed.into_iter().map(|(item, ())| item).collect();
     }
     let t0 = Instant::now();
@@ -2971,9 +2971,6 @@ mod tests {
         }
     }
 
-    /// A party that read its keys alone, whose peer then asks for buckets,
-    /// reads its file again with the text (the rows go through buckets and
-    /// runs): both outputs are still the inner join, in key order.
     #[test]
     fn a_header_longer_than_the_first_read_is_read_whole() {
         // the header is read through a 64 KiB buffer that must grow: one
@@ -2999,6 +2996,9 @@ mod tests {
         }
     }
 
+    /// A party that read its keys alone, whose peer then asks for buckets,
+    /// reads its file again with the text (the rows go through buckets and
+    /// runs): both outputs are still the inner join, in key order.
     #[test]
     fn keys_only_party_reads_its_text_again_when_buckets_are_needed() {
         let dir = tempfile::tempdir().unwrap();
