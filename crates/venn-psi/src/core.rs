@@ -51,6 +51,10 @@ pub struct CoreInput<'a> {
     /// ahead of the run ([`crate::rr22::ReceiverAhead::spawn`]); other
     /// protocols ignore it.
     pub rr22_ahead: Option<&'a crate::rr22::ReceiverAhead>,
+    /// RR22, either party: the VOLE the parties ran before the sizes, if
+    /// the session ran one for this run ([`crate::rr22::EarlyVole`]); other
+    /// protocols ignore it.
+    pub rr22_early: Option<&'a crate::rr22::EarlyVole>,
 }
 
 /// A match: (position in my items, position in the peer's items).
@@ -133,6 +137,7 @@ pub(crate) mod testing {
                     low_comm: mode.0,
                     malicious: mode.1,
                     rr22_ahead: None,
+                    rr22_early: None,
                 };
                 core(&ca, &input)
             });
@@ -148,6 +153,7 @@ pub(crate) mod testing {
                     low_comm: mode.0,
                     malicious: mode.1,
                     rr22_ahead: None,
+                    rr22_early: None,
                 };
                 core(&cb, &input)
             });

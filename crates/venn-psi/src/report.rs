@@ -38,6 +38,10 @@ pub struct Report {
     /// summed over buckets and workers.
     #[serde(default = "one")]
     pub batches: usize,
+    /// RR22: the VOLE ran before the sizes were exchanged, beside the
+    /// connector's read (the "early VOLE" of `docs/psi.md`).
+    #[serde(default)]
+    pub early_vole: bool,
     /// Worker pairs that ran (see `workers`); 1 for a single-process run.
     #[serde(default = "one")]
     pub workers: usize,

@@ -57,9 +57,11 @@ const ALL_COUNTS: u8 = 0x05;
 const FORWARD: u8 = 0x06;
 const COUNTS: u8 = 0x07;
 const SUMMARY: u8 = 0x08;
+const EARLY: u8 = 0x09;
 
-/// Bumped whenever a message changes (2: per-batch sizes in `BUCKET`).
-const VERSION: &str = "venn-psi/2";
+/// Bumped whenever a message changes (2: per-batch sizes in `BUCKET`; 3:
+/// RR22's `EARLY` proposal after the handshake).
+const VERSION: &str = "venn-psi/3";
 
 /// Runs this party's side of a PSI over `chan`.
 ///
@@ -338,6 +340,121 @@ fn handshake(cfg: &PsiConfig, shard: Option<&Shard>, chan: &dyn Channel) -> Resu
         });
     }
     Ok(())
+}
+
+/// An RR22 VOLE run before the sizes ([`rr22::EarlyVole`]), and for what.
+struct EarlyRun {
+    vole: rr22::EarlyVole,
+    /// the receiver's unique items it was run for (n_x)
+    n_x: u64,
+    /// whether this party is RR22's receiver
+    receiver: bool,
+}
+
+/// Largest receiver item count a sender runs an early VOLE for without a
+/// `--batch-rows` of its own: the most rows a batch holds by default
+/// ([`crate::config::default_batch_rows`]). A receiver with more items runs
+/// in batches, where the early VOLE would go unused.
+const EARLY_MAX_DEFAULT: u64 = 1 << 20;
+
+/// RR22's early VOLE ([`rr22::EarlyVole`]) around reading the input
+/// (`read`), right after the handshake. The receiver reads (its input was
+/// read ahead, [`ReadAhead`]) and proposes its unique item count if it
+/// prepared its work ahead for one batch, else 0; the sender answers
+/// whether it takes part, and if so runs its side of the VOLE on a thread
+/// while it reads. Each party gets its input and, if the VOLE ran, its
+/// side of it. The run uses it only if it is of one bucket and one batch
+/// (`run_inner`).
+fn early_vole(
+    cfg: &PsiConfig,
+    chan: &dyn Channel,
+    read: impl FnOnce() -> Result<Input, PsiError>,
+) -> Result<(Input, Option<EarlyRun>), PsiError> {
+    if cfg.protocol != crate::config::Protocol::Rr22 {
+        return Ok((read()?, None));
+    }
+    let fast = !cfg.low_comm && !cfg.malicious;
+    match rr22::is_receiver(cfg.self_receives(), cfg.peer_receives(), cfg.leader) {
+        Some(true) => {
+            let input = read()?;
+            let ahead = input
+                .pre
+                .as_ref()
+                .filter(|p| fast && p.kbits == 0)
+                .and_then(|p| p.rr22.as_ref());
+            let n_x = ahead.and_then(|a| a.early_items());
+            wire::send(chan, EARLY, &(n_x.unwrap_or(0) as u64).to_le_bytes())?;
+            let (Some(ahead), Some(n_x)) = (ahead, n_x) else {
+                return Ok((input, None));
+            };
+            if wire::recv(chan, EARLY, "the peer's answer to the early VOLE")? != [1] {
+                return Ok((input, None));
+            }
+            // nothing took the work since `early_items` saw it
+            let vole = rr22::EarlyVole::receive(chan, ahead)?
+                .ok_or_else(|| PsiError::peer("the early VOLE's work ahead is gone"))?;
+            let early = EarlyRun {
+                vole,
+                n_x: n_x as u64,
+                receiver: true,
+            };
+            Ok((input, Some(early)))
+        }
+        Some(false) => {
+            let msg = wire::recv(chan, EARLY, "the peer's early VOLE proposal")?;
+            let n_x = u64s(&msg, 1, "early VOLE proposal")?[0];
+            if n_x == 0 {
+                return Ok((read()?, None));
+            }
+            let most = cfg.batch_rows.unwrap_or(EARLY_MAX_DEFAULT);
+            let accept = fast && n_x <= most;
+            wire::send(chan, EARLY, &[accept as u8])?;
+            if !accept {
+                return Ok((read()?, None));
+            }
+            let send = rr22::EarlySend::new(n_x as usize, cfg.stat_sec);
+            // after the read, Δ·H(y) and the OKVS rows of the items the run
+            // will get (one batch of the grouping done ahead), while the
+            // VOLE still runs
+            let read_and_prepare = || {
+                let input = read()?;
+                if let Some(p) = input.pre.as_ref().filter(|p| p.kbits == 0) {
+                    send.prepare(p.unique.clone());
+                }
+                Ok::<_, PsiError>(input)
+            };
+            let (input, k) = std::thread::scope(|s| {
+                match std::thread::Builder::new()
+                    .name("venn-psi-early".into())
+                    .spawn_scoped(s, || send.run(chan))
+                {
+                    Ok(vole) => {
+                        let input = read_and_prepare();
+                        // joined before a read error is reported: the VOLE
+                        // ends by itself (the receiver sends all it needs)
+                        let k = vole.join().unwrap_or_else(|_| {
+                            Err(PsiError::peer("the early VOLE's thread panicked"))
+                        });
+                        (input, k)
+                    }
+                    // no thread: the VOLE first, then the file
+                    Err(_) => {
+                        let k = send.run(chan);
+                        (read_and_prepare(), k)
+                    }
+                }
+            });
+            // the read's error first: it is the cause if both failed
+            let input = input?;
+            let early = EarlyRun {
+                vole: send.finish(k?),
+                n_x,
+                receiver: false,
+            };
+            Ok((input, Some(early)))
+        }
+        None => Ok((read()?, None)),
+    }
 }
 
 /// The input after reading.
@@ -2099,10 +2216,11 @@ fn run_inner(
 ) -> Result<Report, PsiError> {
     let t0 = Instant::now();
     handshake(cfg, shard, chan)?;
-    let mut input = match ahead {
-        Some(a) => a.finish()?,
-        None => read_input(cfg, shard, input_path)?,
+    let read = || match ahead {
+        Some(a) => a.finish(),
+        None => read_input(cfg, shard, input_path),
     };
+    let (mut input, early) = early_vole(cfg, chan, read)?;
     let (output, part_dir) = match dest {
         Dest::Output(o) => (o, None),
         Dest::Part(d) => (None, Some(d)),
@@ -2181,6 +2299,11 @@ fn run_inner(
     );
     // work done ahead: used with one bucket in these batches, undone else
     let mut pre = input.pre.take();
+    // the early VOLE serves a run of one bucket and one batch whose
+    // receiver kept the items it proposed it for; both parties know that
+    // from the sizes alike (see `early_vole`)
+    let early = early.filter(|_| buckets == 1 && kbits == 0 && rows > 0 && peer_rows > 0);
+    let early_vole = early.is_some();
     if (buckets > 1 || pre.as_ref().is_some_and(|p| p.kbits != kbits))
         && let Some(p) = pre.take()
     {
@@ -2261,6 +2384,14 @@ fn run_inner(
                 "the peer's batch sizes disagree with its bucket size",
             ));
         }
+        if let Some(e) = early.as_ref().filter(|e| !e.receiver)
+            && peer_len as u64 != e.n_x
+        {
+            return Err(PsiError::peer(format!(
+                "the peer proposed the early VOLE for {} items but has {peer_len}",
+                e.n_x
+            )));
+        }
         peer_unique_seen += peer_len as u64;
         tot.unique += g.len() as u64;
 
@@ -2294,6 +2425,7 @@ fn run_inner(
                 low_comm: cfg.low_comm,
                 malicious: cfg.malicious,
                 rr22_ahead: ahead.as_ref(),
+                rr22_early: early.as_ref().map(|e| &e.vole),
             };
             let res = core(chan, &cin)?;
             if let Some(found) = res.matches {
@@ -2605,6 +2737,7 @@ fn run_inner(
             .then(|| ecdh::curve_backend().to_string()),
         buckets,
         batches: batches_run,
+        early_vole,
         workers: 1,
         bytes_sent: chan.bytes_sent(),
         bytes_received: chan.bytes_received(),
@@ -3369,5 +3502,90 @@ mod tests {
         assert!(decode_positions(&[1, 0], 100).is_err());
         assert!(decode_positions(&[0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 2], 100).is_err());
         assert!(decode_positions(&[2], 5).is_err());
+    }
+
+    /// A listener whose read and RR22 work ahead are done before the run
+    /// (as when it started first), for [`early_vole_cases`].
+    fn ready_ahead(cfg: &PsiConfig, input: &Path) -> ReadAhead {
+        let ahead = ReadAhead::start(cfg, input);
+        let path = ahead.path.clone();
+        let read = ahead.finish();
+        if let Ok(i) = &read {
+            let work = i.pre.as_ref().and_then(|p| p.rr22.as_ref());
+            let t = Instant::now();
+            while work.is_some_and(|w| w.early_items().is_none()) {
+                assert!(t.elapsed().as_secs() < 60, "the work ahead never finished");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        ReadAhead {
+            path,
+            state: Ahead::Done(Box::new(read)),
+        }
+    }
+
+    /// RR22's early VOLE: run when the receiver's work ahead is ready, and
+    /// used when the run is of one batch; proposed and accepted but dropped
+    /// when the peer's size asks for batches; refused by a sender that
+    /// would batch. The outputs equal the intersection every time.
+    #[test]
+    fn early_vole_cases() {
+        // (listener rows, connector rows, batch rows at each party: the
+        // connector's refuses proposals above it, whether the early VOLE
+        // is used)
+        // connector reading ahead too (it computes Δ·H(y) during the VOLE)
+        // or inside the run
+        let cases = [
+            (3000u64, 2500u64, [None, None], true, true),
+            (3000, 2500, [None, None], true, false),
+            (1, 7, [None, None], true, true),
+            (500, 5000, [Some(1000), Some(1000)], false, true),
+            (3000, 2000, [None, Some(1000)], false, true),
+        ];
+        for (na, nb, batch, used, b_ahead) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let (pa, pb) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+            // the listener has 0, 2, 4, …; the connector 0, 3, 6, …
+            let ids = |n: u64, step: u64| {
+                let rows: String = (0..n)
+                    .map(|i| format!("{}\n", 1_000_000 + i * step))
+                    .collect();
+                format!("id\n{rows}")
+            };
+            std::fs::write(&pa, ids(na, 2)).unwrap();
+            std::fs::write(&pb, ids(nb, 3)).unwrap();
+            let mut ca = PsiConfig::new(vec!["id".into()], true);
+            let mut cb = PsiConfig::new(vec!["id".into()], false);
+            for (c, b) in [(&mut ca, batch[0]), (&mut cb, batch[1])] {
+                c.protocol = crate::config::Protocol::Rr22;
+                c.tmp_dir = dir.path().to_path_buf();
+                c.batch_rows = b;
+            }
+            let (oa, ob) = (dir.path().join("oa.csv"), dir.path().join("ob.csv"));
+            let (x, y) = crate::channel::memory_pair(16);
+            let (ca, cb, pa, pb, oa2, ob2) = (&ca, &cb, &pa, &pb, &oa, &ob);
+            let (ra, rb) = std::thread::scope(|s| {
+                let ha = s.spawn(move || {
+                    let ahead = ready_ahead(ca, pa);
+                    run_read_ahead(ca, ahead, Some(oa2), &x)
+                });
+                let hb = s.spawn(move || match b_ahead {
+                    true => run_read_ahead(cb, ReadAhead::start(cb, pb), Some(ob2), &y),
+                    false => run(cb, pb, Some(ob2), &y),
+                });
+                (ha.join(), hb.join())
+            });
+            let (ra, rb) = (ra.unwrap().unwrap(), rb.unwrap().unwrap());
+            let case = format!("{na} × {nb} rows, batches {batch:?}, connector ahead {b_ahead}");
+            assert_eq!((ra.early_vole, rb.early_vole), (used, used), "{case}");
+            // common: multiples of 6 below both ends
+            let top = (2 * na).min(3 * nb);
+            let want: String = (0..top.div_ceil(6))
+                .map(|i| format!("{}\n", 1_000_000 + 6 * i))
+                .collect();
+            let want = format!("id\n{want}");
+            assert_eq!(std::fs::read_to_string(&oa).unwrap(), want, "{case}");
+            assert_eq!(std::fs::read_to_string(&ob).unwrap(), want, "{case}");
+        }
     }
 }

@@ -432,6 +432,7 @@ pub fn combine_reports(reports: &[Report], total_seconds: f64) -> Option<Report>
         };
         r.buckets += x.buckets;
         r.batches += x.batches;
+        r.early_vole |= x.early_vole;
         r.bytes_sent += x.bytes_sent;
         r.bytes_received += x.bytes_received;
         r.seconds.read = r.seconds.read.max(x.seconds.read);

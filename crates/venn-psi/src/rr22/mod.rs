@@ -208,7 +208,12 @@ const LOW_COMM_CHUNK: usize = 1 << 19;
 /// still running when the VOLE starts and overlaps it, as it does inside the
 /// run ([`run_receiver`]). The noise and the OKVS seed are fresh either way
 /// and the messages are the same.
-pub struct ReceiverAhead(std::sync::Mutex<Option<Prepared>>);
+pub struct ReceiverAhead {
+    work: std::sync::Mutex<Option<Prepared>>,
+    /// the items it was prepared for (n_x)
+    n_x: usize,
+    malicious: bool,
+}
 
 /// The receiver's noise, and the thread computing A' from it.
 struct Prepared {
@@ -239,7 +244,8 @@ impl ReceiverAhead {
         stat_sec: u32,
         malicious: bool,
     ) -> Option<Self> {
-        let (params, cfg) = fast_shape(range.len(), stat_sec, malicious);
+        let n_x = range.len();
+        let (params, cfg) = fast_shape(n_x, stat_sec, malicious);
         let noise = vole::RecvNoise::new(params.len(), &cfg);
         let (p, n) = (params, noise.clone());
         std::thread::Builder::new()
@@ -249,12 +255,14 @@ impl ReceiverAhead {
                 mask_p(&p, items, u128::MAX, EncodeOptions::default(), &n)
             })
             .ok()
-            .map(|masking| {
-                ReceiverAhead(std::sync::Mutex::new(Some(Prepared {
+            .map(|masking| ReceiverAhead {
+                work: std::sync::Mutex::new(Some(Prepared {
                     params,
                     noise,
                     masking,
-                })))
+                })),
+                n_x,
+                malicious,
             })
     }
 
@@ -266,7 +274,20 @@ impl ReceiverAhead {
     }
 
     fn take(&self) -> Option<Prepared> {
-        self.0.lock().ok().and_then(|mut a| a.take())
+        self.work.lock().ok().and_then(|mut a| a.take())
+    }
+
+    /// The number of items this work was prepared for, if it can serve an
+    /// early VOLE ([`EarlyVole`]): the fast mode, A' computed, and nobody
+    /// took it yet. (A receiver whose A' is still being computed gains
+    /// nothing from an early VOLE: its peer is the one waiting, and the
+    /// run's own VOLE overlaps that computation.)
+    pub fn early_items(&self) -> Option<usize> {
+        let ready = self
+            .work
+            .lock()
+            .is_ok_and(|w| w.as_ref().is_some_and(|p| p.masking.is_finished()));
+        (ready && !self.malicious && self.n_x > 0).then_some(self.n_x)
     }
 }
 
@@ -276,16 +297,201 @@ impl std::fmt::Debug for ReceiverAhead {
     }
 }
 
+/// The VOLE of a run, done before the sizes are known: the "early VOLE".
+///
+/// Why: the VOLE needs only the receiver's item count (its length m is the
+/// OKVS's, a function of n_x and λ), not the sender's items. A receiver
+/// that prepared its work ahead ([`ReceiverAhead`]) knows n_x when the link
+/// comes up; a sender that came later is still reading its file then. The
+/// receiver proposes n_x right after the handshake, and if the sender
+/// accepts, the VOLE and the receiver's OKVS message (A' = A + P) run while
+/// the sender reads, on a thread of the sender's own: the receiver's half
+/// of the VOLE, the critical path of the protocol, then overlaps the
+/// sender's read instead of following it. The sender ends with K = B + A'·Δ,
+/// the receiver with C; the run then starts from its tags.
+///
+/// Only the fast mode proposes it (the malicious mode's commitment and
+/// checks keep their order, and the low-communication mode's shape depends
+/// on the sender's size). The session uses it only if the run is what the
+/// receiver prepared for: one bucket, one batch, the receiver's items
+/// unchanged; otherwise it is dropped, and the run does its own VOLE. The
+/// messages and their distribution are the protocol's own, only earlier.
+pub struct EarlyVole(std::sync::Mutex<Option<Early>>);
+
+enum Early {
+    Receiver(EarlyReceiver),
+    Sender(EarlySender),
+}
+
+/// The receiver's side of an early VOLE: C, and P's header and rows.
+struct EarlyReceiver {
+    params: OkvsParams,
+    c: Vec<u128>,
+    header: OkvsHeader,
+    layout: Option<okvs::Layout>,
+}
+
+/// The sender's side of an early VOLE: Δ, K = B + A'·Δ, P's header, and
+/// what the sender prepared meanwhile.
+struct EarlySender {
+    params: OkvsParams,
+    delta: u128,
+    k: Vec<u128>,
+    header: OkvsHeader,
+    prep: Option<SenderPrep>,
+}
+
+/// What a sender computes for its items while its early VOLE runs
+/// ([`EarlySend::prepare`]): Δ·H(y).
+struct SenderPrep {
+    items: std::sync::Arc<Vec<u128>>,
+    delta_h: Vec<u128>,
+}
+
+/// The sender's side of an early VOLE ([`EarlyVole`]), started: [`Self::run`]
+/// on a thread of its own, [`Self::prepare`] on the thread that reads the
+/// items, then [`Self::finish`].
+pub struct EarlySend {
+    params: OkvsParams,
+    delta: u128,
+    prep: std::sync::Mutex<Option<SenderPrep>>,
+}
+
+/// [`EarlySend::run`]'s result, for [`EarlySend::finish`].
+pub struct EarlyK {
+    k: Vec<u128>,
+    header: OkvsHeader,
+}
+
+impl EarlySend {
+    /// For a receiver with `n_x` items: draws Δ.
+    pub fn new(n_x: usize, stat_sec: u32) -> Self {
+        EarlySend {
+            params: OkvsParams::new(n_x, stat_sec),
+            delta: Prg::from_os().block(),
+            prep: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The messages: the VOLE, then K from the receiver's A'.
+    pub fn run(&self, chan: &dyn Channel) -> Result<EarlyK, PsiError> {
+        let shape = Shape::fast(self.params, false);
+        let t0 = std::time::Instant::now();
+        let (k, header, (), _) = sender_vole(
+            chan,
+            &shape,
+            SenderCheat::None,
+            t0,
+            Some(self.delta),
+            |_| (),
+        )?;
+        Ok(EarlyK { k, header })
+    }
+
+    /// Δ·H(y) for this party's `items` (as the run will get them).
+    pub fn prepare(&self, items: std::sync::Arc<Vec<u128>>) {
+        let delta_h = delta_h(&items, self.delta, u128::MAX);
+        if let Ok(mut p) = self.prep.lock() {
+            *p = Some(SenderPrep { items, delta_h });
+        }
+    }
+
+    /// The early VOLE, with what [`Self::prepare`] computed.
+    pub fn finish(self, k: EarlyK) -> EarlyVole {
+        let prep = self.prep.into_inner().ok().flatten();
+        EarlyVole(std::sync::Mutex::new(Some(Early::Sender(EarlySender {
+            params: self.params,
+            delta: self.delta,
+            k: k.k,
+            header: k.header,
+            prep,
+        }))))
+    }
+}
+
+impl std::fmt::Debug for EarlySend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EarlySend")
+    }
+}
+
+impl std::fmt::Debug for EarlyK {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EarlyK")
+    }
+}
+
+/// Δ·H(y) for every item y (H cut to the bits of `vmask`).
+fn delta_h(items: &[u128], delta: u128, vmask: u128) -> Vec<u128> {
+    let mut hy = vec![0u128; items.len()];
+    items
+        .par_chunks(4096)
+        .zip(hy.par_chunks_mut(4096))
+        .for_each(|(x, v)| {
+            prim::hash_value(x, v);
+            for h in v.iter_mut() {
+                *h = gf128::mul(*h & vmask, delta);
+            }
+        });
+    hy
+}
+
+impl EarlyVole {
+    /// The receiver's side, with the work `ahead` prepared (which it takes):
+    /// the VOLE, with A' sent beside it. `None` if the work is gone or not
+    /// of the fast mode (then nothing was sent).
+    pub fn receive(chan: &dyn Channel, ahead: &ReceiverAhead) -> Result<Option<Self>, PsiError> {
+        if ahead.early_items().is_none() {
+            return Ok(None);
+        }
+        let Some(prepared) = ahead.take() else {
+            return Ok(None);
+        };
+        let shape = Shape::fast(prepared.params, false);
+        let t0 = std::time::Instant::now();
+        // the items are only needed to compute A' here, which was done ahead
+        let r = receiver_vole(
+            chan,
+            &shape,
+            &[],
+            EncodeOptions::default(),
+            Some(prepared),
+            t0,
+            |c, header, layout, _| EarlyReceiver {
+                params: shape.params,
+                c,
+                header: header.clone(),
+                layout,
+            },
+        )?;
+        Ok(Some(EarlyVole(std::sync::Mutex::new(Some(
+            Early::Receiver(r),
+        )))))
+    }
+
+    fn take(&self) -> Option<Early> {
+        self.0.lock().ok().and_then(|mut e| e.take())
+    }
+}
+
+impl std::fmt::Debug for EarlyVole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EarlyVole")
+    }
+}
+
 /// The OKVS parameters and VOLE of the fast (or malicious) mode for a
 /// receiver with `n_x` items: one definition for the run and the work ahead.
 fn fast_shape(n_x: usize, stat_sec: u32, malicious: bool) -> (OkvsParams, vole::VoleCfg) {
-    (
-        OkvsParams::new(n_x, stat_sec),
-        vole::VoleCfg {
-            malicious,
-            ..vole::VoleCfg::FAST
-        },
-    )
+    (OkvsParams::new(n_x, stat_sec), fast_vole(malicious))
+}
+
+/// The VOLE of the fast (or malicious) mode.
+fn fast_vole(malicious: bool) -> vole::VoleCfg {
+    vole::VoleCfg {
+        malicious,
+        ..vole::VoleCfg::FAST
+    }
 }
 
 /// A = H·A_sparse for `noise` and P = Encode{(x, H(x))}, side by side; then
@@ -425,13 +631,18 @@ impl Shape {
                 malicious: false,
             })
         } else {
-            let (params, vole) = fast_shape(n_x, input.stat_sec, input.malicious);
-            Ok(Shape {
-                params,
-                vbits: 128,
-                vole,
-                malicious: input.malicious,
-            })
+            let (params, _) = fast_shape(n_x, input.stat_sec, input.malicious);
+            Ok(Shape::fast(params, input.malicious))
+        }
+    }
+
+    /// The fast (or malicious) mode's shape for OKVS `params`.
+    fn fast(params: OkvsParams, malicious: bool) -> Self {
+        Shape {
+            params,
+            vbits: 128,
+            vole: fast_vole(malicious),
+            malicious,
         }
     }
 
@@ -481,6 +692,21 @@ fn intersect_with(
     }
     let tb = tag_bytes(input.stat_sec, input.total_len.0, input.total_len.1);
     let shape = Shape::new(input, n_x, n_y)?;
+    // an early VOLE given to this run must be of its shape at both parties
+    // (the session hands it over only then): a mismatch is a bug, reported
+    // rather than run into a desynchronised protocol
+    let early = input.rr22_early.and_then(EarlyVole::take);
+    if let Some(e) = &early {
+        let (params, side) = match e {
+            Early::Receiver(r) => (r.params, true),
+            Early::Sender(s) => (s.params, false),
+        };
+        if side != receiver || params != shape.params || shape.vbits != 128 || shape.malicious {
+            return Err(PsiError::peer(
+                "RR22: the early VOLE does not fit this run (internal error)",
+            ));
+        }
+    }
     if receiver {
         // the work done ahead is used if it has this run's shape
         // (full-width values, the same OKVS and VOLE)
@@ -489,10 +715,19 @@ fn intersect_with(
                 && p.params == shape.params
                 && p.noise.fits(shape.params.len(), &shape.vole)
         });
-        run_receiver(chan, input.items, n_y, &shape, tb, opts.encode, ahead)
+        let start = match (early, ahead) {
+            (Some(Early::Receiver(e)), _) => Start::Early(e),
+            (_, Some(p)) => Start::Ahead(p),
+            _ => Start::Fresh,
+        };
+        run_receiver(chan, input.items, n_y, &shape, tb, opts.encode, start)
             .map(|m| CoreOutput { matches: Some(m) })
     } else {
-        run_sender(chan, input.items, &shape, tb, opts.cheat)?;
+        let early = match early {
+            Some(Early::Sender(e)) => Some(e),
+            _ => None,
+        };
+        run_sender(chan, input.items, &shape, tb, opts.cheat, early)?;
         Ok(CoreOutput { matches: None })
     }
 }
@@ -651,6 +886,16 @@ fn decode_header(buf: &[u8], bins: usize) -> Result<OkvsHeader, PsiError> {
     Ok(OkvsHeader { seed, attempts })
 }
 
+/// What a receiver's run starts from.
+enum Start {
+    /// nothing: the run computes A' and runs the VOLE
+    Fresh,
+    /// A' computed ahead ([`ReceiverAhead`])
+    Ahead(Prepared),
+    /// the VOLE ran before the sizes ([`EarlyVole`])
+    Early(EarlyReceiver),
+}
+
 fn run_receiver(
     chan: &dyn Channel,
     items: &[u128],
@@ -658,10 +903,9 @@ fn run_receiver(
     shape: &Shape,
     tb: usize,
     opts: EncodeOptions,
-    ahead: Option<Prepared>,
+    start: Start,
 ) -> Result<Vec<Match>, PsiError> {
     let params = &shape.params;
-    let m = params.len();
     let t0 = std::time::Instant::now();
     // malicious mode: the sender's commitment to w_s comes first
     let commitment = if shape.malicious {
@@ -669,89 +913,26 @@ fn run_receiver(
     } else {
         None
     };
-    let vmask = shape.vmask();
-    let (noise, ahead) = match ahead {
-        Some(p) => (p.noise, Some(p.masking)),
-        None => (vole::RecvNoise::new(m, &shape.vole), None),
+    // Decode(C, x) for our items, in the OKVS's grouped order (with the
+    // items' positions)
+    let own = |c: Vec<u128>, header: &OkvsHeader, layout: Option<okvs::Layout>| match layout {
+        Some(l) => (okvs::decode_layout(params, &c, &l), l.order),
+        None => okvs::decode_grouped(params, header, &c, items),
     };
-    let (mut mine, wr) = std::thread::scope(|s| {
-        // A' = A + P needs no message: computed ahead, or here beside the VOLE
-        let masking = match ahead {
-            Some(h) => Masking::Ahead(h),
-            None => Masking::Here(s.spawn(|| mask_p(params, items, vmask, opts, &noise))),
-        };
-        // A second thread sends the OKVS header and A' once `ready` says
-        // so: in the semi-honest modes as soon as the VOLE's OT messages
-        // are out (the sender reads A' after its VOLE), in the malicious
-        // mode after the VOLE check and w_r. Meanwhile this thread
-        // finishes C and computes its own tags.
-        let (ready, ready_rx) = std::sync::mpsc::channel::<()>();
-        let (got_header, header_rx) = std::sync::mpsc::channel();
-        let okvs_out = s.spawn(move || -> Result<(), PsiError> {
-            let Masked {
-                header,
-                a_prime,
-                betas,
-                layout,
-            } = masking.join()?;
-            trace!(t0, "R: A' ready");
-            let hdr = encode_header(&header);
-            if got_header.send((header, betas, layout)).is_err() || ready_rx.recv().is_err() {
-                return Ok(()); // the run stopped before A' was due
-            }
-            wire::send(chan, tags::OKVS_HDR, &hdr)?;
-            for ac in a_prime.chunks(shape.frame_cells()) {
-                let mut frame = Vec::with_capacity(1 + (ac.len() * shape.vbits).div_ceil(8));
-                frame.push(tags::OKVS_DATA);
-                pack_cells(&mut frame, ac.iter().copied(), shape.vbits);
-                wire::send_frame(chan, frame)?;
-            }
-            Ok(())
-        });
-        let early = (!shape.malicious).then(|| ready.clone());
-        let run = || -> Result<_, PsiError> {
-            let (c, checks, ()) = vole::recv_c(chan, &noise, move || {
-                if let Some(r) = early {
-                    let _ = r.send(());
-                }
-                Ok(())
-            })?;
-            trace!(t0, "R: vole done (m = {m})");
-            let Ok((header, betas, layout)) = header_rx.recv() else {
-                return Ok(None); // okvs_out failed: its error is the cause
-            };
-            vole::recv_check(chan, &noise, &betas, checks)?;
-            let wr = if shape.malicious {
-                let wr = Prg::from_os().block();
-                wire::send(chan, tags::W_R, &wr.to_le_bytes())?;
-                let _ = ready.send(());
-                wr
-            } else {
-                0
-            };
-            let mut mine = match layout {
-                Some(l) => (okvs::decode_layout(params, &c, &l), l.order),
-                None => okvs::decode_grouped(params, &header, &c, items),
-            };
-            drop(c);
-            if !shape.malicious {
-                output_tags(&mut mine.0, tb);
-            }
-            trace!(t0, "R: own tags");
-            Ok(Some((mine, wr)))
-        };
-        let r = run();
-        // a run that stopped early never sends `ready`: release okvs_out
-        drop(ready);
-        let sent = okvs_out
-            .join()
-            .unwrap_or_else(|_| Err(PsiError::peer("RR22: sending thread panicked")));
-        match (r, sent) {
-            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-            (Ok(Some(x)), Ok(())) => Ok(x),
-            (Ok(None), Ok(())) => Err(PsiError::peer("RR22: the thread computing A' stopped")),
-        }
-    })?;
+    let (mut mine, wr) = match start {
+        // the VOLE and A' went before the sizes ([`EarlyVole`])
+        Start::Early(e) => (own(e.c, &e.header, e.layout), 0),
+        Start::Ahead(p) => receiver_vole(chan, shape, items, opts, Some(p), t0, |c, h, l, wr| {
+            (own(c, h, l), wr)
+        })?,
+        Start::Fresh => receiver_vole(chan, shape, items, opts, None, t0, |c, h, l, wr| {
+            (own(c, h, l), wr)
+        })?,
+    };
+    if !shape.malicious {
+        output_tags(&mut mine.0, tb);
+    }
+    trace!(t0, "R: own tags");
     if let Some(commitment) = commitment {
         // the opening of w_s, checked against the commitment; then
         // H_o(x, Decode(C, x) + w) with w = w_r + w_s
@@ -796,15 +977,106 @@ fn run_receiver(
     Ok(matches)
 }
 
+/// The receiver's VOLE, with its OKVS message (P's header and A' = A + P)
+/// going out beside it; then, on this thread and while A' may still be
+/// going out, `then(C, P's header, the items' rows in P, w_r)` (w_r: the
+/// malicious mode's, else 0).
+///
+/// A' = A + P is the work done ahead (`ahead`), or computed here on a
+/// thread of its own. A second thread sends the OKVS header and A' once
+/// `ready` says so: in the semi-honest modes as soon as the VOLE's OT
+/// messages are out (the sender reads A' after its VOLE), in the malicious
+/// mode after the VOLE check and w_r.
+fn receiver_vole<T>(
+    chan: &dyn Channel,
+    shape: &Shape,
+    items: &[u128],
+    opts: EncodeOptions,
+    ahead: Option<Prepared>,
+    t0: std::time::Instant,
+    then: impl FnOnce(Vec<u128>, &OkvsHeader, Option<okvs::Layout>, u128) -> T,
+) -> Result<T, PsiError> {
+    let params = &shape.params;
+    let m = params.len();
+    let vmask = shape.vmask();
+    let (noise, ahead) = match ahead {
+        Some(p) => (p.noise, Some(p.masking)),
+        None => (vole::RecvNoise::new(m, &shape.vole), None),
+    };
+    std::thread::scope(|s| {
+        // A' = A + P needs no message: computed ahead, or here beside the VOLE
+        let masking = match ahead {
+            Some(h) => Masking::Ahead(h),
+            None => Masking::Here(s.spawn(|| mask_p(params, items, vmask, opts, &noise))),
+        };
+        let (ready, ready_rx) = std::sync::mpsc::channel::<()>();
+        let (got_header, header_rx) = std::sync::mpsc::channel();
+        let okvs_out = s.spawn(move || -> Result<(), PsiError> {
+            let Masked {
+                header,
+                a_prime,
+                betas,
+                layout,
+            } = masking.join()?;
+            trace!(t0, "R: A' ready");
+            let hdr = encode_header(&header);
+            if got_header.send((header, betas, layout)).is_err() || ready_rx.recv().is_err() {
+                return Ok(()); // the run stopped before A' was due
+            }
+            wire::send(chan, tags::OKVS_HDR, &hdr)?;
+            for ac in a_prime.chunks(shape.frame_cells()) {
+                let mut frame = Vec::with_capacity(1 + (ac.len() * shape.vbits).div_ceil(8));
+                frame.push(tags::OKVS_DATA);
+                pack_cells(&mut frame, ac.iter().copied(), shape.vbits);
+                wire::send_frame(chan, frame)?;
+            }
+            Ok(())
+        });
+        let early = (!shape.malicious).then(|| ready.clone());
+        let run = || -> Result<_, PsiError> {
+            let (c, checks, ()) = vole::recv_c(chan, &noise, move || {
+                if let Some(r) = early {
+                    let _ = r.send(());
+                }
+                Ok(())
+            })?;
+            trace!(t0, "R: vole done (m = {m})");
+            let Ok((header, betas, layout)) = header_rx.recv() else {
+                return Ok(None); // okvs_out failed: its error is the cause
+            };
+            vole::recv_check(chan, &noise, &betas, checks)?;
+            let wr = if shape.malicious {
+                let wr = Prg::from_os().block();
+                wire::send(chan, tags::W_R, &wr.to_le_bytes())?;
+                let _ = ready.send(());
+                wr
+            } else {
+                0
+            };
+            Ok(Some(then(c, &header, layout, wr)))
+        };
+        let r = run();
+        // a run that stopped early never sends `ready`: release okvs_out
+        drop(ready);
+        let sent = okvs_out
+            .join()
+            .unwrap_or_else(|_| Err(PsiError::peer("RR22: sending thread panicked")));
+        match (r, sent) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(Some(x)), Ok(())) => Ok(x),
+            (Ok(None), Ok(())) => Err(PsiError::peer("RR22: the thread computing A' stopped")),
+        }
+    })
+}
+
 fn run_sender(
     chan: &dyn Channel,
     items: &[u128],
     shape: &Shape,
     tb: usize,
     cheat: SenderCheat,
+    early: Option<EarlySender>,
 ) -> Result<(), PsiError> {
-    let params = &shape.params;
-    let m = params.len();
     let t0 = std::time::Instant::now();
     let ws = if shape.malicious {
         let ws = Prg::from_os().block();
@@ -813,52 +1085,24 @@ fn run_sender(
     } else {
         0
     };
-    let vole_cheat = if cheat == SenderCheat::Vole {
-        vole::Cheat::PprfLevel
-    } else {
-        vole::Cheat::None
-    };
-    let (delta, mut b) = vole::send_with(chan, m, &shape.vole, vole_cheat)?;
-    trace!(t0, "S: vole done");
-    // Δ·H(y), computed while R encodes
     let vmask = shape.vmask();
-    let mut hy = vec![0u128; items.len()];
-    items
-        .par_chunks(4096)
-        .zip(hy.par_chunks_mut(4096))
-        .for_each(|(x, v)| {
-            prim::hash_value(x, v);
-            for h in v.iter_mut() {
-                *h = gf128::mul(*h & vmask, delta);
-            }
-        });
-    let wr = if shape.malicious {
-        let w = wire::recv(chan, tags::W_R, "w_r")?;
-        let w: [u8; 16] = w[..]
-            .try_into()
-            .map_err(|_| PsiError::peer("w_r: wrong length"))?;
-        u128::from_le_bytes(w)
-    } else {
-        0
+    let (k, header, hy, wr) = match early {
+        // the VOLE and K went before the sizes ([`EarlyVole`]), and Δ·H(y)
+        // was computed meanwhile if these are the items it was for
+        Some(e) => {
+            let prep = e
+                .prep
+                .filter(|p| p.items.as_ptr() == items.as_ptr() && p.items.len() == items.len());
+            let hy = match prep {
+                Some(p) => p.delta_h,
+                None => delta_h(items, e.delta, vmask),
+            };
+            (e.k, e.header, hy, 0)
+        }
+        // Δ·H(y) computed while R encodes
+        None => sender_vole(chan, shape, cheat, t0, None, |d| delta_h(items, d, vmask))?,
     };
-    let header = wire::recv(chan, tags::OKVS_HDR, "OKVS header")?;
-    let header = decode_header(&header, params.bins)?;
-    trace!(t0, "S: header received");
-    // K = B + A'·Δ, frame by frame, in place of B
-    let fc = shape.frame_cells();
-    let mut got = 0usize;
-    while got < m {
-        let frame = wire::recv_frame(chan, tags::OKVS_DATA, "OKVS data")?;
-        let n = fc.min(m - got);
-        let a_prime = unpack_cells(&frame[1..], n, shape.vbits)?;
-        b[got..got + n]
-            .par_chunks_mut(8192)
-            .zip(a_prime.par_chunks(8192))
-            .for_each(|(bb, ap)| gf128::mul_add_acc(bb, delta, ap));
-        got += n;
-    }
-    let k = b;
-    trace!(t0, "S: K computed");
+    let params = &shape.params;
     // Decode(K, y) + Δ·H(y), in the memory of Δ·H(y)
     let mut tags_y = hy;
     okvs::decode_add(params, &header, &k, items, &mut tags_y);
@@ -891,6 +1135,58 @@ fn run_sender(
     }
     trace!(t0, "S: tags sent");
     Ok(())
+}
+
+/// The sender's VOLE, then K = B + A'·Δ from the receiver's OKVS message:
+/// returns (K, P's header, `between(Δ)`, w_r). `between` runs after the
+/// VOLE, while the receiver may still be computing (the malicious mode's
+/// w_r is read after it; else w_r = 0). `delta`: Δ if the caller drew it.
+fn sender_vole<T>(
+    chan: &dyn Channel,
+    shape: &Shape,
+    cheat: SenderCheat,
+    t0: std::time::Instant,
+    delta: Option<u128>,
+    between: impl FnOnce(u128) -> T,
+) -> Result<(Vec<u128>, OkvsHeader, T, u128), PsiError> {
+    let params = &shape.params;
+    let m = params.len();
+    let vole_cheat = if cheat == SenderCheat::Vole {
+        vole::Cheat::PprfLevel
+    } else {
+        vole::Cheat::None
+    };
+    let delta = delta.unwrap_or_else(|| Prg::from_os().block());
+    let mut b = vole::send_with_delta(chan, m, &shape.vole, vole_cheat, delta)?;
+    trace!(t0, "S: vole done");
+    let extra = between(delta);
+    let wr = if shape.malicious {
+        let w = wire::recv(chan, tags::W_R, "w_r")?;
+        let w: [u8; 16] = w[..]
+            .try_into()
+            .map_err(|_| PsiError::peer("w_r: wrong length"))?;
+        u128::from_le_bytes(w)
+    } else {
+        0
+    };
+    let header = wire::recv(chan, tags::OKVS_HDR, "OKVS header")?;
+    let header = decode_header(&header, params.bins)?;
+    trace!(t0, "S: header received");
+    // K = B + A'·Δ, frame by frame, in place of B
+    let fc = shape.frame_cells();
+    let mut got = 0usize;
+    while got < m {
+        let frame = wire::recv_frame(chan, tags::OKVS_DATA, "OKVS data")?;
+        let n = fc.min(m - got);
+        let a_prime = unpack_cells(&frame[1..], n, shape.vbits)?;
+        b[got..got + n]
+            .par_chunks_mut(8192)
+            .zip(a_prime.par_chunks(8192))
+            .for_each(|(bb, ap)| gf128::mul_add_acc(bb, delta, ap));
+        got += n;
+    }
+    trace!(t0, "S: K computed");
+    Ok((b, header, extra, wr))
 }
 
 /// All (mine_idx[p], j) with mine[p] == theirs[j] (`mine` may be in any
@@ -1263,6 +1559,7 @@ mod tests {
             low_comm: false,
             malicious: true,
             rr22_ahead: None,
+            rr22_early: None,
         };
         let a: &'static [u128] = Box::leak(a.into_boxed_slice());
         let b: &'static [u128] = Box::leak(b.into_boxed_slice());
@@ -1311,6 +1608,7 @@ mod tests {
             low_comm: true,
             malicious: true,
             rr22_ahead: None,
+            rr22_early: None,
         };
         let err = intersect(&ca, &input).unwrap_err().to_string();
         assert!(err.contains("--low-comm"), "{err}");
@@ -1331,6 +1629,7 @@ mod tests {
             low_comm: true,
             malicious: false,
             rr22_ahead: None,
+            rr22_early: None,
         };
         let sh = Shape::new(&input, 1 << 20, 1 << 20).unwrap();
         assert_eq!(sh.vbits, 60);
@@ -1455,6 +1754,7 @@ mod tests {
                     low_comm: false,
                     malicious: false,
                     rr22_ahead: None,
+                    rr22_early: None,
                 };
                 let r = intersect(&cb, &input);
                 drop(cb);
@@ -1471,6 +1771,7 @@ mod tests {
                 low_comm: false,
                 malicious: false,
                 rr22_ahead: None,
+                rr22_early: None,
             };
             let r = intersect(&ca, &input);
             h.join().unwrap().unwrap();
@@ -1522,6 +1823,7 @@ mod tests {
                     low_comm: mode.0,
                     malicious: mode.1,
                     rr22_ahead: None,
+                    rr22_early: None,
                 };
                 intersect(&cb, &input).unwrap()
             });
@@ -1536,6 +1838,7 @@ mod tests {
                 low_comm: mode.0,
                 malicious: mode.1,
                 rr22_ahead: None,
+                rr22_early: None,
             };
             (intersect(&ca, &input).unwrap(), hb.join().unwrap())
         });

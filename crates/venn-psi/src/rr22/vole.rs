@@ -321,8 +321,20 @@ pub(crate) fn send_with(
     cfg: &VoleCfg,
     cheat: Cheat,
 ) -> Result<(u128, Vec<u128>), PsiError> {
+    let delta = Prg::from_os().block();
+    send_with_delta(chan, m, cfg, cheat, delta).map(|b| (delta, b))
+}
+
+/// [`send_with`] under a Δ the caller drew (uniformly at random, and kept
+/// to itself): returns B.
+pub(crate) fn send_with_delta(
+    chan: &dyn Channel,
+    m: usize,
+    cfg: &VoleCfg,
+    cheat: Cheat,
+    delta: u128,
+) -> Result<Vec<u128>, PsiError> {
     let mut prg = Prg::from_os();
-    let delta = prg.block();
     let t0 = std::time::Instant::now();
     let keys = ot::base_recv(chan, delta)?;
     super::trace!(t0, "S: base OT");
@@ -423,7 +435,7 @@ pub(crate) fn send_with(
             .collect();
         wire::send(chan, tags::VOLE_CHECK, &check_digest(&vs))?;
     }
-    Ok((delta, out))
+    Ok(out)
 }
 
 /// The VOLE receiver's side: returns (A, C) with C = A·Δ + B, |A| = |C| = m.
