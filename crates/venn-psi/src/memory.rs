@@ -18,6 +18,9 @@ pub enum Phase {
     Batches,
     /// The batches are over.
     BatchesDone,
+    /// The run's large buffers are freed, and the output is being synced
+    /// to disk: the process waits on the disk and will end soon after.
+    Finishing,
 }
 
 /// A function the binary registers to hear about [`Phase`]s.
@@ -51,4 +54,9 @@ impl Drop for Batches {
     fn drop(&mut self) {
         hint(Phase::BatchesDone);
     }
+}
+
+/// [`Phase::Finishing`].
+pub(crate) fn finishing() {
+    hint(Phase::Finishing);
 }

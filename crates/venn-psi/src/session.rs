@@ -2698,6 +2698,7 @@ fn run_inner(
             write_runs(cfg, &mut w, matched, unmatched, peer_rows - tot.rows_peer)?;
         }
         tracing::debug!(t = t0.elapsed().as_secs_f64(), "committing output");
+        crate::memory::finishing();
         let rows_out = w.commit()?;
         tracing::debug!(t = t0.elapsed().as_secs_f64(), "output committed");
         out_stats = Some(OutputStats {
