@@ -45,9 +45,9 @@
 //! tags meanwhile, so neither party ever blocks on a send while the other
 //! does too.
 //!
-//! Communication (n_x = n_y = n): R → S about 1.35·128 bits per receiver item
-//! (OKVS expansion: RR22's e ≈ 1.27 at 2^14-key bins times the bin-capacity
-//! margin) plus the VOLE setup (IKNP columns for 128 COTs per first-chunk
+//! Communication (n_x = n_y = n): R → S about 1.28·128 bits per receiver item
+//! (OKVS expansion: RR22's e ≈ 1.245 at 2^16-key bins times the
+//! bin-capacity margin) plus the VOLE setup (IKNP columns for 128 COTs per first-chunk
 //! noise value and t·h OTs per later chunk); S → R the truncated tags plus
 //! the punctured-PRF messages (2·t·h blocks per VOLE chunk).
 //!

@@ -40,7 +40,7 @@
 //!   volePSI code): log2(λ/e-slope) = 0.555·log2 n + 2.336,
 //!   e = (λ + 9.2 + 1.223·slope)/slope, gap g = ⌊λ / log2(e·n)⌋, with n the bin
 //!   capacity and λ = stat_sec + log2(bins); `dense` = g + λ. For bins of
-//!   ~2^14 keys this gives e ≈ 1.27 and 3 + 46 dense columns.
+//!   ~2^16 keys this gives e ≈ 1.245 and 2 + 44 dense columns (2^20 keys).
 //!
 //! Why binary and not GF(2^128) coefficients (h, h², …, h^g: g columns
 //! only, which volePSI uses for its fast mode): the 46 extra cells per bin
@@ -55,15 +55,24 @@ use super::prim::{Aes, reduce64};
 use crate::error::PsiError;
 use crate::slices::split_starts;
 
-/// Target number of keys per bin (RR22 uses 2^14: a bin stays in L2).
-pub(crate) const BIN_TARGET: usize = 1 << 14;
+/// Target number of keys per bin. RR22 uses 2^14, so that a bin's cells
+/// stay in L2; larger bins need fewer cells (a smaller expansion e and bin
+/// margin: at 2^20 keys m = 1.420M cells with 2^14, 1.375M with 2^15,
+/// 1.345M with 2^16, 1.324M with 2^17), and every cell is a VOLE output
+/// and 16 bytes on the wire. 2^16 (~1.3 MB of cells a bin, about this
+/// machine's L2) decodes as fast as 2^14 here (21.7 against 25.1 ms for
+/// 2^20 keys, `VENN_BENCH=okvs`) and encodes as fast (48.7 against 48.3
+/// ms); 2^17 encodes slower (60.8 ms). Whole runs at 2^20, alternated
+/// pairs: 2^16 against 2^14 −15.6 ms median (20 of 24 faster), 2^15
+/// against 2^14 −8.1 ms (15 of 24), 2^17 against 2^16 +2.6 ms.
+pub(crate) const BIN_TARGET: usize = 1 << 16;
 /// Keys per bin in the low-communication mode: 2^18 keys (4 MiB of 16-byte
 /// cells per bin, no longer cache-resident, but e ≈ 1.23 and a 1.5% bin
 /// margin instead of 1.27 and 6%).
 pub(crate) const BIN_TARGET_LOW_COMM: usize = 1 << 18;
 /// Rows ahead whose cells a decode asks the CPU for while it sums a row
-/// (the bin's cells, ~350 KB, share the L2 with the other hyperthread:
-/// decoding 2^20 keys on two threads went from 34.5 to 27–30 ms).
+/// (a bin's cells share the L2 with the other hyperthread: with 2^14-key
+/// bins, decoding 2^20 keys on two threads went from 34.5 to 27–30 ms).
 const PREFETCH: usize = 8;
 /// Attempts per bin before giving up (each fails with probability ≲ 2^-40).
 const MAX_ATTEMPTS: u32 = 64;
@@ -487,7 +496,7 @@ pub(crate) struct Layout {
 const POS_BITS: u32 = 21;
 
 /// Whether rows of this shape fit [`pack_row`] (always in the fast mode's
-/// shape: bins of 2^14 keys have ~22,000 sparse cells and ~50 dense ones).
+/// shape: bins of 2^16 keys have ~84,000 sparse cells and ~46 dense ones).
 fn packable(params: &OkvsParams) -> bool {
     params.dense <= 64 && params.sparse <= 1 << POS_BITS
 }
@@ -1164,13 +1173,20 @@ mod tests {
 
     #[test]
     fn params_follow_rr22() {
-        let p = OkvsParams::new(1 << 20, 40);
+        // RR22's bins of 2^14 keys
+        let p = OkvsParams::with_bin_target(1 << 20, 40, 1 << 14);
         assert_eq!(p.bins, 64);
         let e = p.len() as f64 / (1 << 20) as f64;
         assert!(e > 1.25 && e < 1.40, "expansion {e}");
         // g = 2..4 gap columns plus λ = 40 + log2(64); at most 64 bits, so
         // a row takes two AES blocks
         assert!(p.dense >= 48 && p.dense <= 50, "dense {}", p.dense);
+        // ours, of 2^16: fewer cells
+        let q = OkvsParams::new(1 << 20, 40);
+        assert_eq!(q.bins, 16);
+        let e16 = q.len() as f64 / (1 << 20) as f64;
+        assert!(e16 > 1.25 && e16 < e - 0.02, "expansion {e16}");
+        assert!(q.dense >= 46 && q.dense <= 48, "dense {}", q.dense);
         let small = OkvsParams::new(1, 40);
         assert!(small.sparse >= 3);
         let lc = OkvsParams::low_comm(1 << 20, 40);
