@@ -58,11 +58,9 @@ const FORWARD: u8 = 0x06;
 const COUNTS: u8 = 0x07;
 const SUMMARY: u8 = 0x08;
 const EARLY: u8 = 0x09;
-const TEXT: u8 = 0x0A;
 
 /// Bumped whenever a message changes (2: per-batch sizes in `BUCKET`; 3:
-/// RR22's `EARLY` proposal after the handshake, `STATUS`'s second byte, and
-/// the output text in `TEXT`).
+/// RR22's `EARLY` proposal after the handshake).
 const VERSION: &str = "venn-psi/3";
 
 /// Runs this party's side of a PSI over `chan`.
@@ -2042,7 +2040,6 @@ fn decode_positions(msg: &[u8], n: usize) -> Result<(Vec<u32>, &[u8]), PsiError>
 /// position) in the shuffled orders. `mine` is this party's grouping (its
 /// row count per group).
 /// Returns (my position, peer count) at a receiver, `None` elsewhere.
-#[allow(clippy::too_many_arguments)]
 fn exchange_counts(
     chan: &dyn Channel,
     native: Option<Vec<(u32, u32)>>,
@@ -2051,12 +2048,10 @@ fn exchange_counts(
     mine: &Grouped,
     peer_len: usize,
     peer_dups: bool,
-    text_ok: bool,
-) -> Result<Counted, PsiError> {
-    wire::send(chan, STATUS, &[native.is_some() as u8, text_ok as u8])?;
+) -> Result<Option<Vec<(u32, u32)>>, PsiError> {
+    wire::send(chan, STATUS, &[native.is_some() as u8])?;
     let st = wire::recv(chan, STATUS, "the peer's status")?;
     let peer_native = st.first().copied().unwrap_or(0) == 1;
-    let peer_text_ok = st.get(1).copied().unwrap_or(0) == 1;
     if peer_native && !peer_learns {
         return Err(PsiError::peer(
             "the peer claims a result it should not have",
@@ -2099,17 +2094,7 @@ fn exchange_counts(
             {
                 return Err(PsiError::peer("protocol result out of range"));
             }
-            if peer_learns && !peer_native && text_ok && peer_text_ok && !my_dups && !peer_dups {
-                // both write the matched keys alone, in key order: the
-                // same text, which this party makes and sends
-                let mut msg = vec![TEXT_FOLLOWS];
-                msg.extend_from_slice(&(m.len() as u64).to_le_bytes());
-                wire::send(chan, FORWARD, &msg)?;
-                Ok(Counted::Pairs(
-                    m.into_iter().map(|(i, _)| (i, 1)).collect(),
-                    true,
-                ))
-            } else if peer_learns && !peer_native {
+            if peer_learns && !peer_native {
                 // forward the result: peer positions, with our counts. The
                 // positions need an order only when counts travel (ours
                 // beside them, or the peer's back in their order).
@@ -2125,7 +2110,7 @@ fn exchange_counts(
                 wire::send(chan, FORWARD, &msg)?;
                 drop(pos);
                 let pc = recv_counts(COUNTS, m.len())?;
-                Ok(Counted::Pairs(with_counts(m, pc), false))
+                Ok(Some(with_counts(m, pc)))
             } else if peer_learns {
                 // both have the result: swap counts, each ordered by the receiver's positions
                 m.sort_unstable_by_key(|&(_, j)| j);
@@ -2136,7 +2121,7 @@ fn exchange_counts(
                 }
                 m.sort_unstable_by_key(|&(i, _)| i);
                 let pc = recv_counts(COUNTS, m.len())?;
-                Ok(Counted::Pairs(with_counts(m, pc), false))
+                Ok(Some(with_counts(m, pc)))
             } else {
                 let all = recv_counts(ALL_COUNTS, peer_len)?;
                 if let Some(all) = all {
@@ -2144,7 +2129,7 @@ fn exchange_counts(
                 } else {
                     m.iter_mut().for_each(|e| e.1 = 1);
                 }
-                Ok(Counted::Pairs(m, false))
+                Ok(Some(m))
             }
         }
         None if self_learns => {
@@ -2152,15 +2137,6 @@ fn exchange_counts(
                 return Err(PsiError::peer("neither party has the protocol's result"));
             }
             let msg = wire::recv(chan, FORWARD, "the forwarded result")?;
-            if msg.first() == Some(&TEXT_FOLLOWS) {
-                // the peer sends the output text (it asked only if we can
-                // take it)
-                let m = u64s(&msg[1..], 1, "forwarded result")?[0];
-                if !text_ok || my_dups || peer_dups || m > groups as u64 {
-                    return Err(PsiError::peer("malformed forwarded result"));
-                }
-                return Ok(Counted::Text(m));
-            }
             let (pos, rest) = decode_positions(&msg, groups)?;
             let counts = if peer_dups {
                 wire::get_u32s(rest, "forwarded result")?
@@ -2185,7 +2161,7 @@ fn exchange_counts(
                 wire::put_u32s(&mut m, &c);
                 wire::send(chan, COUNTS, &m)?;
             }
-            Ok(Counted::Pairs(out, false))
+            Ok(Some(out))
         }
         None => {
             if peer_learns && my_dups {
@@ -2194,25 +2170,10 @@ fn exchange_counts(
                 wire::put_u32s(&mut m, &all);
                 wire::send(chan, ALL_COUNTS, &m)?;
             }
-            Ok(Counted::Nothing)
+            Ok(None)
         }
     }
 }
-
-/// What [`exchange_counts`] leaves a party with.
-enum Counted {
-    /// Not a receiver.
-    Nothing,
-    /// (group, the peer's count) of every match; and whether this party
-    /// sends the peer its output text (both write the same lines).
-    Pairs(Vec<(u32, u32)>, bool),
-    /// The peer sends this party's output text: `m` lines, one per match.
-    Text(u64),
-}
-
-/// First byte of a `FORWARD` message whose output text follows in `TEXT`
-/// frames (the position encodings use 0 and 1).
-const TEXT_FOLLOWS: u8 = 2;
 
 fn core_of(cfg: &PsiConfig) -> CoreFn {
     match cfg.protocol {
@@ -2486,11 +2447,7 @@ fn run_inner(
         }
         drop((ahead, batches_hint));
         tracing::debug!(bucket = b, t = t0.elapsed().as_secs_f64(), "protocol done");
-        // this party's output would be its matched keys alone, in key
-        // order (the fast path below): the same lines as the peer's if the
-        // peer's is too, so one party makes them and sends them
-        let text_ok = one_class && rws.rows_are_keys() && !g.has_dups();
-        let counted = exchange_counts(
+        let result = exchange_counts(
             chan,
             matches,
             self_learns,
@@ -2498,54 +2455,8 @@ fn run_inner(
             &g,
             peer_len,
             peer_dups,
-            text_ok,
         )?;
-        let (mut result, share) = match counted {
-            Counted::Nothing => continue,
-            Counted::Pairs(r, share) => (r, share),
-            Counted::Text(m) => {
-                let tw = Instant::now();
-                let groups = g.len() as u64;
-                drop(g);
-                let w = out.as_mut().expect("receivers have an output");
-                let mut lines = 0u64;
-                loop {
-                    let frame = wire::recv_frame(chan, TEXT, "the output text")?;
-                    if frame.len() == 1 {
-                        break;
-                    }
-                    let n = frame
-                        .get(1..9)
-                        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-                        .filter(|n| lines + n <= m)
-                        .ok_or_else(|| PsiError::peer("malformed output text"))?;
-                    w.lines(&frame[9..], n)?;
-                    lines += n;
-                }
-                if lines != m {
-                    return Err(PsiError::peer(format!(
-                        "the output text has {lines} lines, expected {m}"
-                    )));
-                }
-                tot.keys += m;
-                tot.rows_self += m;
-                tot.rows_peer += m;
-                tot.join_rows += m;
-                tot.unmatched_self += groups - m;
-                let party = w.party();
-                write_unmatched_sections(
-                    cfg,
-                    w,
-                    party,
-                    &[],
-                    &|_| std::iter::empty(),
-                    peer_rows - tot.rows_peer,
-                )?;
-                t_write += tw.elapsed().as_secs_f64();
-                tracing::debug!(bucket = b, t = t0.elapsed().as_secs_f64(), "bucket written");
-                continue;
-            }
-        };
+        let Some(mut result) = result else { continue };
         tracing::trace!(t = t0.elapsed().as_secs_f64(), "counts exchanged");
 
         let tw = Instant::now();
@@ -2566,15 +2477,12 @@ fn run_inner(
         // from 2^22 matches ([`matched_items_sorted`]): at 2^24 rows the general path below
         // held the unique items, the grouping order, the result and a
         // 32-byte entry per match at once, the run's peak (~0.74 GB).
-        // (a party that sends its text to the peer always comes here: both
-        // are of this kind, [`exchange_counts`] checked, also with no match)
-        if share
-            || direct
-                && by_item
-                && !writes_unmatched
-                && rws.rows_are_keys()
-                && !g.has_dups()
-                && result.par_iter().all(|&(_, c)| c == 1)
+        if direct
+            && by_item
+            && !writes_unmatched
+            && rws.rows_are_keys()
+            && !g.has_dups()
+            && result.par_iter().all(|&(_, c)| c == 1)
         {
             let groups = g.len() as u64;
             drop(g);
@@ -2594,8 +2502,7 @@ fn run_inner(
             tot.unmatched_self += groups - m;
             let w = out.as_mut().expect("receivers have an output");
             let party = w.party();
-            let peer = share.then_some(chan);
-            write_in_windows_to(w, peer, &keys, |keys, buf| {
+            write_in_windows(w, &keys, |keys, buf| {
                 let mut text = [0u8; crate::item::KEY_BUF];
                 keys.iter()
                     .map(|&item| {
@@ -2855,41 +2762,18 @@ fn write_in_windows<T: Sync>(
     entries: &[T],
     format: impl Fn(&[T], &mut Vec<u8>) -> u64 + Sync,
 ) -> Result<(), PsiError> {
-    write_in_windows_to(w, None, entries, format)
-}
-
-/// [`write_in_windows`], each piece of text also sent to `peer` if given
-/// (a `TEXT` frame: its line count, then the lines), then an empty `TEXT`
-/// frame: the peer writes the same lines ([`Counted::Text`]).
-fn write_in_windows_to<T: Sync>(
-    w: &mut OutWriter,
-    peer: Option<&dyn Channel>,
-    entries: &[T],
-    format: impl Fn(&[T], &mut Vec<u8>) -> u64 + Sync,
-) -> Result<(), PsiError> {
-    // room for the frame's tag and line count in front of the text
-    let head = if peer.is_some() { 9 } else { 0 };
     for window in entries.chunks(WRITE_WINDOW) {
         let texts: Vec<(Vec<u8>, u64)> = window
             .par_chunks(WRITE_WINDOW / 64)
             .map(|part| {
-                let mut buf = Vec::with_capacity(head + part.len() * 32);
-                buf.resize(head, 0);
+                let mut buf = Vec::with_capacity(part.len() * 32);
                 let n = format(part, &mut buf);
                 (buf, n)
             })
             .collect();
-        for (mut text, n) in texts {
-            w.lines(&text[head..], n)?;
-            if let Some(c) = peer {
-                text[0] = TEXT;
-                text[1..9].copy_from_slice(&n.to_le_bytes());
-                wire::send_frame(c, text)?;
-            }
+        for (text, n) in texts {
+            w.lines(&text, n)?;
         }
-    }
-    if let Some(c) = peer {
-        wire::send_frame(c, vec![TEXT])?;
     }
     Ok(())
 }
@@ -3644,9 +3528,7 @@ mod tests {
     /// RR22's early VOLE: run when the receiver's work ahead is ready, and
     /// used when the run is of one batch; proposed and accepted but dropped
     /// when the peer's size asks for batches; refused by a sender that
-    /// would batch. The outputs equal the intersection every time (files
-    /// of unique keys alone: the connector writes the listener's text,
-    /// [`Counted::Text`], so a wrong line there fails this too).
+    /// would batch. The outputs equal the intersection every time.
     #[test]
     fn early_vole_cases() {
         // (listener rows, connector rows, batch rows at each party: the
