@@ -3531,19 +3531,20 @@ mod tests {
     /// would batch. The outputs equal the intersection every time.
     #[test]
     fn early_vole_cases() {
-        // (listener rows, connector rows, batch rows at each party: the
-        // connector's refuses proposals above it, whether the early VOLE
-        // is used)
-        // connector reading ahead too (it computes Δ·H(y) during the VOLE)
-        // or inside the run
+        // (listener rows, connector rows, batch rows at each party (the
+        // connector refuses proposals above its own), whether the early
+        // VOLE is used, whether the connector reads ahead too (it computes
+        // Δ·H(y) during the VOLE) or inside the run, whether both learn or
+        // the listener alone)
         let cases = [
-            (3000u64, 2500u64, [None, None], true, true),
-            (3000, 2500, [None, None], true, false),
-            (1, 7, [None, None], true, true),
-            (500, 5000, [Some(1000), Some(1000)], false, true),
-            (3000, 2000, [None, Some(1000)], false, true),
+            (3000u64, 2500u64, [None, None], true, true, true),
+            (3000, 2500, [None, None], true, false, true),
+            (3000, 2500, [None, None], true, true, false),
+            (1, 7, [None, None], true, true, true),
+            (500, 5000, [Some(1000), Some(1000)], false, true, true),
+            (3000, 2000, [None, Some(1000)], false, true, true),
         ];
-        for (na, nb, batch, used, b_ahead) in cases {
+        for (na, nb, batch, used, b_ahead, both) in cases {
             let dir = tempfile::tempdir().unwrap();
             let (pa, pb) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
             // the listener has 0, 2, 4, …; the connector 0, 3, 6, …
@@ -3562,6 +3563,10 @@ mod tests {
                 c.tmp_dir = dir.path().to_path_buf();
                 c.batch_rows = b;
             }
+            if !both {
+                ca.receiver = Receiver::SelfOnly;
+                cb.receiver = Receiver::Peer;
+            }
             let (oa, ob) = (dir.path().join("oa.csv"), dir.path().join("ob.csv"));
             let (x, y) = crate::channel::memory_pair(16);
             let (ca, cb, pa, pb, oa2, ob2) = (&ca, &cb, &pa, &pb, &oa, &ob);
@@ -3571,13 +3576,15 @@ mod tests {
                     run_read_ahead(ca, ahead, Some(oa2), &x)
                 });
                 let hb = s.spawn(move || match b_ahead {
-                    true => run_read_ahead(cb, ReadAhead::start(cb, pb), Some(ob2), &y),
-                    false => run(cb, pb, Some(ob2), &y),
+                    true => run_read_ahead(cb, ReadAhead::start(cb, pb), both.then_some(ob2), &y),
+                    false => run(cb, pb, both.then_some(ob2), &y),
                 });
                 (ha.join(), hb.join())
             });
             let (ra, rb) = (ra.unwrap().unwrap(), rb.unwrap().unwrap());
-            let case = format!("{na} × {nb} rows, batches {batch:?}, connector ahead {b_ahead}");
+            let case = format!(
+                "{na} × {nb} rows, batches {batch:?}, connector ahead {b_ahead}, both learn {both}"
+            );
             assert_eq!((ra.early_vole, rb.early_vole), (used, used), "{case}");
             // common: multiples of 6 below both ends
             let top = (2 * na).min(3 * nb);
@@ -3586,7 +3593,10 @@ mod tests {
                 .collect();
             let want = format!("id\n{want}");
             assert_eq!(std::fs::read_to_string(&oa).unwrap(), want, "{case}");
-            assert_eq!(std::fs::read_to_string(&ob).unwrap(), want, "{case}");
+            match both {
+                true => assert_eq!(std::fs::read_to_string(&ob).unwrap(), want, "{case}"),
+                false => assert!(!ob.exists(), "{case}"),
+            }
         }
     }
 }
