@@ -117,6 +117,8 @@ const BATCH_PURGE_DELAY: i64 = 10;
 /// The engine's [`venn_psi::memory::Hook`]: while protocol batches run,
 /// freed memory waits [`BATCH_PURGE_DELAY`] ms before it goes back to the
 /// system; then the run's own policy returns (module docs, "Batches").
+/// When the run finishes, a small input's kept memory goes back on a thread
+/// of its own ([`purge_now`]; module docs).
 fn batches(phase: venn_psi::memory::Phase) {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
