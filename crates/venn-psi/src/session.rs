@@ -351,12 +351,6 @@ struct EarlyRun {
     receiver: bool,
 }
 
-/// Largest receiver item count a sender runs an early VOLE for without a
-/// `--batch-rows` of its own: the most rows a batch holds by default
-/// ([`crate::config::default_batch_rows`]). A receiver with more items runs
-/// in batches, where the early VOLE would go unused.
-const EARLY_MAX_DEFAULT: u64 = 1 << 20;
-
 /// RR22's early VOLE ([`rr22::EarlyVole`]) around reading the input
 /// (`read`), right after the handshake. The receiver reads (its input was
 /// read ahead, [`ReadAhead`]) and proposes its unique item count if it
@@ -406,16 +400,20 @@ fn early_vole(
             if n_x == 0 {
                 return Ok((read()?, None));
             }
-            let most = cfg.batch_rows.unwrap_or(EARLY_MAX_DEFAULT);
+            // a receiver with more items than a batch holds (by default
+            // at most `default_batch_rows` of a small input) runs in
+            // batches, where the early VOLE would go unused
+            let most = cfg
+                .batch_rows
+                .unwrap_or_else(|| crate::config::default_batch_rows(0));
             let accept = fast && n_x <= most;
             wire::send(chan, EARLY, &[accept as u8])?;
             if !accept {
                 return Ok((read()?, None));
             }
             let send = rr22::EarlySend::new(n_x as usize, cfg.stat_sec);
-            // after the read, Δ·H(y) and the OKVS rows of the items the run
-            // will get (one batch of the grouping done ahead), while the
-            // VOLE still runs
+            // after the read, Δ·H(y) of the items the run will get (one
+            // batch of the grouping done ahead), while the VOLE still runs
             let read_and_prepare = || {
                 let input = read()?;
                 if let Some(p) = input.pre.as_ref().filter(|p| p.kbits == 0) {

@@ -715,10 +715,9 @@ fn intersect_with(
                 && p.params == shape.params
                 && p.noise.fits(shape.params.len(), &shape.vole)
         });
-        let start = match (early, ahead) {
-            (Some(Early::Receiver(e)), _) => Start::Early(e),
-            (_, Some(p)) => Start::Ahead(p),
-            _ => Start::Fresh,
+        let start = match early {
+            Some(Early::Receiver(e)) => Start::Early(e),
+            _ => Start::Vole(ahead),
         };
         run_receiver(chan, input.items, n_y, &shape, tb, opts.encode, start)
             .map(|m| CoreOutput { matches: Some(m) })
@@ -888,10 +887,9 @@ fn decode_header(buf: &[u8], bins: usize) -> Result<OkvsHeader, PsiError> {
 
 /// What a receiver's run starts from.
 enum Start {
-    /// nothing: the run computes A' and runs the VOLE
-    Fresh,
-    /// A' computed ahead ([`ReceiverAhead`])
-    Ahead(Prepared),
+    /// the run's own VOLE, with A' computed ahead ([`ReceiverAhead`]) or
+    /// not (then the run computes it)
+    Vole(Option<Prepared>),
     /// the VOLE ran before the sizes ([`EarlyVole`])
     Early(EarlyReceiver),
 }
@@ -922,10 +920,7 @@ fn run_receiver(
     let (mut mine, wr) = match start {
         // the VOLE and A' went before the sizes ([`EarlyVole`])
         Start::Early(e) => (own(e.c, &e.header, e.layout), 0),
-        Start::Ahead(p) => receiver_vole(chan, shape, items, opts, Some(p), t0, |c, h, l, wr| {
-            (own(c, h, l), wr)
-        })?,
-        Start::Fresh => receiver_vole(chan, shape, items, opts, None, t0, |c, h, l, wr| {
+        Start::Vole(ahead) => receiver_vole(chan, shape, items, opts, ahead, t0, |c, h, l, wr| {
             (own(c, h, l), wr)
         })?,
     };
