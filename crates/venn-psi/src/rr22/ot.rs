@@ -55,16 +55,36 @@ fn random_scalar() -> Scalar {
     Scalar::from_bytes_mod_order_wide(&wide)
 }
 
-fn ot_hash(i: usize, a: &[u8; 32], b: &[u8; 32], p: &RistrettoPoint) -> u128 {
+fn ot_hash(i: usize, a: &[u8; 32], b: &[u8; 32], p: &CompressedRistretto) -> u128 {
     let mut h = blake3::Hasher::new_derive_key("venn rr22 2026 chou-orlandi base ot");
     h.update(&(i as u64).to_le_bytes());
     h.update(a);
     h.update(b);
-    h.update(p.compress().as_bytes());
+    h.update(p.as_bytes());
     let out = h.finalize();
     let mut k = [0u8; 16];
     k.copy_from_slice(&out.as_bytes()[..16]);
     u128::from_le_bytes(k)
+}
+
+/// Points per batch of [`double_compress`].
+const BATCH: usize = 32;
+
+/// `compress(2·P)` for every point P, in batches that share one field
+/// inversion each (`double_and_compress_batch`): a lone `compress` costs an
+/// inversion per point. Callers hand in halves (k/2·Q for the k·Q they
+/// need, or a random half h for b = 2h), as the ECDH module does; the
+/// results, and so the OT keys, are those of compressing k·Q.
+///
+/// On the calling thread, as the whole base OT: it runs at the start of
+/// the VOLE, while the thread pool reads the input (the early VOLE), and
+/// handing these 384 multiplications to the pool made the VOLE wait for
+/// the read's tasks (the connector's run, 30 alternated pairs: +10 ms).
+fn double_compress(points: &[RistrettoPoint]) -> Vec<CompressedRistretto> {
+    points
+        .chunks(BATCH)
+        .flat_map(RistrettoPoint::double_and_compress_batch)
+        .collect()
 }
 
 /// Base-OT sender: returns `KAPPA` random key pairs (k₀, k₁).
@@ -81,20 +101,35 @@ pub(crate) fn base_send(chan: &dyn Channel) -> Result<Vec<(u128, u128)>, PsiErro
             32 * KAPPA
         )));
     }
-    let a_a = a * big_a;
-    let mut keys = Vec::with_capacity(KAPPA);
-    for (i, chunk) in msg.chunks_exact(32).enumerate() {
-        let mut b_bytes = [0u8; 32];
-        b_bytes.copy_from_slice(chunk);
-        let big_b = CompressedRistretto(b_bytes)
-            .decompress()
-            .ok_or_else(|| PsiError::peer("base OT reply: invalid group element"))?;
-        let ab = a * big_b;
-        let k0 = ot_hash(i, &a_bytes, &b_bytes, &ab);
-        let k1 = ot_hash(i, &a_bytes, &b_bytes, &(ab - a_a));
-        keys.push((k0, k1));
-    }
-    Ok(keys)
+    let half = a * Scalar::from(2u8).invert();
+    let half_a = half * big_a;
+    let bs: Vec<[u8; 32]> = msg
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("32-byte chunks"))
+        .collect();
+    // (a/2)·B and (a/2)·B − (a/2)·A for each B: doubled, a·B and a·(B − A)
+    let halves: Vec<RistrettoPoint> = bs
+        .iter()
+        .map(|b| {
+            CompressedRistretto(*b)
+                .decompress()
+                .map(|big_b| half * big_b)
+                .ok_or_else(|| PsiError::peer("base OT reply: invalid group element"))
+        })
+        .collect::<Result<_, _>>()?;
+    let pairs: Vec<RistrettoPoint> = halves.iter().flat_map(|&p| [p, p - half_a]).collect();
+    let comp = double_compress(&pairs);
+    Ok(bs
+        .iter()
+        .zip(comp.chunks_exact(2))
+        .enumerate()
+        .map(|(i, (b, k))| {
+            (
+                ot_hash(i, &a_bytes, b, &k[0]),
+                ot_hash(i, &a_bytes, b, &k[1]),
+            )
+        })
+        .collect())
 }
 
 /// Base-OT receiver with the 128 choice bits of `choices`; returns k_{c_i}.
@@ -107,24 +142,34 @@ pub(crate) fn base_recv(chan: &dyn Channel, choices: u128) -> Result<Vec<u128>, 
     let big_a = CompressedRistretto(a_bytes)
         .decompress()
         .ok_or_else(|| PsiError::peer("base OT setup: invalid group element"))?;
-    let mut reply = Vec::with_capacity(32 * KAPPA);
-    let mut keys = Vec::with_capacity(KAPPA);
-    let mut bs = Vec::with_capacity(KAPPA);
-    for i in 0..KAPPA {
-        let b = random_scalar();
-        let mut big_b = RISTRETTO_BASEPOINT_TABLE * &b;
-        if (choices >> i) & 1 == 1 {
-            big_b += big_a;
-        }
-        let b_bytes = big_b.compress().to_bytes();
-        reply.extend_from_slice(&b_bytes);
-        bs.push((b, b_bytes));
-    }
+    // b = 2h for a random h (as uniform as b): h·G + c·(A/2) doubles to
+    // B = b·G + c·A, and h·A to b·A
+    let half_big_a = Scalar::from(2u8).invert() * big_a;
+    let hs: Vec<Scalar> = (0..KAPPA).map(|_| random_scalar()).collect();
+    let halves: Vec<RistrettoPoint> = hs
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let p = RISTRETTO_BASEPOINT_TABLE * h;
+            if (choices >> i) & 1 == 1 {
+                p + half_big_a
+            } else {
+                p
+            }
+        })
+        .collect();
+    let reply: Vec<u8> = double_compress(&halves)
+        .iter()
+        .flat_map(|b| b.to_bytes())
+        .collect();
     wire::send(chan, tags::BASE_B, &reply)?;
-    for (i, (b, b_bytes)) in bs.iter().enumerate() {
-        keys.push(ot_hash(i, &a_bytes, b_bytes, &(b * big_a)));
-    }
-    Ok(keys)
+    let shared: Vec<RistrettoPoint> = hs.iter().map(|h| h * big_a).collect();
+    Ok(double_compress(&shared)
+        .iter()
+        .zip(reply.chunks_exact(32))
+        .enumerate()
+        .map(|(i, (p, b))| ot_hash(i, &a_bytes, b.try_into().expect("32 bytes"), p))
+        .collect())
 }
 
 /// Transposes a 128×128 bit matrix in place: bit c of row r ↔ bit r of row c.
