@@ -77,9 +77,10 @@ const BATCH: usize = 32;
 /// results, and so the OT keys, are those of compressing k·Q.
 ///
 /// On the calling thread, as the whole base OT: it runs at the start of
-/// the VOLE, while the thread pool reads the input (the early VOLE), and
-/// handing these 384 multiplications to the pool made the VOLE wait for
-/// the read's tasks (the connector's run, 30 alternated pairs: +10 ms).
+/// the VOLE, where the thread pool is busy reading the input (the early
+/// VOLE at the connector), and tasks handed to the pool would wait behind
+/// the read's. Both parties' base OT, in one process on this machine's
+/// two hyperthreads: 5.9–6.9 ms before, 4.6–6.5 ms batched.
 fn double_compress(points: &[RistrettoPoint]) -> Vec<CompressedRistretto> {
     points
         .chunks(BATCH)
