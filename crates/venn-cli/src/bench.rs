@@ -35,7 +35,7 @@ pub(crate) struct BenchJobArgs {
     #[arg(long, default_value_t = 1 << 16)]
     rows: u64,
     /// PSI protocol.
-    #[arg(long, default_value = "ecdh", value_parser = ["ecdh", "rr22"])]
+    #[arg(long, default_value = "rr22", value_parser = ["ecdh", "rr22"])]
     protocol: String,
     /// Folder for data, node data dirs and logs.
     #[arg(long, default_value = "venn-bench-job")]
@@ -49,7 +49,7 @@ pub(crate) struct BenchPsiArgs {
     #[arg(long, default_value_t = 1 << 16)]
     rows: u64,
     /// PSI protocol.
-    #[arg(long, default_value = "ecdh", value_parser = ["ecdh", "rr22"])]
+    #[arg(long, default_value = "rr22", value_parser = ["ecdh", "rr22"])]
     protocol: String,
     /// RR22's low-communication variant (passed to both parties).
     #[arg(long)]

@@ -40,7 +40,7 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     keep: bool,
     /// PSI protocol.
-    #[arg(long, default_value = "ecdh", value_parser = ["ecdh", "rr22"])]
+    #[arg(long, default_value = "rr22", value_parser = ["ecdh", "rr22"])]
     protocol: String,
 }
 

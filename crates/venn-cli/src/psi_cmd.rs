@@ -77,8 +77,9 @@ pub(crate) struct PsiArgs {
     /// Where this party's rows of the result go (required at a receiver).
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// PSI protocol.
-    #[arg(long, default_value = "ecdh", value_parser = ["ecdh", "rr22"])]
+    /// PSI protocol: rr22 (VOLE-based, the fastest; RR22, CCS 2022) or ecdh
+    /// (Diffie–Hellman on ristretto255: fewer bytes at small sizes).
+    #[arg(long, default_value = "rr22", value_parser = ["ecdh", "rr22"])]
     protocol: String,
     /// RR22 only: the low-communication variant (subfield VOLE, OKVS cells
     /// of λ + log2(peer rows) bits): about 40% fewer bytes, slower.

@@ -471,7 +471,7 @@ struct NativeOutput {
 }
 
 fn default_protocol() -> String {
-    "ecdh".into()
+    "rr22".into()
 }
 fn default_join() -> String {
     "inner".into()
@@ -656,8 +656,8 @@ fn parse_secretflow(
         owners.push(owner);
     }
     let protocol = match attr("protocol").map(one).as_deref() {
-        None | Some("") | Some("PROTOCOL_ECDH") | Some("ECDH_PSI_2PC") => "ecdh".to_owned(),
-        Some("PROTOCOL_RR22") | Some("RR22_PSI_2PC") => "rr22".to_owned(),
+        Some("PROTOCOL_ECDH") | Some("ECDH_PSI_2PC") => "ecdh".to_owned(),
+        None | Some("") | Some("PROTOCOL_RR22") | Some("RR22_PSI_2PC") => "rr22".to_owned(),
         Some(other) => {
             return Err(invalid(format!(
                 "{field}: protocol {other:?} is not supported; use PROTOCOL_ECDH or PROTOCOL_RR22"
@@ -751,7 +751,7 @@ mod tests {
         let parties = vec!["alice".to_string(), "bob".to_string()];
         let cfg = r#"{"inputs":{"alice":{"domaindata_id":"a","keys":["id"]},"bob":{"domaindata_id":"b","keys":["id"]}},"receivers":["bob"]}"#;
         let s = parse_psi("tasks[0]", cfg, &parties, &out, &owner).unwrap();
-        assert_eq!(s.protocol, "ecdh");
+        assert_eq!(s.protocol, "rr22");
         assert_eq!(s.outputs.len(), 1);
         assert_eq!(s.left_side, "alice");
         let e = parse_psi(
