@@ -529,9 +529,7 @@ fn work_ahead(cfg: &PsiConfig, mut input: Input) -> Input {
 /// its groups stay in the pseudorandom order.
 fn sorts_ahead(cfg: &PsiConfig, g: &Grouped, kbits: u32, unique: &[Item]) -> bool {
     kbits == 0
-        && cfg.protocol == crate::config::Protocol::Rr22
-        && crate::rr22::is_receiver(cfg.self_receives(), cfg.peer_receives(), cfg.leader)
-            == Some(true)
+        && rr22_receiver(cfg)
         && !writes_unmatched(cfg)
         && !g.has_dups()
         && g.order.is_empty()
@@ -547,13 +545,18 @@ fn rr22_ahead(
     unique: &std::sync::Arc<Vec<Item>>,
     range: std::ops::Range<usize>,
 ) -> Option<crate::rr22::ReceiverAhead> {
-    let receiver = crate::rr22::is_receiver(cfg.self_receives(), cfg.peer_receives(), cfg.leader)
-        == Some(true);
-    (cfg.protocol == crate::config::Protocol::Rr22 && !cfg.low_comm && receiver)
+    (rr22_receiver(cfg) && !cfg.low_comm)
         .then(|| {
             crate::rr22::ReceiverAhead::spawn(unique.clone(), range, cfg.stat_sec, cfg.malicious)
         })
         .flatten()
+}
+
+/// Whether this party runs RR22 as its receiver.
+fn rr22_receiver(cfg: &PsiConfig) -> bool {
+    cfg.protocol == crate::config::Protocol::Rr22
+        && crate::rr22::is_receiver(cfg.self_receives(), cfg.peer_receives(), cfg.leader)
+            == Some(true)
 }
 
 /// This party's rows per batch: as configured, or the default for its

@@ -245,8 +245,8 @@ impl ReceiverAhead {
         malicious: bool,
     ) -> Option<Self> {
         let n_x = range.len();
-        let (params, cfg) = fast_shape(n_x, stat_sec, malicious);
-        let noise = vole::RecvNoise::new(params.len(), &cfg);
+        let Shape { params, vole, .. } = fast_shape(n_x, stat_sec, malicious);
+        let noise = vole::RecvNoise::new(params.len(), &vole);
         let (p, n) = (params, noise.clone());
         std::thread::Builder::new()
             .name("venn-psi-ahead".into())
@@ -367,7 +367,7 @@ impl EarlySend {
     /// For a receiver with `n_x` items: draws Δ.
     pub fn new(n_x: usize, stat_sec: u32) -> Self {
         EarlySend {
-            params: OkvsParams::new(n_x, stat_sec),
+            params: fast_shape(n_x, stat_sec, false).params,
             delta: Prg::from_os().block(),
             prep: std::sync::Mutex::new(None),
         }
@@ -480,18 +480,10 @@ impl std::fmt::Debug for EarlyVole {
     }
 }
 
-/// The OKVS parameters and VOLE of the fast (or malicious) mode for a
-/// receiver with `n_x` items: one definition for the run and the work ahead.
-fn fast_shape(n_x: usize, stat_sec: u32, malicious: bool) -> (OkvsParams, vole::VoleCfg) {
-    (OkvsParams::new(n_x, stat_sec), fast_vole(malicious))
-}
-
-/// The VOLE of the fast (or malicious) mode.
-fn fast_vole(malicious: bool) -> vole::VoleCfg {
-    vole::VoleCfg {
-        malicious,
-        ..vole::VoleCfg::FAST
-    }
+/// The shape of the fast (or malicious) mode for a receiver with `n_x`
+/// items: one definition for the run, the work ahead and the early VOLE.
+fn fast_shape(n_x: usize, stat_sec: u32, malicious: bool) -> Shape {
+    Shape::fast(OkvsParams::new(n_x, stat_sec), malicious)
 }
 
 /// A = H·A_sparse for `noise` and P = Encode{(x, H(x))}, side by side; then
@@ -631,8 +623,7 @@ impl Shape {
                 malicious: false,
             })
         } else {
-            let (params, _) = fast_shape(n_x, input.stat_sec, input.malicious);
-            Ok(Shape::fast(params, input.malicious))
+            Ok(fast_shape(n_x, input.stat_sec, input.malicious))
         }
     }
 
@@ -641,7 +632,10 @@ impl Shape {
         Shape {
             params,
             vbits: 128,
-            vole: fast_vole(malicious),
+            vole: vole::VoleCfg {
+                malicious,
+                ..vole::VoleCfg::FAST
+            },
             malicious,
         }
     }
